@@ -1,0 +1,1 @@
+"""Gateway fixtures (a pytest plugin registered in tests/conftest.py)."""

@@ -1,0 +1,124 @@
+"""PostgreSQL and Redis for the tests.
+
+The machine's shared instances (127.0.0.1:5432 and :6379) are used when present and started
+when absent; they are never stopped. Failure tests get throwaway instances on other ports,
+which they may stop at will.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from .procs import ManagedProcess, free_port, port_open
+
+SHARED_PG = ("127.0.0.1", 5432)
+SHARED_REDIS = ("127.0.0.1", 6379)
+
+
+def _pg_bin(name: str) -> str:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    if not found:
+        raise RuntimeError(f"PostgreSQL's {name} not found: run scripts/bootstrap")
+    return found[-1]
+
+
+def ensure_shared_postgres(timeout: float = 30) -> None:
+    if port_open(*SHARED_PG):
+        return
+    clusters = os.listdir("/etc/postgresql") if os.path.isdir("/etc/postgresql") else []
+    if not clusters:
+        raise RuntimeError("PostgreSQL is not installed: run scripts/bootstrap")
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", sorted(clusters)[-1], "main", "start"], check=True)
+    _wait_port(SHARED_PG, timeout, "PostgreSQL")
+
+
+def ensure_shared_redis(timeout: float = 15) -> None:
+    if port_open(*SHARED_REDIS):
+        return
+    subprocess.run(["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", "6379",
+                    "--save", "", "--appendonly", "no"], check=True)
+    _wait_port(SHARED_REDIS, timeout, "Redis")
+
+
+def _wait_port(addr: tuple[str, int], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if port_open(*addr):
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"{what} not listening on {addr[0]}:{addr[1]} after {timeout}s")
+
+
+def shared_postgres_admin_dsn() -> str:
+    # Trust auth on this machine's loopback; CI machines are set up the same way.
+    return os.environ.get("LLM_NODE_TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+class ThrowawayRedis:
+    """A private redis-server on its own port, for tests that stop and restart Redis."""
+
+    def __init__(self, log_dir: Path, port: int | None = None):
+        self.port = port or free_port()
+        self.log_dir = log_dir
+        self.proc: ManagedProcess | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "ThrowawayRedis":
+        self.proc = ManagedProcess(f"redis-{self.port}", ["redis-server", "--bind", "127.0.0.1", "--port",
+                                   str(self.port), "--save", "", "--appendonly", "no"], self.log_dir)
+        self.proc.wait_until(lambda: port_open("127.0.0.1", self.port), 10, "listening")
+        return self
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.stop()
+            self.proc = None
+
+
+class ThrowawayPostgres:
+    """A private PostgreSQL cluster (initdb in a temp dir) on its own port, run as user postgres."""
+
+    def __init__(self, log_dir: Path, port: int | None = None):
+        self.port = port or free_port()
+        self.log_dir = log_dir
+        self.data_dir = Path(tempfile.mkdtemp(prefix="llmnode-pg-"))
+        self.proc: ManagedProcess | None = None
+        self._initialised = False
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _as_postgres(self, argv: list[str]) -> list[str]:
+        return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
+
+    def start(self) -> "ThrowawayPostgres":
+        if not self._initialised:
+            if os.geteuid() == 0:
+                shutil.chown(self.data_dir, "postgres", "postgres")
+            subprocess.run(self._as_postgres([_pg_bin("initdb"), "-D", str(self.data_dir), "-U", "postgres",
+                                              "--auth=trust", "-E", "UTF8"]), check=True, capture_output=True)
+            self._initialised = True
+        self.proc = ManagedProcess(f"postgres-{self.port}", self._as_postgres(
+            [_pg_bin("postgres"), "-D", str(self.data_dir), "-p", str(self.port), "-c", "listen_addresses=127.0.0.1",
+             "-c", f"unix_socket_directories={self.data_dir}", "-c", "fsync=off"]), self.log_dir)
+        self.proc.wait_until(lambda: port_open("127.0.0.1", self.port), 30, "listening")
+        return self
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.stop()
+            self.proc = None
+
+    def destroy(self) -> None:
+        self.stop()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
