@@ -173,3 +173,39 @@ def gateway_env(spec: GatewaySpec) -> dict[str, str]:
 def gateway_process_argv(python: str = "python") -> list[str]:
     """The gateway's entry point; every setting comes from the environment."""
     return [python, "-m", "llm_gateway"]
+
+
+@dataclass(frozen=True)
+class QuantizeSpec:
+    """A one-shot 4-bit quantization job (llm-compressor AWQ, compressed-tensors output)."""
+
+    source_model: str  # Hugging Face model directory
+    output_dir: str
+    calibration_file: str  # local text file, one sample per line (no hub)
+    scheme: str = "W4A16_ASYM"
+    num_calibration_samples: int = 64
+    max_seq_length: int = 512
+    merge_lora_adapter: str | None = None  # peft adapter directory merged into the base first
+
+    def __post_init__(self) -> None:
+        if self.num_calibration_samples <= 0 or self.max_seq_length <= 0:
+            raise ValueError("num_calibration_samples and max_seq_length must be positive")
+
+
+def quantize_args(spec: QuantizeSpec) -> list[str]:
+    """Arguments of the quantization job's entry point (``python -m llm_node_quantize``)."""
+    args = [
+        "--model", spec.source_model,
+        "--output", spec.output_dir,
+        "--calibration-file", spec.calibration_file,
+        "--scheme", spec.scheme,
+        "--num-samples", str(spec.num_calibration_samples),
+        "--max-seq-length", str(spec.max_seq_length),
+    ]
+    if spec.merge_lora_adapter:
+        args += ["--merge-lora", spec.merge_lora_adapter]
+    return args
+
+
+def quantize_process_argv(spec: QuantizeSpec, python: str = "python") -> list[str]:
+    return [python, "-m", "llm_node_quantize", *quantize_args(spec)]
