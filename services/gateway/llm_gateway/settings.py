@@ -1,0 +1,50 @@
+"""Typed gateway settings, read once from the environment (prefix GATEWAY_).
+
+services/launch.py:gateway_env() writes these names; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
+
+    # Secrets (never logged: SecretStr hides them in repr).
+    database_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/llmnode")
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    admin_token: SecretStr | None = None
+
+    engines: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["http://127.0.0.1:8000"])
+    host: str = "0.0.0.0"
+    port: int = 8080
+    metrics_port: int = 9101
+    workers: int = Field(default=2, ge=1)
+    key_cache_ttl_seconds: float = Field(default=5.0, ge=0)
+    limiter_failure_mode: Literal["closed", "local"] = "closed"
+    max_body_bytes: int = Field(default=1_048_576, gt=0)
+    max_in_flight: int = Field(default=512, gt=0)
+    admission_wait_seconds: float = Field(default=0.5, ge=0)
+    request_timeout_seconds: float = Field(default=600.0, gt=0)
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    tier_priorities: Annotated[dict[str, int], NoDecode] = Field(
+        default_factory=lambda: {"premium": 0, "standard": 10, "batch": 20}
+    )
+    log_level: str = "info"
+
+    @field_validator("engines", mode="before")
+    @classmethod
+    def _split_engines(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [url.strip().rstrip("/") for url in value.split(",") if url.strip()]
+        return value
+
+    @field_validator("tier_priorities", mode="before")
+    @classmethod
+    def _parse_priorities(cls, value: object) -> object:
+        return json.loads(value) if isinstance(value, str) else value
