@@ -7,52 +7,23 @@ which they may stop at will.
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 from .procs import ManagedProcess, free_port, port_open
 
-SHARED_PG = ("127.0.0.1", 5432)
-SHARED_REDIS = ("127.0.0.1", 6379)
+from scripts.devnode.local_services import ensure_postgres, ensure_redis, pg_bin as _pg_bin
 
 
-def _pg_bin(name: str) -> str:
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    if not found:
-        raise RuntimeError(f"PostgreSQL's {name} not found: run scripts/bootstrap")
-    return found[-1]
+def ensure_shared_postgres() -> None:
+    ensure_postgres()
 
 
-def ensure_shared_postgres(timeout: float = 30) -> None:
-    if port_open(*SHARED_PG):
-        return
-    clusters = os.listdir("/etc/postgresql") if os.path.isdir("/etc/postgresql") else []
-    if not clusters:
-        raise RuntimeError("PostgreSQL is not installed: run scripts/bootstrap")
-    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", sorted(clusters)[-1], "main", "start"], check=True)
-    _wait_port(SHARED_PG, timeout, "PostgreSQL")
-
-
-def ensure_shared_redis(timeout: float = 15) -> None:
-    if port_open(*SHARED_REDIS):
-        return
-    subprocess.run(["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", "6379",
-                    "--save", "", "--appendonly", "no"], check=True)
-    _wait_port(SHARED_REDIS, timeout, "Redis")
-
-
-def _wait_port(addr: tuple[str, int], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if port_open(*addr):
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"{what} not listening on {addr[0]}:{addr[1]} after {timeout}s")
+def ensure_shared_redis() -> None:
+    ensure_redis()
 
 
 def shared_postgres_admin_dsn() -> str:
