@@ -1,0 +1,240 @@
+"""API keys: format, hashing, the PostgreSQL store and the in-process lookup cache.
+
+A key reads "sk-<id>-<secret>". The id is public (it names the key in logs, the CLI and
+usage records); the secret is 32 random bytes from `secrets` and only its SHA-256 is
+stored. A slow password hash (bcrypt, scrypt) protects low-entropy *passwords* against
+offline guessing; a 256-bit random secret cannot be guessed whatever the hash, so bcrypt
+would only put ~100 ms of CPU on the request path for every cache miss, for no gain.
+
+Lookups are cached in-process for `cache_ttl_seconds`, misses included, so PostgreSQL is
+not on the hot path and a flood of unknown keys does not reach it either. Revoking a key
+therefore takes effect within one TTL on every replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Iterable
+
+import asyncpg
+
+from . import metrics
+from .errors import AuthenticationError, ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "sk-"
+_ID_BYTES = 8          # 16 hex characters: public, only needs to be unique
+_SECRET_BYTES = 32     # 256 bits of entropy
+_KEY_SHAPE = re.compile(r"^sk-([0-9a-f]{16})-([A-Za-z0-9_-]{43})$")
+
+# OpenAI's wording where it has one, so clients and their users recognise the errors.
+_MESSAGES = {
+    "missing": "You didn't provide an API key. You need to provide your API key in an Authorization header "
+               "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+    "malformed": "Malformed API key: expected 'Authorization: Bearer sk-<id>-<secret>'.",
+    # Unknown id and wrong secret read the same, so the answer does not tell which ids exist.
+    "unknown": "Incorrect API key provided.",
+    "invalid_secret": "Incorrect API key provided.",
+    "revoked": "This API key has been revoked.",
+    "expired": "This API key has expired.",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    id: str
+    name: str
+    tier: str
+    models: tuple[str, ...]          # empty = every model (adapters included)
+    rpm: int | None                  # None = unlimited, for each limit
+    tpm: int | None
+    max_concurrent: int | None
+    max_tokens: int | None
+    expires_at: datetime | None
+    revoked: bool
+    created_at: datetime | None = None
+
+    def allows(self, model: str) -> bool:
+        return not self.models or model in self.models
+
+
+def generate_key() -> tuple[str, str, str]:
+    """A new key: (full key "sk-<id>-<secret>", id, secret)."""
+    key_id = secrets.token_hex(_ID_BYTES)
+    secret = secrets.token_urlsafe(_SECRET_BYTES)
+    return f"{KEY_PREFIX}{key_id}-{secret}", key_id, secret
+
+
+def hash_secret(secret: str) -> bytes:
+    """SHA-256 of the secret (see the module docstring for why a fast hash is right here)."""
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def parse_key(token: str) -> tuple[str, str] | None:
+    """(id, secret) of a well-formed key, else None."""
+    match = _KEY_SHAPE.match(token)
+    return (match.group(1), match.group(2)) if match else None
+
+
+_COLUMNS = "id, secret_hash, name, tier, models, rpm, tpm, max_concurrent, max_tokens, expires_at, revoked_at, created_at"
+
+
+def _row_to_key(row: asyncpg.Record) -> ApiKey:
+    return ApiKey(id=row["id"], name=row["name"], tier=row["tier"], models=tuple(row["models"] or ()),
+                  rpm=row["rpm"], tpm=row["tpm"], max_concurrent=row["max_concurrent"],
+                  max_tokens=row["max_tokens"], expires_at=row["expires_at"],
+                  revoked=row["revoked_at"] is not None, created_at=row["created_at"])
+
+
+@dataclass(slots=True)
+class _Entry:
+    """One cached lookup; key is None for an id that does not exist (negative cache)."""
+    fresh_until: float               # time.monotonic()
+    key: ApiKey | None
+    secret_hash: bytes
+    expires_ts: float | None         # key.expires_at as a Unix time, compared cheaply per request
+
+
+class KeyStore:
+    """Authenticates requests against api_keys, with a short-lived in-process cache."""
+
+    def __init__(self, pool: asyncpg.Pool, cache_ttl_seconds: float, max_cache_entries: int = 100_000):
+        self._pool = pool
+        self._ttl = cache_ttl_seconds
+        self._max_entries = max_cache_entries
+        self._cache: dict[str, _Entry] = {}
+        self._pending: dict[str, asyncio.Task[_Entry]] = {}   # coalesces concurrent misses per id
+        self._failures = {reason: metrics.AUTH_FAILURES.labels(reason) for reason in _MESSAGES}
+
+    # -- the hot path -------------------------------------------------------------------------
+
+    async def authenticate(self, authorization: str | None) -> ApiKey:
+        if not authorization:
+            self._fail("missing")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer":
+            self._fail("malformed")
+        parsed = parse_key(token.strip())
+        if parsed is None:
+            self._fail("malformed")
+        key_id, secret = parsed
+
+        entry = self._cache.get(key_id)
+        if entry is None or entry.fresh_until < time.monotonic():
+            entry = await self._lookup(key_id)
+        key = entry.key
+        if key is None:
+            self._fail("unknown")
+        # Secret first: only the key's holder learns whether it is revoked or expired.
+        if not hmac.compare_digest(hash_secret(secret), entry.secret_hash):
+            self._fail("invalid_secret")
+        if key.revoked:
+            self._fail("revoked")
+        if entry.expires_ts is not None and entry.expires_ts <= time.time():
+            self._fail("expired")
+        return key
+
+    def _fail(self, reason: str):
+        self._failures[reason].inc()
+        raise AuthenticationError(_MESSAGES[reason], reason=reason)
+
+    async def _lookup(self, key_id: str) -> _Entry:
+        # One query per id however many requests miss at once. The query runs in its own task
+        # so a client that disconnects (cancelling its request) does not cancel the others' wait.
+        task = self._pending.get(key_id)
+        if task is None:
+            task = asyncio.ensure_future(self._fetch_and_remember(key_id))
+            self._pending[key_id] = task
+            task.add_done_callback(lambda done: self._settled(key_id, done))
+        return await asyncio.shield(task)
+
+    def _settled(self, key_id: str, task: asyncio.Task) -> None:
+        self._pending.pop(key_id, None)
+        if not task.cancelled():
+            task.exception()  # retrieved here, so an error nobody awaited is not logged as lost
+
+    async def _fetch_and_remember(self, key_id: str) -> _Entry:
+        entry = await self._fetch(key_id)
+        self._remember(key_id, entry)
+        return entry
+
+    async def _fetch(self, key_id: str) -> _Entry:
+        try:
+            row = await self._pool.fetchrow(f"SELECT {_COLUMNS} FROM api_keys WHERE id = $1", key_id)
+        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            metrics.DEPENDENCY_UP.labels("postgres").set(0)
+            log.warning("api key lookup failed: %s", type(exc).__name__)
+            raise ServiceUnavailable("The API key store is unavailable; retry shortly.",
+                                     reason="postgres_unavailable", retry_after=1) from exc
+        fresh_until = time.monotonic() + self._ttl
+        if row is None:
+            return _Entry(fresh_until, None, b"", None)
+        key = _row_to_key(row)
+        expires_ts = key.expires_at.timestamp() if key.expires_at else None
+        return _Entry(fresh_until, key, bytes(row["secret_hash"]), expires_ts)
+
+    def _remember(self, key_id: str, entry: _Entry) -> None:
+        if self._ttl <= 0:
+            return
+        if len(self._cache) >= self._max_entries:
+            # Bounded under a flood of random ids: drop stale entries, then the oldest.
+            now = time.monotonic()
+            for stale in [k for k, e in self._cache.items() if e.fresh_until < now]:
+                del self._cache[stale]
+            while len(self._cache) >= self._max_entries:
+                del self._cache[next(iter(self._cache))]
+        self._cache[key_id] = entry
+
+    def forget(self, key_id: str) -> None:
+        """Drop a cached lookup (this process only; other replicas see changes within the TTL)."""
+        self._cache.pop(key_id, None)
+
+    # -- administration (admin.py) ------------------------------------------------------------
+
+    async def create(self, *, name: str, tier: str, models: Iterable[str] = (), rpm: int | None = None,
+                     tpm: int | None = None, max_concurrent: int | None = None, max_tokens: int | None = None,
+                     expires_at: datetime | None = None) -> tuple[str, ApiKey]:
+        """Store a new key; returns (the full key, shown once and never again, its record)."""
+        if not name.strip():
+            raise ValueError("name must not be empty")
+        if not tier.strip():
+            raise ValueError("tier must not be empty")
+        for label, value in (("rpm", rpm), ("tpm", tpm), ("max_concurrent", max_concurrent),
+                             ("max_tokens", max_tokens)):
+            if value is not None and value <= 0:
+                raise ValueError(f"{label} must be a positive integer")
+        if expires_at is not None and expires_at.tzinfo is None:
+            expires_at = expires_at.replace(tzinfo=timezone.utc)
+        model_list = [m.strip() for m in models if m.strip()]
+        full_key, key_id, secret = generate_key()
+        row = await self._pool.fetchrow(
+            "INSERT INTO api_keys (id, secret_hash, name, tier, models, rpm, tpm, max_concurrent, max_tokens, expires_at)"
+            f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {_COLUMNS}",
+            key_id, hash_secret(secret), name.strip(), tier.strip(), model_list, rpm, tpm, max_concurrent,
+            max_tokens, expires_at)
+        self.forget(key_id)  # a negative entry for this id (vanishingly unlikely) must not linger
+        return full_key, _row_to_key(row)
+
+    async def list(self) -> list[ApiKey]:
+        rows = await self._pool.fetch(f"SELECT {_COLUMNS} FROM api_keys ORDER BY created_at, id")
+        return [_row_to_key(row) for row in rows]
+
+    async def get(self, key_id: str) -> ApiKey | None:
+        row = await self._pool.fetchrow(f"SELECT {_COLUMNS} FROM api_keys WHERE id = $1", key_id)
+        return _row_to_key(row) if row else None
+
+    async def revoke(self, key_id: str) -> bool:
+        """Revoke a key; False when no such key exists or it was already revoked."""
+        status = await self._pool.execute(
+            "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", key_id)
+        self.forget(key_id)
+        return status.endswith(" 1")

@@ -1,0 +1,269 @@
+"""API keys against the real PostgreSQL: migrations, hashing, authentication and its cache."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import asyncpg
+import pytest
+import pytest_asyncio
+
+from llm_gateway import metrics
+from llm_gateway.db import create_pool, migrate, migration_files
+from llm_gateway.errors import AuthenticationError
+from llm_gateway.keys import ApiKey, KeyStore, generate_key, hash_secret, parse_key
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def pool(migrated_database_url):
+    pool = await create_pool(migrated_database_url)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+def store(pool) -> KeyStore:
+    return KeyStore(pool, cache_ttl_seconds=60)
+
+
+def auth_failures(reason: str) -> float:
+    return metrics.AUTH_FAILURES.labels(reason)._value.get()
+
+
+async def rejected_reason(store: KeyStore, header: str | None) -> str:
+    with pytest.raises(AuthenticationError) as caught:
+        await store.authenticate(header)
+    err = caught.value
+    assert err.status == 401
+    assert err.body()["error"]["code"] == "invalid_api_key"
+    assert err.body()["error"]["message"]
+    return err.reason
+
+
+# -- migrations --------------------------------------------------------------------------------
+
+async def test_migrate_is_idempotent_and_safe_when_run_concurrently(postgres_admin_dsn):
+    name = f"llmnode_migrate_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(postgres_admin_dsn)
+    await admin.execute(f"CREATE DATABASE {name}")
+    dsn = postgres_admin_dsn.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        first, second = await asyncio.gather(migrate(dsn), migrate(dsn))
+        expected = [n for n, _ in migration_files()]
+        assert expected and expected[0].startswith("0001_")
+        # Exactly one of the two racing runs applied everything; the other found nothing to do.
+        assert sorted([first, second], key=len) == [[], expected]
+        assert await migrate(dsn) == []
+        conn = await asyncpg.connect(dsn)
+        try:
+            recorded = [r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations ORDER BY name")]
+            indexes = await conn.fetch("SELECT indexdef FROM pg_indexes WHERE tablename = 'usage_records'")
+        finally:
+            await conn.close()
+        assert recorded == expected
+        assert any("(key_id, created_at)" in r["indexdef"] for r in indexes)
+    finally:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.close()
+
+
+# -- key format and storage --------------------------------------------------------------------
+
+def test_generated_keys_parse_and_are_unique():
+    keys = {generate_key() for _ in range(200)}
+    assert len({k[0] for k in keys}) == 200
+    for full, key_id, secret in keys:
+        assert full == f"sk-{key_id}-{secret}"
+        assert parse_key(full) == (key_id, secret)
+        assert len(secret) >= 43           # 32 random bytes
+    for bad in ["", "sk-", "sk-abc-def", "pk-0123456789abcdef-" + "a" * 43, full + "x", full.upper()]:
+        assert parse_key(bad) is None
+
+
+async def test_only_a_hash_of_the_secret_is_stored(store, pool):
+    full, key = await store.create(name="hashing", tier="standard")
+    _, secret = parse_key(full)
+    row = await pool.fetchrow("SELECT * FROM api_keys WHERE id = $1", key.id)
+    assert bytes(row["secret_hash"]) == hash_secret(secret)
+    assert all(secret not in str(value) for value in dict(row).values())
+
+
+async def test_create_stores_every_field(store):
+    expires = datetime.now(timezone.utc) + timedelta(days=3)
+    full, key = await store.create(name="fields", tier="premium", models=["tiny-llama", "adapter-a"], rpm=7,
+                                   tpm=1000, max_concurrent=2, max_tokens=64, expires_at=expires)
+    assert isinstance(key, ApiKey)
+    got = await store.authenticate(f"Bearer {full}")
+    assert (got.name, got.tier, got.models, got.rpm, got.tpm, got.max_concurrent, got.max_tokens) == (
+        "fields", "premium", ("tiny-llama", "adapter-a"), 7, 1000, 2, 64)
+    assert abs((got.expires_at - expires).total_seconds()) < 0.001
+    assert not got.revoked
+    assert got.allows("tiny-llama") and got.allows("adapter-a") and not got.allows("other")
+    _, anything = await store.create(name="all-models", tier="batch")
+    assert anything.models == () and anything.allows("tiny-llama") and anything.allows("any-adapter")
+    with pytest.raises(ValueError):
+        await store.create(name="bad", tier="standard", rpm=0)
+
+
+# -- authentication ----------------------------------------------------------------------------
+
+async def test_valid_key_authenticates(store):
+    full, key = await store.create(name="ok", tier="standard")
+    got = await store.authenticate(f"Bearer {full}")
+    assert got.id == key.id and got.tier == "standard"
+    assert (await store.authenticate(f"bearer {full}")).id == key.id   # scheme is case-insensitive
+
+
+@pytest.mark.parametrize("header, reason", [
+    (None, "missing"),
+    ("", "missing"),
+    ("Basic abc", "malformed"),
+    ("Bearer", "malformed"),
+    ("Bearer not-a-key", "malformed"),
+    ("Bearer sk-0123456789abcdef-short", "malformed"),
+])
+async def test_missing_and_malformed_keys(store, header, reason):
+    before = auth_failures(reason)
+    assert await rejected_reason(store, header) == reason
+    assert auth_failures(reason) == before + 1
+
+
+async def test_unknown_key(store):
+    full, _, _ = generate_key()
+    assert await rejected_reason(store, f"Bearer {full}") == "unknown"
+
+
+async def test_invalid_secret(store):
+    full, key = await store.create(name="secret", tier="standard")
+    _, _, other_secret = generate_key()
+    assert await rejected_reason(store, f"Bearer sk-{key.id}-{other_secret}") == "invalid_secret"
+    # Unknown id and wrong secret are indistinguishable to the caller.
+    unknown_full, _, _ = generate_key()
+    with pytest.raises(AuthenticationError) as unknown:
+        await store.authenticate(f"Bearer {unknown_full}")
+    with pytest.raises(AuthenticationError) as wrong:
+        await store.authenticate(f"Bearer sk-{key.id}-{other_secret}")
+    assert unknown.value.body() == wrong.value.body()
+
+
+async def test_expired_key(store):
+    full, _ = await store.create(name="expired", tier="standard",
+                                 expires_at=datetime.now(timezone.utc) - timedelta(seconds=1))
+    assert await rejected_reason(store, f"Bearer {full}") == "expired"
+
+
+async def test_key_expires_while_cached(pool):
+    store = KeyStore(pool, cache_ttl_seconds=60)
+    full, _ = await store.create(name="expiring", tier="standard",
+                                 expires_at=datetime.now(timezone.utc) + timedelta(seconds=0.5))
+    await store.authenticate(f"Bearer {full}")
+    await asyncio.sleep(0.6)
+    assert await rejected_reason(store, f"Bearer {full}") == "expired"
+
+
+async def test_revoked_key(store):
+    full, key = await store.create(name="revoked", tier="standard")
+    assert await store.revoke(key.id) is True
+    assert await store.revoke(key.id) is False           # already revoked
+    assert await store.revoke("0123456789abcdef") is False
+    assert await rejected_reason(store, f"Bearer {full}") == "revoked"
+
+
+async def test_revocation_takes_effect_within_the_cache_ttl(pool):
+    # Two stores = two gateway replicas: one serves traffic, the other (admin) revokes.
+    serving = KeyStore(pool, cache_ttl_seconds=1.0)
+    admin = KeyStore(pool, cache_ttl_seconds=1.0)
+    full, key = await admin.create(name="revoke-ttl", tier="standard")
+    assert (await serving.authenticate(f"Bearer {full}")).id == key.id
+    assert await admin.revoke(key.id)
+    # Still cached in the serving replica: accepted, without asking PostgreSQL.
+    assert (await serving.authenticate(f"Bearer {full}")).id == key.id
+    await asyncio.sleep(1.1)
+    assert await rejected_reason(serving, f"Bearer {full}") == "revoked"
+
+
+# -- the cache keeps PostgreSQL off the hot path ----------------------------------------------
+
+async def _wait_stats_settled(pool) -> int:
+    # Reads of api_keys as PostgreSQL counts them. Statistics are reported asynchronously by backends; clear this session's snapshot and settle.
+    await asyncio.sleep(1.2)
+    async with pool.acquire() as conn:
+        await conn.execute("SELECT pg_stat_clear_snapshot()")
+        return await conn.fetchval(
+            "SELECT coalesce(idx_scan, 0) + seq_scan FROM pg_stat_user_tables WHERE relname = 'api_keys'")
+
+
+async def test_positive_and_negative_lookups_are_cached_and_coalesced(pool):
+    store = KeyStore(pool, cache_ttl_seconds=60)
+    full, key = await store.create(name="cached", tier="standard")
+    unknown, _, _ = generate_key()
+    queries = 0
+    real_fetch = store._fetch
+
+    async def counting_fetch(key_id):
+        nonlocal queries
+        queries += 1
+        await asyncio.sleep(0.05)           # a slow database: concurrent misses overlap
+        return await real_fetch(key_id)
+
+    store._fetch = counting_fetch
+    results = await asyncio.gather(*(store.authenticate(f"Bearer {full}") for _ in range(50)))
+    assert {r.id for r in results} == {key.id}
+    assert queries == 1                      # 50 concurrent misses, one query
+    for _ in range(100):
+        await store.authenticate(f"Bearer {full}")
+    assert queries == 1                      # then served from the cache
+
+    outcomes = await asyncio.gather(*(store.authenticate(f"Bearer {unknown}") for _ in range(50)),
+                                    return_exceptions=True)
+    assert all(isinstance(o, AuthenticationError) and o.reason == "unknown" for o in outcomes)
+    for _ in range(100):
+        with pytest.raises(AuthenticationError):
+            await store.authenticate(f"Bearer {unknown}")
+    assert queries == 2                      # the unknown id: one query, then cached as unknown
+
+
+async def test_cached_lookups_do_not_touch_postgresql(pool):
+    store = KeyStore(pool, cache_ttl_seconds=60)
+    full, _ = await store.create(name="no-db", tier="standard")
+    unknown, _, _ = generate_key()
+    await store.authenticate(f"Bearer {full}")
+    with pytest.raises(AuthenticationError):
+        await store.authenticate(f"Bearer {unknown}")
+    before = await _wait_stats_settled(pool)
+    for _ in range(200):
+        await store.authenticate(f"Bearer {full}")
+        with pytest.raises(AuthenticationError):
+            await store.authenticate(f"Bearer {unknown}")
+    after = await _wait_stats_settled(pool)
+    assert after == before
+
+
+async def test_a_cancelled_caller_does_not_fail_the_others(pool):
+    store = KeyStore(pool, cache_ttl_seconds=60)
+    full, key = await store.create(name="cancel", tier="standard")
+    real_fetch = store._fetch
+
+    async def slow_fetch(key_id):
+        await asyncio.sleep(0.1)
+        return await real_fetch(key_id)
+
+    store._fetch = slow_fetch
+    first = asyncio.create_task(store.authenticate(f"Bearer {full}"))
+    await asyncio.sleep(0.01)
+    second = asyncio.create_task(store.authenticate(f"Bearer {full}"))
+    await asyncio.sleep(0.01)
+    first.cancel()                           # e.g. its client disconnected
+    assert (await second).id == key.id
+    with pytest.raises(asyncio.CancelledError):
+        await first
+
+
+async def test_list_never_exposes_secrets(store):
+    full, key = await store.create(name="listed", tier="batch")
+    listed = {k.id: k for k in await store.list()}
+    assert listed[key.id].name == "listed"
+    assert not any(hasattr(k, "secret_hash") for k in listed.values())
+    assert full not in repr(listed)
