@@ -1,0 +1,410 @@
+"""The Redis rate limiter against the real Redis (and throwaway ones that are stopped)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+
+import pytest
+import pytest_asyncio
+from prometheus_client import REGISTRY
+
+from llm_gateway.errors import RateLimited, ServiceUnavailable
+from llm_gateway.keys import ApiKey
+from llm_gateway.limiter import KEY_PREFIX, RateLimiter, create_redis, format_duration
+from tests.support.services import ThrowawayRedis
+
+DURATION = re.compile(r"^(\d+h)?(\d+m)?(\d+(\.\d+)?s|\d+ms)$")
+
+
+def make_key(**limits) -> ApiKey:
+    fields = dict(rpm=None, tpm=None, max_concurrent=None, max_tokens=None)
+    fields.update(limits)
+    return ApiKey(id=uuid.uuid4().hex[:16], name="test", tier="standard", models=(), expires_at=None,
+                  revoked=False, **fields)
+
+
+def decisions(decision: str, reason: str) -> float:
+    return REGISTRY.get_sample_value("gateway_limiter_decisions_total",
+                                     {"decision": decision, "reason": reason}) or 0.0
+
+
+def redis_up() -> float | None:
+    return REGISTRY.get_sample_value("gateway_dependency_up", {"dependency": "redis"})
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def redis(redis_url):
+    client = create_redis(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def limiter(redis) -> RateLimiter:
+    return RateLimiter(redis, failure_mode="closed")
+
+
+async def outcomes(limiter: RateLimiter, key: ApiKey, count: int, tokens: int = 1) -> list:
+    return await asyncio.gather(*(limiter.reserve(key, f"req-{i}", tokens) for i in range(count)),
+                                return_exceptions=True)
+
+
+# -- requests per minute -----------------------------------------------------------------------
+
+async def test_exactly_the_rpm_limit_is_admitted_under_concurrency(limiter):
+    key = make_key(rpm=7)
+    allowed_before, rejected_before = decisions("allowed", "ok"), decisions("rejected", "rpm")
+    results = await outcomes(limiter, key, 60)
+    admitted = [r for r in results if not isinstance(r, BaseException)]
+    rejected = [r for r in results if isinstance(r, BaseException)]
+    assert len(admitted) == 7
+    assert len(rejected) == 53
+    assert all(isinstance(r, RateLimited) and r.reason == "rpm" and r.status == 429 for r in rejected)
+    assert decisions("allowed", "ok") - allowed_before == 7
+    assert decisions("rejected", "rpm") - rejected_before == 53
+
+    # Every admitted request saw a different remaining count: 6, 5, ..., 0.
+    assert sorted(int(r.headers["x-ratelimit-remaining-requests"]) for r in admitted) == list(range(7))
+    for r in admitted:
+        assert r.mode == "redis"
+        assert r.headers["x-ratelimit-limit-requests"] == "7"
+        assert DURATION.match(r.headers["x-ratelimit-reset-requests"])
+        assert "Retry-After" not in r.headers
+    for err in rejected:
+        h = err.headers
+        assert h["x-ratelimit-limit-requests"] == "7"
+        assert h["x-ratelimit-remaining-requests"] == "0"
+        # One request comes back every 60/7 s; the whole bucket in about a minute.
+        assert 1 <= int(h["Retry-After"]) <= 9
+        assert 0 < int(h["retry-after-ms"]) <= 60_000 / 7 + 1
+        assert DURATION.match(h["x-ratelimit-reset-requests"])
+        assert h["x-ratelimit-reset-requests"].startswith(("59.", "1m0s", "59s", "58."))
+        assert err.body()["error"]["code"] == "rate_limit_exceeded"
+        assert "requests" in err.body()["error"]["message"]
+
+
+async def test_two_replicas_share_the_limit(redis, redis_url):
+    other_client = create_redis(redis_url)
+    try:
+        replicas = [RateLimiter(redis, "closed"), RateLimiter(other_client, "closed")]
+        key = make_key(rpm=10)
+        results = await asyncio.gather(*(replicas[i % 2].reserve(key, f"r{i}", 1) for i in range(40)),
+                                       return_exceptions=True)
+        assert sum(not isinstance(r, BaseException) for r in results) == 10
+    finally:
+        await other_client.aclose()
+
+
+async def test_requests_refill_continuously(limiter):
+    key = make_key(rpm=120)              # one request every 500 ms
+    results = await outcomes(limiter, key, 121)
+    assert sum(not isinstance(r, BaseException) for r in results) == 120
+    err = next(r for r in results if isinstance(r, BaseException))
+    wait_ms = int(err.headers["retry-after-ms"])
+    assert 0 < wait_ms <= 500
+    await asyncio.sleep(wait_ms / 1000 + 0.05)
+    admitted = await limiter.reserve(key, "after-refill", 1)
+    assert admitted.headers["x-ratelimit-remaining-requests"] == "0"
+    with pytest.raises(RateLimited):
+        await limiter.reserve(key, "too-soon", 1)
+
+
+async def test_a_remembered_rejection_matches_redis(limiter, redis):
+    key = make_key(rpm=60)               # one request per second
+    assert len([r for r in await outcomes(limiter, key, 60) if not isinstance(r, BaseException)]) == 60
+    with pytest.raises(RateLimited) as first:
+        await limiter.reserve(key, "over", 1)
+    # Answered from memory now, with the same headers shape and a shrinking wait.
+    with pytest.raises(RateLimited) as again:
+        await limiter.reserve(key, "over-again", 1)
+    assert again.value.reason == "rpm"
+    assert int(again.value.headers["retry-after-ms"]) <= int(first.value.headers["retry-after-ms"])
+    # Once the wait is over, Redis is asked again and admits.
+    await asyncio.sleep(int(again.value.headers["retry-after-ms"]) / 1000 + 0.02)
+    assert (await limiter.reserve(key, "later", 1)).mode == "redis"
+
+
+# -- tokens per minute -------------------------------------------------------------------------
+
+async def test_tokens_are_reserved_up_front_and_reconciled(limiter, redis):
+    key = make_key(tpm=10_000)
+    first = await limiter.reserve(key, "big", 1000)
+    assert first.tokens_reserved == 1000
+    assert first.headers["x-ratelimit-limit-tokens"] == "10000"
+    assert first.headers["x-ratelimit-remaining-tokens"] == "9000"
+
+    await limiter.reconcile(first, 37)          # the request really used 37 tokens
+    assert first.tokens_reserved == 37
+    second = await limiter.reserve(key, "next", 1)
+    # 10000 - 37 - 1, plus whatever refilled meanwhile (10000/min = 1 token per 6 ms).
+    remaining = int(second.headers["x-ratelimit-remaining-tokens"])
+    assert 9962 <= remaining <= 9999
+    stored = float((await redis.hget(f"{KEY_PREFIX}{{{key.id}}}:b", "tl")).decode())
+    assert 9962 <= stored <= 9999
+
+    await limiter.reconcile(first, 37)          # reconciling twice gives nothing back twice
+    third = await limiter.reserve(key, "third", 1)
+    assert int(third.headers["x-ratelimit-remaining-tokens"]) < remaining
+
+
+async def test_using_more_than_reserved_is_charged(limiter):
+    key = make_key(tpm=10_000)
+    res = await limiter.reserve(key, "under-estimated", 100)
+    await limiter.reconcile(res, 3100)
+    after = await limiter.reserve(key, "next", 1)
+    assert 6899 <= int(after.headers["x-ratelimit-remaining-tokens"]) <= 6950
+
+
+async def test_over_the_tokens_limit(limiter):
+    key = make_key(tpm=1000)
+    await limiter.reserve(key, "a", 600)
+    before = decisions("rejected", "tpm")
+    with pytest.raises(RateLimited) as caught:
+        await limiter.reserve(key, "b", 600)
+    err = caught.value
+    assert err.reason == "tpm"
+    assert decisions("rejected", "tpm") == before + 1
+    assert err.headers["x-ratelimit-limit-tokens"] == "1000"
+    assert 400 <= int(err.headers["x-ratelimit-remaining-tokens"]) <= 410
+    assert 1 <= int(err.headers["Retry-After"]) <= 13        # 200 tokens at 1000/min: 12 s
+    assert "tokens" in err.message
+    # A smaller request still fits.
+    assert (await limiter.reserve(key, "c", 300)).mode == "redis"
+
+
+async def test_a_request_larger_than_the_tokens_limit_is_refused_without_redis(redis):
+    limiter = RateLimiter(redis, "closed")
+    await redis.aclose()                         # proves no round trip is needed
+    with pytest.raises(RateLimited) as caught:
+        await limiter.reserve(make_key(tpm=100), "huge", 101)
+    assert caught.value.reason == "tpm"
+    assert "Request too large" in caught.value.message
+
+
+async def test_all_or_nothing(limiter):
+    key = make_key(rpm=10, tpm=100, max_concurrent=5)
+    first = await limiter.reserve(key, "a", 90)
+    assert first.headers["x-ratelimit-remaining-requests"] == "9"
+    with pytest.raises(RateLimited) as caught:
+        await limiter.reserve(key, "b", 50)      # tokens say no ...
+    assert caught.value.reason == "tpm"
+    second = await limiter.reserve(key, "c", 5)
+    # ... so neither a request nor a concurrency slot was taken by the refused one.
+    assert second.headers["x-ratelimit-remaining-requests"] == "8"
+    assert await limiter._redis.zcard(f"{KEY_PREFIX}{{{key.id}}}:c") == 2
+
+
+# -- concurrency leases ------------------------------------------------------------------------
+
+async def test_concurrency_cap_and_release(limiter):
+    key = make_key(max_concurrent=2)
+    results = await outcomes(limiter, key, 10)
+    admitted = [r for r in results if not isinstance(r, BaseException)]
+    assert len(admitted) == 2
+    assert all(isinstance(r, RateLimited) and r.reason == "concurrency"
+               for r in results if isinstance(r, BaseException))
+    await limiter.release(admitted[0])
+    await limiter.release(admitted[0])           # idempotent: frees one slot, not two
+    third = await limiter.reserve(key, "third", 1)
+    with pytest.raises(RateLimited):
+        await limiter.reserve(key, "fourth", 1)
+    await limiter.finish(third, 1)
+    await limiter.release(admitted[1])
+    assert len([r for r in await outcomes(limiter, key, 5) if not isinstance(r, BaseException)]) == 2
+
+
+async def test_a_lease_never_released_lapses(redis):
+    # A replica that dies mid-request never releases: its slot must free itself.
+    dead_replica = RateLimiter(redis, "closed", concurrency_lease_seconds=0.5)
+    live_replica = RateLimiter(redis, "closed", concurrency_lease_seconds=0.5)
+    key = make_key(max_concurrent=1)
+    await dead_replica.reserve(key, "orphan", 1)
+    with pytest.raises(RateLimited) as caught:
+        await live_replica.reserve(key, "blocked", 1)
+    assert caught.value.reason == "concurrency"
+    assert int(caught.value.headers["retry-after-ms"]) <= 500
+    await asyncio.sleep(0.6)
+    assert (await live_replica.reserve(key, "after-lapse", 1)).mode == "redis"
+
+
+async def test_renewed_leases_do_not_lapse(redis):
+    limiter = RateLimiter(redis, "closed", concurrency_lease_seconds=0.5)
+    key = make_key(max_concurrent=1)
+    held = await limiter.reserve(key, "long-stream", 1)
+    for _ in range(4):                           # 1.2 s in flight, renewed every 0.3 s
+        await asyncio.sleep(0.3)
+        await limiter.renew_leases()
+    with pytest.raises(RateLimited):
+        await limiter.reserve(key, "still-blocked", 1)
+    await limiter.release(held)
+    await limiter.renew_leases()                 # a released lease is not brought back
+    assert (await limiter.reserve(key, "now-free", 1)).mode == "redis"
+
+
+# -- keys without limits, key layout, formats ---------------------------------------------------
+
+async def test_unlimited_key_costs_nothing(limiter, redis):
+    key = make_key()
+    res = await limiter.reserve(key, "free", 10_000)
+    assert res.mode == "unlimited" and res.headers == {}
+    await limiter.finish(res, 5)
+    assert await redis.exists(f"{KEY_PREFIX}{{{key.id}}}:b", f"{KEY_PREFIX}{{{key.id}}}:c") == 0
+
+
+async def test_redis_keys_carry_the_script_version_and_expire(limiter, redis):
+    key = make_key(rpm=5, tpm=500, max_concurrent=3)
+    res = await limiter.reserve(key, "x", 10)
+    assert KEY_PREFIX == "rl:v1:"
+    bucket, leases = f"rl:v1:{{{key.id}}}:b", f"rl:v1:{{{key.id}}}:c"
+    assert 0 < await redis.pttl(bucket) <= 60_000 / 5 + 1000 + 60_000
+    assert 0 < await redis.pttl(leases)
+    await limiter.release(res)
+    assert await redis.zcard(leases) == 0
+
+
+@pytest.mark.parametrize("ms, text", [
+    (0, "0s"), (-5, "0s"), (20, "20ms"), (999, "999ms"), (1000, "1s"), (1500, "1.5s"), (17_250, "17.25s"),
+    (60_000, "1m0s"), (360_000, "6m0s"), (61_500, "1m1.5s"), (3_723_000, "1h2m3s"), (0.2, "1ms"),
+])
+def test_reset_duration_format(ms, text):
+    assert format_duration(ms) == text
+
+
+# -- Redis unavailable ---------------------------------------------------------------------------
+
+@pytest.fixture
+def throwaway_redis(log_dir):
+    server = ThrowawayRedis(log_dir).start()
+    yield server
+    server.stop()
+
+
+async def wait_for(predicate, timeout: float = 10.0):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = await predicate()
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+async def test_fail_closed_then_recovers(throwaway_redis, log_dir):
+    client = create_redis(throwaway_redis.url)
+    limiter = RateLimiter(client, failure_mode="closed")
+    key = make_key(rpm=100)
+    restarted = None
+    try:
+        assert (await limiter.reserve(key, "up", 1)).mode == "redis"
+        assert await limiter.ping() and redis_up() == 1
+        throwaway_redis.stop()
+
+        before = decisions("rejected", "redis_unavailable")
+        for i in range(20):
+            with pytest.raises(ServiceUnavailable) as caught:
+                await limiter.reserve(key, f"down-{i}", 1)
+            assert caught.value.reason == "redis_unavailable"
+            assert caught.value.status == 503
+            assert int(caught.value.headers["Retry-After"]) >= 1
+        assert decisions("rejected", "redis_unavailable") == before + 20
+        assert redis_up() == 0
+        assert not await limiter.ping()
+
+        restarted = ThrowawayRedis(log_dir, port=throwaway_redis.port).start()
+
+        async def admitted_by_redis():
+            try:
+                return (await limiter.reserve(key, "back", 1)).mode == "redis"
+            except ServiceUnavailable:
+                return False
+        await wait_for(admitted_by_redis)
+        assert redis_up() == 1
+    finally:
+        await client.aclose()
+        if restarted:
+            restarted.stop()
+
+
+async def test_local_fallback_enforces_the_limits_then_hands_back_to_redis(throwaway_redis, log_dir):
+    client = create_redis(throwaway_redis.url)
+    limiter = RateLimiter(client, failure_mode="local")
+    key = make_key(rpm=5, tpm=1000, max_concurrent=3)
+    restarted = None
+    try:
+        held = await limiter.reserve(key, "before", 1)
+        await limiter.release(held)
+        throwaway_redis.stop()
+
+        before = decisions("allowed", "local_fallback")
+        results = await outcomes(limiter, key, 12)
+        admitted = [r for r in results if not isinstance(r, BaseException)]
+        refused = [r for r in results if isinstance(r, BaseException)]
+        # The local limiter starts with a full bucket: 5 requests, but only 3 at once.
+        assert len(admitted) == 3 and all(r.mode == "local" for r in admitted)
+        assert all(isinstance(r, RateLimited) for r in refused)
+        assert {r.reason for r in refused} == {"concurrency"}
+        assert decisions("allowed", "local_fallback") == before + 3
+        assert admitted[0].headers["x-ratelimit-limit-requests"] == "5"
+        for r in admitted:
+            await limiter.finish(r, 1)
+        again = [r for r in await outcomes(limiter, key, 5) if not isinstance(r, BaseException)]
+        assert len(again) == 2                   # 5 per minute in all
+        with pytest.raises(RateLimited) as caught:
+            await limiter.reserve(key, "over", 1)
+        assert caught.value.reason == "rpm" and int(caught.value.headers["Retry-After"]) >= 1
+        for r in again:
+            await limiter.release(r)
+
+        restarted = ThrowawayRedis(log_dir, port=throwaway_redis.port).start()
+
+        async def back_on_redis():
+            try:
+                res = await limiter.reserve(key, "back", 1)
+            except RateLimited:
+                return False             # the fresh Redis admits: it has never seen this key
+            await limiter.release(res)
+            return res.mode == "redis"
+        await wait_for(back_on_redis)
+    finally:
+        await client.aclose()
+        if restarted:
+            restarted.stop()
+
+
+async def test_remembered_rejections_need_no_redis(throwaway_redis):
+    client = create_redis(throwaway_redis.url)
+    limiter = RateLimiter(client, failure_mode="closed")
+    key = make_key(rpm=3)
+    try:
+        await outcomes(limiter, key, 3)
+        with pytest.raises(RateLimited):
+            await limiter.reserve(key, "over", 1)
+        throwaway_redis.stop()
+        # Still answered 429 (not 503): the rejection came from memory, not from Redis.
+        with pytest.raises(RateLimited) as caught:
+            await limiter.reserve(key, "over-again", 1)
+        assert caught.value.reason == "rpm"
+        # Other keys do need Redis.
+        with pytest.raises(ServiceUnavailable):
+            await limiter.reserve(make_key(rpm=3), "other", 1)
+    finally:
+        await client.aclose()
+
+
+async def test_finishing_never_raises_when_redis_is_gone(throwaway_redis):
+    client = create_redis(throwaway_redis.url)
+    limiter = RateLimiter(client, failure_mode="closed")
+    key = make_key(tpm=1000, max_concurrent=2)
+    try:
+        reservations = [await limiter.reserve(key, f"r{i}", 10) for i in range(2)]
+        throwaway_redis.stop()
+        await limiter.reconcile(reservations[0], 1)
+        await limiter.release(reservations[0])
+        await limiter.finish(reservations[1], 1)
+        await limiter.renew_leases()
+        assert not await limiter.ping()
+    finally:
+        await client.aclose()
