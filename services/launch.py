@@ -134,6 +134,10 @@ class GatewaySpec:
     shutdown_grace_seconds: float = 30.0
     tier_priorities: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_TIER_PRIORITIES))
     log_level: str = "info"
+    health_check_interval_seconds: float = 2.0
+    circuit_failure_threshold: int = 3
+    circuit_open_seconds: float = 5.0
+    model_refresh_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         if not self.engines:
@@ -167,6 +171,10 @@ def gateway_env(spec: GatewaySpec) -> dict[str, str]:
         "GATEWAY_SHUTDOWN_GRACE_SECONDS": str(spec.shutdown_grace_seconds),
         "GATEWAY_TIER_PRIORITIES": json.dumps(dict(spec.tier_priorities), sort_keys=True),
         "GATEWAY_LOG_LEVEL": spec.log_level,
+        "GATEWAY_HEALTH_CHECK_INTERVAL_SECONDS": str(spec.health_check_interval_seconds),
+        "GATEWAY_CIRCUIT_FAILURE_THRESHOLD": str(spec.circuit_failure_threshold),
+        "GATEWAY_CIRCUIT_OPEN_SECONDS": str(spec.circuit_open_seconds),
+        "GATEWAY_MODEL_REFRESH_SECONDS": str(spec.model_refresh_seconds),
     }
 
 

@@ -36,6 +36,11 @@ class Settings(BaseSettings):
         default_factory=lambda: {"premium": 0, "standard": 10, "batch": 20}
     )
     log_level: str = "info"
+    # Engine pool (engines.py, breaker.py, catalog.py).
+    health_check_interval_seconds: float = Field(default=2.0, gt=0)
+    circuit_failure_threshold: int = Field(default=3, ge=1)
+    circuit_open_seconds: float = Field(default=5.0, gt=0)
+    model_refresh_seconds: float = Field(default=30.0, gt=0)
 
     @field_validator("engines", mode="before")
     @classmethod
