@@ -1,7 +1,8 @@
 """The gateway's Prometheus metrics. Names are a contract: grafana/ and prometheus/ use them.
 
 The gateway runs several worker processes, so prometheus-client's multiprocess mode is
-used when PROMETHEUS_MULTIPROC_DIR is set (gauges then say how to combine processes).
+used when PROMETHEUS_MULTIPROC_DIR is set (gauges then say how to combine processes; "live"
+modes, so a worker that exited stops counting: see metrics_server.py).
 No per-key label: key ids would explode cardinality; per-key usage lives in PostgreSQL.
 """
 
@@ -32,10 +33,10 @@ AUTH_FAILURES = Counter("gateway_auth_failures", "Rejected API keys", ["reason"]
 UPSTREAM_ERRORS = Counter("gateway_upstream_errors", "Engine failures seen by the gateway",
                           ["upstream", "kind"])  # connect|timeout|status_5xx|stream_broken
 CIRCUIT_STATE = Gauge("gateway_circuit_state", "Circuit breaker per engine: 0 closed, 1 half-open, 2 open",
-                      ["upstream"], multiprocess_mode="max")
+                      ["upstream"], multiprocess_mode="livemax")
 ENGINE_HEALTHY = Gauge("gateway_engine_healthy", "Engine health as last probed (1 healthy)",
-                       ["upstream"], multiprocess_mode="min")
+                       ["upstream"], multiprocess_mode="livemin")
 PROMPT_TOKENS = Counter("gateway_prompt_tokens", "Prompt tokens served (from engine usage)", ["tier"])
 COMPLETION_TOKENS = Counter("gateway_completion_tokens", "Completion tokens served (from engine usage)", ["tier"])
 DEPENDENCY_UP = Gauge("gateway_dependency_up", "Dependency reachable as last checked (1 up)",
-                      ["dependency"], multiprocess_mode="min")  # postgres|redis|engine
+                      ["dependency"], multiprocess_mode="livemin")  # postgres|redis|engine

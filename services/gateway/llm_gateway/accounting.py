@@ -1,0 +1,135 @@
+"""Closing the books of a request: everything it held is given back, exactly once.
+
+Once the limiter has admitted a request it holds a reservation (tokens, a concurrency
+lease), then an admission slot and an engine. `Books.close()` runs when the answer is
+complete -- after the last byte for streams, after the response is sent otherwise, or on any
+failure -- and:
+- hands the engine back, with the outcome for its circuit breaker;
+- leaves the admission slot;
+- queues the usage record (UsageRecorder batches it to PostgreSQL off the hot path) and
+  counts the tokens in gateway_prompt/completion_tokens_total;
+- reconciles the reservation with the real usage and frees the lease (one Redis call).
+
+Tokens when the engine reported no usage: a request that never reached an engine, or that
+the engine refused (4xx), used none, so its reservation is given back in full. One cut short
+(client gone, engine failed) keeps its reservation, and its usage record carries estimates:
+the prompt estimate and one completion token per streamed event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import anyio
+
+from . import metrics
+from .admission import Admission
+from .engines import Engine, EnginePool
+from .keys import ApiKey
+from .limiter import RateLimiter, Reservation
+from .usage import UsageRecorder
+from .validation import Plan
+
+log = logging.getLogger(__name__)
+
+
+class Accounting:
+    """Opens books for admitted requests and knows how many are still open (for draining)."""
+
+    def __init__(self, limiter: RateLimiter, admission: Admission, engines: EnginePool, usage: UsageRecorder):
+        self.limiter = limiter
+        self.admission = admission
+        self.engines = engines
+        self.usage = usage
+        self.open_count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._tokens: dict[str, tuple] = {}   # tier -> (prompt counter, completion counter)
+
+    def open(self, key: ApiKey, plan: Plan, reservation: Reservation, request_id: str) -> "Books":
+        self.open_count += 1
+        self._idle.clear()
+        return Books(self, key, plan, reservation, request_id)
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until every open book is closed; False if some are still open after `timeout`."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    def _closed(self) -> None:
+        self.open_count -= 1
+        if self.open_count == 0:
+            self._idle.set()
+
+    def count_tokens(self, tier: str, prompt: int, completion: int) -> None:
+        counters = self._tokens.get(tier)
+        if counters is None:
+            counters = self._tokens[tier] = (metrics.PROMPT_TOKENS.labels(tier), metrics.COMPLETION_TOKENS.labels(tier))
+        counters[0].inc(prompt)
+        counters[1].inc(completion)
+
+
+class Books:
+    __slots__ = ("_acc", "key", "plan", "reservation", "request_id", "admitted", "engine", "reached",
+                 "_closed", "opened_at")
+
+    def __init__(self, acc: Accounting, key: ApiKey, plan: Plan, reservation: Reservation, request_id: str):
+        self._acc = acc
+        self.key = key
+        self.plan = plan
+        self.reservation = reservation
+        self.request_id = request_id
+        self.admitted = False          # holds an admission slot
+        self.engine: Engine | None = None
+        self.reached = False           # the engine answered (response headers received)
+        self._closed = False
+        self.opened_at = time.monotonic()
+
+    async def close(self, status: int, *, usage: dict | None = None, failure: str | None = None,
+                    chunks: int = 0) -> None:
+        """Give everything back. `failure` is the upstream error kind, if the engine failed."""
+        if self._closed:
+            return
+        self._closed = True
+        acc = self._acc
+        try:
+            if self.engine is not None:
+                if failure is not None or self.reached:
+                    acc.engines.done(self.engine, failure)
+                else:
+                    acc.engines.release_unused(self.engine)
+            if self.admitted:
+                acc.admission.leave()
+
+            actual: int | None
+            if usage is not None:
+                prompt, completion = _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens"))
+                actual = prompt + completion
+                acc.count_tokens(self.key.tier, prompt, completion)
+            elif failure is None and (not self.reached or (400 <= status < 500 and status != 499)):
+                prompt = completion = actual = 0
+            else:
+                prompt, completion, actual = self.plan.prompt_tokens, chunks, None
+            if self.reached or failure is not None:
+                acc.usage.record(request_id=self.request_id, key_id=self.key.id, tier=self.key.tier,
+                                 model=self.plan.served.id, prompt_tokens=prompt, completion_tokens=completion,
+                                 status=status)
+            await acc.limiter.finish(self.reservation, actual)
+        except Exception:  # noqa: BLE001 - closing the books must never fail the request
+            log.exception("closing the books failed", extra={"request_id": self.request_id})
+        finally:
+            acc._closed()
+
+    async def close_shielded(self, status: int, **kw) -> None:
+        """close(), protected from the cancellation of a stream whose client went away."""
+        with anyio.CancelScope(shield=True):
+            await self.close(status, **kw)
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0

@@ -1,0 +1,86 @@
+"""The OpenAI-compatible routes. `_complete` is the whole request path, top to bottom:
+
+    authenticate -> validate -> reserve (limiter) -> admit (in-flight cap) -> pick an engine
+    -> proxy / stream -> close the books (reconcile tokens, release, record usage)
+
+Metrics and the access line are observed around it (observe.py); errors become OpenAI-shaped
+responses in one place (app.py).
+"""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from . import proxy
+from .errors import GatewayError
+from .observe import Observation
+from .runtime import Runtime
+from .validation import CHAT, COMPLETION, read_json_body
+
+router = APIRouter()
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    return await _complete(request, CHAT, "/v1/chat/completions")
+
+
+@router.post("/v1/completions")
+async def completions(request: Request) -> Response:
+    return await _complete(request, COMPLETION, "/v1/completions")
+
+
+async def _complete(request: Request, kind: str, path: str) -> Response:
+    rt: Runtime = request.state.runtime
+    obs: Observation = request.state.obs
+
+    key = await rt.keys.authenticate(request.headers.get("authorization"))
+    obs.key_id, obs.tier = key.id, key.tier
+
+    body, body_size = await read_json_body(request, rt.settings.max_body_bytes)
+    plan = await rt.validator.plan(body, body_size, key, kind)
+    obs.model = plan.served.id
+    rt.priorities.apply(body, key.tier)
+
+    reservation = await rt.limiter.reserve(key, obs.request_id, plan.reserved_tokens)
+    books = rt.accounting.open(key, plan, reservation, obs.request_id)
+    try:
+        await rt.admission.enter()
+        books.admitted = True
+
+        books.engine = rt.engines.pick(plan.served.engines)
+        sent_at = time.perf_counter()
+        upstream = await proxy.send(rt.http, books.engine, path, body, rt.upstream_timeout)
+        obs.upstream_seconds = time.perf_counter() - sent_at
+        books.reached = True
+
+        if plan.stream and upstream.status == 200:
+            return proxy.streaming_response(upstream, books, reservation.headers,
+                                            strip_usage=not plan.client_wants_usage, set_outcome=obs.set_outcome)
+        response = await proxy.buffered_response(upstream, books, request.receive, reservation.headers)
+        obs.upstream_seconds = time.perf_counter() - sent_at
+        return response
+    except proxy.ClientGone:
+        obs.set_outcome(499)
+        await books.close_shielded(499)
+        return Response(status_code=499)  # nobody is listening; keeps the server from logging an error
+    except GatewayError as error:
+        await books.close_shielded(error.status, failure=getattr(error, "kind", None))
+        raise
+    except BaseException:
+        await books.close_shielded(500)
+        raise
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> Response:
+    rt: Runtime = request.state.runtime
+    obs: Observation = request.state.obs
+    key = await rt.keys.authenticate(request.headers.get("authorization"))
+    obs.key_id, obs.tier = key.id, key.tier
+    cards = [served.card for served in rt.catalog.all() if key.allows(served.id)]
+    return Response(orjson.dumps({"object": "list", "data": cards}), media_type="application/json")

@@ -1,0 +1,96 @@
+"""The gateway's ASGI application (one per worker process; `python -m llm_gateway` runs them).
+
+Routes: api.py (the OpenAI-compatible routes and the request path), readiness.py (/healthz,
+/readyz), lora_admin.py (/admin/v1/lora/*). Metrics are served on their own port by the
+parent process (__main__.py), never by this app, so the edge cannot expose them.
+
+Errors: every error leaves here in OpenAI's shape {"error": {message, type, param, code}}:
+GatewayError subclasses with their own status, FastAPI validation errors as 400, unknown
+routes and methods as 404/405, and anything unexpected as a 500 (logged with its request id).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import asynccontextmanager
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from . import api, lora_admin, readiness
+from .errors import GatewayError
+from .logging_setup import setup_logging
+from .observe import RequestObserver
+from .runtime import Runtime
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    setup_logging(settings.log_level)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        runtime = await Runtime.start(settings)
+        log.info("gateway worker ready", extra={"engines": settings.engines, "port": settings.port})
+        try:
+            yield {"runtime": runtime}   # reaches every request as request.state.runtime
+        finally:
+            await runtime.close()
+            _forget_process_gauges()
+            log.info("gateway worker stopped")
+
+    app = FastAPI(title="llm-gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.include_router(api.router)
+    app.include_router(readiness.router)
+    app.include_router(lora_admin.router)
+    app.add_exception_handler(GatewayError, _gateway_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+    app.add_middleware(RequestObserver)
+    return app
+
+
+def _error(status: int, message: str, type_: str, code: str | None, param: str | None = None,
+           headers: dict | None = None) -> Response:
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    return Response(orjson.dumps(body), status_code=status, headers=headers, media_type="application/json")
+
+
+async def _gateway_error(request: Request, exc: GatewayError) -> Response:
+    return Response(orjson.dumps(exc.body()), status_code=exc.status, headers=exc.headers,
+                    media_type="application/json")
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+    return _error(400, f"Invalid request: {exc.errors()}", "invalid_request_error", "invalid_request")
+
+
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    messages = {404: f"Unknown route {request.method} {request.url.path}.",
+                405: f"Method {request.method} is not allowed on {request.url.path}."}
+    return _error(exc.status_code, messages.get(exc.status_code, str(exc.detail)),
+                  "invalid_request_error" if exc.status_code < 500 else "server_error",
+                  {404: "unknown_url", 405: "method_not_allowed"}.get(exc.status_code),
+                  headers=getattr(exc, "headers", None))
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    obs = getattr(request.state, "obs", None)
+    log.error("unhandled error", exc_info=exc, extra={"request_id": getattr(obs, "request_id", None)})
+    return _error(500, "The gateway had an internal error.", "server_error", "internal_error")
+
+
+def _forget_process_gauges() -> None:
+    """Drop this process's live gauges (in-flight) from the shared metrics directory."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(os.getpid())

@@ -1,0 +1,100 @@
+"""The models the engines serve (base models and LoRA adapters), learnt from their /v1/models.
+
+vLLM lists each served name with its `max_model_len` (the context window the validator
+checks against) and, for a LoRA adapter, its `parent` base model. The catalog is refreshed
+periodically, when an engine comes back, after an adapter is loaded or unloaded, and when a
+request names a model the catalog does not know (at most once per `miss_refresh_seconds`,
+so a flood of unknown names costs no more than one refresh per second).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+
+from .engines import EnginePool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    id: str
+    max_model_len: int | None
+    engines: frozenset[str]   # URLs of the engines serving it
+    card: dict                # the engine's model object, as clients see it on /v1/models
+
+
+class ModelCatalog:
+    def __init__(self, pool: EnginePool, session: aiohttp.ClientSession, miss_refresh_seconds: float = 1.0):
+        self._pool = pool
+        self._session = session
+        self._miss_refresh_seconds = miss_refresh_seconds
+        self._models: dict[str, ServedModel] = {}
+        self._last_refresh = float("-inf")
+        self._refreshing: asyncio.Task | None = None
+
+    def get(self, model: str) -> ServedModel | None:
+        return self._models.get(model)
+
+    def all(self) -> list[ServedModel]:
+        return list(self._models.values())
+
+    async def find(self, model: str) -> ServedModel | None:
+        """The model, refreshing the catalog first if it is unknown (rate limited)."""
+        served = self._models.get(model)
+        if served is None and time.monotonic() - self._last_refresh >= self._miss_refresh_seconds:
+            await self.refresh()
+            served = self._models.get(model)
+        return served
+
+    async def refresh(self) -> None:
+        """Re-read /v1/models from every healthy engine; concurrent callers share one refresh."""
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.create_task(self._refresh())
+        await asyncio.shield(self._refreshing)
+
+    async def _refresh(self) -> None:
+        engines = self._pool.engines
+        healthy = {e.url for e in self._pool.healthy()}
+        listings = await asyncio.gather(*(self._list(e.url) if e.url in healthy else _none() for e in engines))
+        self._last_refresh = time.monotonic()
+        found: dict[str, tuple[dict, set[str]]] = {}
+        for engine, cards in zip(engines, listings):
+            if cards is None:
+                # Down or not answering: keep what it served before, so its models answer
+                # 503 (no engine) rather than 404 (unknown) until it is back.
+                for served in self._models.values():
+                    if engine.url in served.engines:
+                        found.setdefault(served.id, (served.card, set()))[1].add(engine.url)
+                continue
+            for card in cards:
+                found.setdefault(card["id"], (card, set()))[1].add(engine.url)
+        models = {}
+        for model_id, (card, urls) in found.items():
+            max_len = card.get("max_model_len")
+            if max_len is None and card.get("parent") in found:  # an adapter inherits its base's window
+                max_len = found[card["parent"]][0].get("max_model_len")
+            models[model_id] = ServedModel(model_id, max_len, frozenset(urls), card)
+        if set(models) != set(self._models):
+            log.info("served models changed", extra={"models": sorted(models)})
+        self._models = models
+
+    async def _list(self, url: str) -> list[dict] | None:
+        try:
+            async with self._session.get(url + "/v1/models", timeout=aiohttp.ClientTimeout(total=5)) as response:
+                if response.status != 200:
+                    return None
+                cards = orjson.loads(await response.read()).get("data", [])
+                return [card for card in cards if isinstance(card, dict) and isinstance(card.get("id"), str)]
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, orjson.JSONDecodeError, AttributeError):
+            return None
+
+
+async def _none() -> None:
+    return None

@@ -1,0 +1,127 @@
+"""The engine pool: which vLLM server takes the next request.
+
+- Choice: least outstanding requests among the engines that serve the model, passed their
+  last health check and whose circuit breaker lets a request through.
+- Health: GET /health on every engine every `health_check_interval_seconds`, off the
+  request path (a background task of each worker process).
+- Circuit breaker per engine (breaker.py): request outcomes open it; a dead engine then
+  costs a client a fast 503 with Retry-After instead of a connect timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import aiohttp
+
+from . import metrics
+from .breaker import CircuitBreaker
+from .errors import ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Engine:
+    url: str
+    breaker: CircuitBreaker
+    healthy: bool = False
+    outstanding: int = 0
+    _errors: dict = field(default_factory=dict)  # kind -> metric child, created on first use
+
+    def count_error(self, kind: str) -> None:
+        child = self._errors.get(kind)
+        if child is None:
+            child = self._errors[kind] = metrics.UPSTREAM_ERRORS.labels(self.url, kind)
+        child.inc()
+
+
+class EnginePool:
+    def __init__(self, urls: Iterable[str], session: aiohttp.ClientSession, *, failure_threshold: int,
+                 open_seconds: float, health_interval: float, health_timeout: float = 2.0):
+        self._session = session
+        self.health_interval = health_interval
+        self._health_timeout = aiohttp.ClientTimeout(total=health_timeout)
+        self.engines: list[Engine] = []
+        for url in dict.fromkeys(urls):  # de-duplicated, order kept
+            gauge = metrics.CIRCUIT_STATE.labels(url)
+            breaker = CircuitBreaker(failure_threshold, open_seconds, on_change=gauge.set)
+            gauge.set(breaker.state)
+            self.engines.append(Engine(url, breaker))
+            metrics.ENGINE_HEALTHY.labels(url).set(0)
+
+    # -- choosing ---------------------------------------------------------------------------
+
+    def pick(self, serving: frozenset[str] | None = None) -> Engine:
+        """The least busy usable engine among those serving the model (all engines if None).
+
+        The caller must hand the engine back with `done()` exactly once."""
+        best: Engine | None = None
+        for engine in self.engines:
+            if (serving is None or engine.url in serving) and engine.healthy and engine.breaker.available():
+                if best is None or engine.outstanding < best.outstanding:
+                    best = engine
+        if best is None:
+            metrics.ADMISSION_REJECTIONS.labels("no_healthy_engine").inc()
+            raise ServiceUnavailable("No inference engine is available for this model right now; retry shortly.",
+                                     reason="no_healthy_engine", retry_after=self._retry_after(serving))
+        best.breaker.claim()
+        best.outstanding += 1
+        return best
+
+    def done(self, engine: Engine, failure: str | None = None) -> None:
+        """Hand an engine back; `failure` is the upstream error kind, if any
+        (connect|timeout|status_5xx|stream_broken), which counts against its breaker."""
+        engine.outstanding -= 1
+        if failure is None:
+            engine.breaker.record_success()
+        else:
+            engine.count_error(failure)
+            engine.breaker.record_failure()
+            if failure == "connect":
+                # Refused or unreachable: stop choosing it now rather than at the next health check.
+                self._set_health(engine, False)
+
+    def release_unused(self, engine: Engine) -> None:
+        """Hand back an engine the request never reached (no outcome to learn from)."""
+        engine.outstanding -= 1
+        engine.breaker.unclaim()
+
+    def _retry_after(self, serving: frozenset[str] | None) -> float:
+        waits = [e.breaker.retry_after() for e in self.engines
+                 if (serving is None or e.url in serving) and e.healthy and e.breaker.retry_after() > 0]
+        return min(waits) if waits else self.health_interval
+
+    # -- health -----------------------------------------------------------------------------
+
+    def healthy(self) -> list[Engine]:
+        return [e for e in self.engines if e.healthy]
+
+    async def check_health(self) -> list[Engine]:
+        """Probe every engine once; returns the engines that just came back (healthy again)."""
+        results = await asyncio.gather(*(self._probe(e) for e in self.engines))
+        recovered = []
+        for engine, ok in zip(self.engines, results):
+            if ok and not engine.healthy:
+                recovered.append(engine)
+            self._set_health(engine, ok)
+        metrics.DEPENDENCY_UP.labels("engine").set(1 if any(results) else 0)
+        return recovered
+
+    async def _probe(self, engine: Engine) -> bool:
+        try:
+            async with self._session.get(engine.url + "/health", timeout=self._health_timeout) as response:
+                await response.read()
+                return response.status == 200
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            return False
+
+    def _set_health(self, engine: Engine, healthy: bool) -> None:
+        if healthy != engine.healthy:
+            log.log(logging.INFO if healthy else logging.WARNING, "engine %s", "healthy" if healthy else "unhealthy",
+                    extra={"upstream": engine.url})
+        engine.healthy = healthy
+        metrics.ENGINE_HEALTHY.labels(engine.url).set(1 if healthy else 0)

@@ -1,0 +1,220 @@
+"""Forwarding a completion request to an engine and relaying its answer.
+
+- `send()` posts the (validated, edited) body and returns once the engine's response
+  headers are in. A refused connection is a fast 503 with Retry-After, a timeout a 504.
+- `buffered_response()` relays a non-streaming answer. If the client hangs up while the
+  engine is still generating, the upstream connection is closed at once (vLLM aborts a
+  request whose client is gone) instead of generating for nobody.
+- `streaming_response()` relays Server-Sent Events as they arrive: every complete event is
+  passed on the moment it is read, in the bytes the engine sent (event-aligned: a partial
+  event waits for its end, so events are never split or merged differently than upstream
+  wrote them, and nothing is held back beyond that). On the way it notices the usage chunk
+  (for reconciliation), `data: [DONE]`, and failures:
+    * client disconnect -> the upstream response is closed at once, so vLLM aborts;
+    * engine failure mid-stream (connection lost, timeout, end without [DONE]) -> one
+      `data: {"error": {...}}` event and NO `data: [DONE]`, so no client mistakes a
+      truncated answer for a complete one.
+  The gateway always asks vLLM for `stream_options.include_usage`; when the client did not
+  ask for it, the extra usage chunk (empty `choices`) is removed from what the client sees,
+  so the stream is exactly what the client asked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator, Callable
+
+import aiohttp
+import anyio
+import orjson
+from starlette.background import BackgroundTask
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive
+
+from .accounting import Books
+from .engines import Engine
+from .errors import GatewayError, UpstreamError
+
+_JSON_HEADERS = {"content-type": "application/json"}
+_DONE = b"data: [DONE]"
+_USAGE = b'"usage":{'
+
+
+class EngineFailure(UpstreamError):
+    """The engine failed this request; `kind` labels gateway_upstream_errors_total."""
+
+    def __init__(self, message: str, *, kind: str, **kw):
+        super().__init__(message, **kw)
+        self.kind = kind
+
+
+class ClientGone(Exception):
+    """The client disconnected before the answer was ready."""
+
+
+async def send(session: aiohttp.ClientSession, engine: Engine, path: str, body: dict,
+               timeout: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
+    try:
+        # The request id is not forwarded: vLLM would adopt it as its own, and two clients
+        # reusing one X-Request-ID would then collide inside the engine.
+        return await session.post(engine.url + path, data=orjson.dumps(body), headers=_JSON_HEADERS,
+                                  timeout=timeout)
+    except aiohttp.ClientConnectorError:
+        raise EngineFailure("The inference engine is unreachable; retry shortly.", kind="connect", status=503,
+                            code="engine_unavailable", headers={"Retry-After": "1"}) from None
+    except asyncio.TimeoutError:
+        raise _timeout() from None
+    except (aiohttp.ClientError, OSError):
+        raise EngineFailure("The inference engine closed the connection.", kind="stream_broken") from None
+
+
+def _timeout() -> EngineFailure:
+    return EngineFailure("The inference engine did not answer in time.", kind="timeout", status=504,
+                         code="upstream_timeout")
+
+
+def _engine_error(upstream_status: int, payload: bytes) -> EngineFailure:
+    try:
+        detail = orjson.loads(payload)["error"]["message"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        detail = f"HTTP {upstream_status}"
+    return EngineFailure(f"The inference engine failed: {detail}", kind="status_5xx")
+
+
+async def buffered_response(upstream: aiohttp.ClientResponse, books: Books, receive: Receive,
+                            headers: dict[str, str]) -> Response:
+    """The engine's whole answer, relayed once complete; closes the books after it is sent."""
+    watcher = asyncio.get_running_loop().create_task(_close_on_disconnect(receive, upstream))
+    try:
+        payload = await upstream.read()
+    except asyncio.TimeoutError:
+        upstream.close()
+        raise _timeout() from None
+    except (aiohttp.ClientError, OSError):
+        upstream.close()
+        if watcher.done():
+            raise ClientGone() from None
+        raise EngineFailure("The inference engine closed the connection.", kind="stream_broken") from None
+    finally:
+        watcher.cancel()
+    if upstream.status >= 500:
+        raise _engine_error(upstream.status, payload)
+    usage = None
+    if upstream.status == 200:
+        try:
+            usage = orjson.loads(payload).get("usage")
+        except (orjson.JSONDecodeError, AttributeError):
+            usage = None
+    return Response(payload, upstream.status, headers=headers, media_type="application/json",
+                    background=BackgroundTask(books.close, upstream.status, usage=usage))
+
+
+async def _close_on_disconnect(receive: Receive, upstream: aiohttp.ClientResponse) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    upstream.close()
+
+
+class _RelayResponse(StreamingResponse):
+    """A StreamingResponse that always finalises its body iterator.
+
+    Starlette stops iterating when the client disconnects; if that happens while the relay
+    is suspended at a `yield` rather than reading upstream, the relay would only be closed
+    whenever the garbage collector gets to it. Closing it here runs its `finally` at once
+    (upstream closed, books closed)."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.body_iterator.aclose()
+
+
+def streaming_response(upstream: aiohttp.ClientResponse, books: Books, headers: dict[str, str],
+                       strip_usage: bool, set_outcome: Callable[[int], None]) -> StreamingResponse:
+    return _RelayResponse(_relay(upstream, books, strip_usage, set_outcome), status_code=200,
+                             headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
+                             media_type="text/event-stream")
+
+
+async def _relay(upstream: aiohttp.ClientResponse, books: Books, strip_usage: bool,
+                 set_outcome: Callable[[int], None]) -> AsyncIterator[bytes]:
+    events = SseEvents(strip_usage)
+    status, failure = 499, None          # until proven otherwise: the client went away
+    try:
+        try:
+            async for chunk in upstream.content.iter_any():
+                out = events.feed(chunk)
+                if out:
+                    yield out
+            if events.done:
+                status = 200
+            else:
+                failure = "stream_broken"
+        except asyncio.TimeoutError:
+            failure = "timeout"
+        except (aiohttp.ClientError, OSError):
+            failure = "stream_broken"
+        if failure is not None:
+            status = 504 if failure == "timeout" else 502
+            error = _timeout() if failure == "timeout" else EngineFailure(
+                "The inference engine failed in the middle of the response; the output is incomplete.",
+                kind=failure)
+            yield error_event(error)
+    finally:
+        # Closing (not releasing) drops the connection: if the engine is still generating,
+        # this is what tells vLLM to abort.
+        if status != 200:
+            upstream.close()
+        else:
+            upstream.release()
+        set_outcome(status)
+        await books.close_shielded(status, usage=events.usage, failure=failure, chunks=events.count)
+
+
+def error_event(error: GatewayError) -> bytes:
+    return b"data: " + orjson.dumps(error.body()) + b"\n\n"
+
+
+class SseEvents:
+    """Cuts the engine's byte stream into complete SSE events (vLLM ends each with a blank line)."""
+
+    __slots__ = ("_pending", "_strip_usage", "usage", "done", "count")
+
+    def __init__(self, strip_usage: bool):
+        self._pending = b""
+        self._strip_usage = strip_usage
+        self.usage: dict | None = None
+        self.done = False
+        self.count = 0           # events seen: about one per generated token and choice
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The complete events available after `chunk`, to pass on as they are."""
+        data = self._pending + chunk if self._pending else chunk
+        end = data.rfind(b"\n\n")
+        if end < 0:
+            self._pending = data
+            return b""
+        complete, self._pending = data[:end + 2], data[end + 2:]
+        self.count += complete.count(b"\n\n")
+        if _USAGE in complete:
+            complete = self._take_usage(complete)
+        if _DONE in complete:
+            self.done = True
+        return complete
+
+    def _take_usage(self, complete: bytes) -> bytes:
+        kept = []
+        for event in complete.split(b"\n\n")[:-1]:
+            if _USAGE in event and event.startswith(b"data: {"):
+                try:
+                    payload = orjson.loads(event[6:])
+                except orjson.JSONDecodeError:
+                    payload = None
+                if isinstance(payload, dict) and isinstance(payload.get("usage"), dict):
+                    self.usage = payload["usage"]
+                    if self._strip_usage and not payload.get("choices"):
+                        continue  # the usage-only chunk the client did not ask for
+            kept.append(event + b"\n\n")
+        return b"".join(kept)

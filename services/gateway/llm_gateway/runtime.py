@@ -1,0 +1,146 @@
+"""Every long-lived part of one gateway worker process, wired together in one place.
+
+`Runtime.start()` builds them at start-up (the app's lifespan), `close()` takes them down in
+the order that loses nothing: wait for open requests to close their books, stop the
+background loops, flush usage to PostgreSQL, then close the connections.
+
+Background loops (off the request path):
+- every `health_check_interval_seconds`: engine health, PostgreSQL reachability (the
+  gateway_dependency_up gauges); the model catalog every `model_refresh_seconds` and as
+  soon as an engine comes back;
+- every lease_seconds / 3: renew the concurrency leases of this process's requests in Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+import asyncpg
+import redis.asyncio as aioredis
+
+from . import db, metrics
+from .accounting import Accounting
+from .admission import Admission
+from .catalog import ModelCatalog
+from .engines import EnginePool
+from .keys import KeyStore
+from .limiter import RateLimiter, create_redis
+from .priority import TierPriorities
+from .settings import Settings
+from .tokens import TokenCounter
+from .usage import UsageRecorder
+from .validation import Validator
+
+log = logging.getLogger(__name__)
+
+_STARTUP_DB_WAIT_SECONDS = 60.0
+_DRAIN_AFTER_SERVER_SECONDS = 5.0   # uvicorn already drained for shutdown_grace_seconds
+
+
+@dataclass(eq=False)
+class Runtime:
+    settings: Settings
+    pool: asyncpg.Pool
+    redis: aioredis.Redis
+    http: aiohttp.ClientSession
+    keys: KeyStore
+    limiter: RateLimiter
+    usage: UsageRecorder
+    engines: EnginePool
+    catalog: ModelCatalog
+    validator: Validator
+    priorities: TierPriorities
+    admission: Admission
+    accounting: Accounting
+    upstream_timeout: aiohttp.ClientTimeout
+    _tasks: list[asyncio.Task] = field(default_factory=list)
+
+    @classmethod
+    async def start(cls, settings: Settings) -> "Runtime":
+        pool = await _connect_postgres(settings.database_url.get_secret_value())
+        redis = create_redis(settings.redis_url.get_secret_value())
+        # One pooled client for every engine call: keep-alive connections, enough of them for
+        # every admitted request (streams hold theirs for the whole answer) plus health checks.
+        http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=settings.max_in_flight + 16,
+                                           keepalive_timeout=30, ttl_dns_cache=300),
+            auto_decompress=False, skip_auto_headers=("User-Agent",))
+        engines = EnginePool(settings.engines, http, failure_threshold=settings.circuit_failure_threshold,
+                             open_seconds=settings.circuit_open_seconds,
+                             health_interval=settings.health_check_interval_seconds)
+        catalog = ModelCatalog(engines, http)
+        limiter = RateLimiter(redis, settings.limiter_failure_mode)
+        usage = UsageRecorder(pool)
+        admission = Admission(settings.max_in_flight, settings.admission_wait_seconds)
+        rt = cls(settings=settings, pool=pool, redis=redis, http=http,
+                 keys=KeyStore(pool, settings.key_cache_ttl_seconds), limiter=limiter, usage=usage,
+                 engines=engines, catalog=catalog, validator=Validator(catalog, TokenCounter(engines, http)),
+                 priorities=TierPriorities(settings.tier_priorities), admission=admission,
+                 accounting=Accounting(limiter, admission, engines, usage),
+                 upstream_timeout=aiohttp.ClientTimeout(total=settings.request_timeout_seconds, sock_connect=5))
+        await usage.start()
+        # Know the engines and their models before the first request.
+        await engines.check_health()
+        await catalog.refresh()
+        await limiter.ping()
+        rt._tasks = [asyncio.create_task(rt._watch(), name="watch-dependencies"),
+                     asyncio.create_task(rt._renew_leases(), name="renew-leases")]
+        return rt
+
+    async def close(self) -> None:
+        if not await self.accounting.wait_idle(_DRAIN_AFTER_SERVER_SECONDS):
+            log.warning("shutting down with %d requests still open", self.accounting.open_count)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.usage.close()
+        await self.http.close()
+        await self.redis.aclose()
+        await self.pool.close()
+
+    async def _watch(self) -> None:
+        interval = self.settings.health_check_interval_seconds
+        next_models = time.monotonic() + self.settings.model_refresh_seconds
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                recovered = await self.engines.check_health()
+                if recovered or time.monotonic() >= next_models:
+                    await self.catalog.refresh()
+                    next_models = time.monotonic() + self.settings.model_refresh_seconds
+                await self.check_postgres()
+            except Exception:  # noqa: BLE001 - the watcher must outlive any single failure
+                log.exception("dependency watch failed")
+
+    async def check_postgres(self, timeout: float = 2.0) -> bool:
+        try:
+            await asyncio.wait_for(self.pool.fetchval("SELECT 1"), timeout)
+            up = True
+        except Exception:  # noqa: BLE001 - any failure means "not reachable"
+            up = False
+        metrics.DEPENDENCY_UP.labels("postgres").set(1 if up else 0)
+        return up
+
+    async def _renew_leases(self) -> None:
+        while True:
+            await asyncio.sleep(self.limiter.lease_seconds / 3)
+            await self.limiter.renew_leases()
+
+
+async def _connect_postgres(dsn: str) -> asyncpg.Pool:
+    """The pool, waiting a while for a PostgreSQL that starts after the gateway."""
+    deadline = time.monotonic() + _STARTUP_DB_WAIT_SECONDS
+    delay = 0.5
+    while True:
+        try:
+            return await db.create_pool(dsn)
+        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("PostgreSQL not reachable yet (%s); retrying", type(exc).__name__)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)

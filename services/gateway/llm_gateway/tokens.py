@@ -1,0 +1,103 @@
+"""Counting prompt tokens without blocking the event loop.
+
+Two steps, the cheap one first:
+1. An upper bound from bytes. Every tokenizer vLLM serves (byte-level BPE, SentencePiece
+   with byte fallback, tiktoken) produces at most one token per UTF-8 byte of text, plus a
+   few special tokens; a chat template adds its own tokens per message. The raw request body
+   contains every message as JSON text (escaping only makes it longer), so
+   ``len(body) + margin`` bounds a chat prompt, ``len(prompt.encode()) + margin`` a text prompt.
+   Most requests fit their model's context by this bound alone and cost nothing more.
+2. Only when the bound does not clearly fit, the exact count from the engine's own
+   tokenizer: POST /tokenize (the engine does the work, off this process's loop).
+
+The margins are deliberately generous. If a template ever added more than the margin, the
+engine would still refuse the request with its own 400: the gateway's check is a fast path,
+not the last line of defence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import orjson
+
+from .engines import EnginePool
+from .errors import InvalidRequest, ServiceUnavailable
+
+# Special tokens (BOS/EOS, a prefix space) around a plain text prompt.
+TEXT_MARGIN = 8
+# A chat template's own text: role headers, a default system prompt some templates inject.
+CHAT_MARGIN = 128
+# A template that renders tool definitions adds a preamble around them (the JSON itself is in the body).
+TOOLS_MARGIN = 512
+
+# Rough tokens per byte for *reserving* rate-limit tokens before the exact usage is known
+# (OpenAI's rule of thumb is ~4 characters per token); reconciled with the real usage after.
+ESTIMATE_BYTES_PER_TOKEN = 4
+
+# Fields of a chat request that change how the template renders it.
+_TEMPLATE_FIELDS = ("tools", "add_generation_prompt", "continue_final_message", "chat_template",
+                    "chat_template_kwargs", "documents")
+
+
+def chat_bound(raw_body_len: int, body: dict) -> int:
+    return raw_body_len + CHAT_MARGIN + (TOOLS_MARGIN if body.get("tools") else 0)
+
+
+def text_bound(prompt: str) -> int:
+    return len(prompt.encode()) + TEXT_MARGIN
+
+
+def estimate(byte_count: int) -> int:
+    return byte_count // ESTIMATE_BYTES_PER_TOKEN + 1
+
+
+class TokenCounter:
+    """Exact prompt token counts from an engine's POST /tokenize."""
+
+    def __init__(self, pool: EnginePool, session: aiohttp.ClientSession, timeout_seconds: float = 10.0):
+        self._pool = pool
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+
+    async def count_chat(self, model: str, engines: frozenset[str], body: dict) -> int:
+        request = {"model": model, "messages": body["messages"]}
+        request.update((name, body[name]) for name in _TEMPLATE_FIELDS if name in body)
+        return await self._count(engines, request)
+
+    async def count_text(self, model: str, engines: frozenset[str], prompt: str) -> int:
+        return await self._count(engines, {"model": model, "prompt": prompt})
+
+    async def _count(self, engines: frozenset[str], request: dict) -> int:
+        engine = self._pool.pick(engines)
+        failure = None
+        try:
+            async with self._session.post(engine.url + "/tokenize", data=orjson.dumps(request),
+                                          headers={"content-type": "application/json"},
+                                          timeout=self._timeout) as response:
+                payload = await response.read()
+                if response.status >= 500:
+                    failure = "status_5xx"
+                    raise ServiceUnavailable("Could not count the prompt's tokens; retry shortly.",
+                                             reason="tokenize_failed")
+                answer = orjson.loads(payload)
+                if response.status != 200:
+                    # The engine could not render the prompt: the request itself is wrong.
+                    message = answer.get("error", {}).get("message") if isinstance(answer, dict) else None
+                    raise InvalidRequest(f"The prompt could not be tokenized: {message or response.status}")
+                return int(answer["count"])
+        except (aiohttp.ClientConnectionError, OSError):
+            failure = "connect"
+            raise ServiceUnavailable("Could not reach the engine to count tokens; retry shortly.",
+                                     reason="no_healthy_engine") from None
+        except asyncio.TimeoutError:
+            failure = "timeout"
+            raise ServiceUnavailable("Counting the prompt's tokens timed out; retry shortly.",
+                                     reason="tokenize_failed") from None
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+            failure = "status_5xx"
+            raise ServiceUnavailable("The engine's token count was unreadable; retry shortly.",
+                                     reason="tokenize_failed") from None
+        finally:
+            self._pool.done(engine, failure)

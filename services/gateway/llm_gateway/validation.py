@@ -1,0 +1,210 @@
+"""Validation before anything reaches an engine.
+
+In order, each failure answered in OpenAI's error shape:
+- body larger than `max_body_bytes` -> 413 (Content-Length first, then the bytes actually read)
+- not a JSON object -> 400
+- `model` missing -> 400; the key may not use it -> 403 (`model_not_allowed`, checked before
+  existence so a restricted key learns nothing about other models); not served -> 404
+- malformed `messages` / `prompt` / `max_tokens` / `n` / `stream` -> 400
+- `max_tokens` above the key's cap -> 400 (rejected, not clamped: a silently shortened
+  completion is worse than a clear error). Absent -> set to min(key cap, context - prompt).
+- prompt tokens + max_tokens beyond the model's context -> 400 `context_length_exceeded`;
+  nothing is sent to the completion endpoint.
+
+The result is a `Plan`: what the rest of the request path needs to know about the request.
+The body is edited in place (max_tokens default, stream_options) and re-serialised once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+from starlette.requests import Request
+
+from . import metrics, tokens
+from .catalog import ModelCatalog, ServedModel
+from .errors import InvalidRequest, NotFound, PayloadTooLarge, PermissionDenied
+from .keys import ApiKey
+
+CHAT, COMPLETION = "chat", "completion"
+
+_not_allowed = metrics.AUTH_FAILURES.labels("model_not_allowed")
+
+
+@dataclass(slots=True)
+class Plan:
+    served: ServedModel
+    kind: str                   # CHAT | COMPLETION
+    stream: bool
+    max_tokens: int | None      # per choice; None only if the engine reports no context length
+    prompt_tokens: int          # exact when counted, else an estimate (for reservation and accounting)
+    reserved_tokens: int        # reserved in the limiter: prompts + every choice's max_tokens
+    client_wants_usage: bool    # streaming: the client itself asked for the usage chunk
+
+
+async def read_json_body(request: Request, limit: int) -> tuple[dict, int]:
+    """The request body parsed as a JSON object, and its size in bytes."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise PayloadTooLarge(f"Request body of {length} bytes exceeds the limit of {limit} bytes.")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
+        chunks.append(chunk)
+    try:
+        body = orjson.loads(b"".join(chunks))
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"We could not parse the JSON body of your request: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    return body, size
+
+
+class Validator:
+    def __init__(self, catalog: ModelCatalog, counter: tokens.TokenCounter):
+        self._catalog = catalog
+        self._counter = counter
+
+    async def plan(self, body: dict, body_size: int, key: ApiKey, kind: str) -> Plan:
+        served = await self._model(body, key)
+        stream = _flag(body, "stream")
+        client_wants_usage = False
+        if stream:
+            options = body.get("stream_options") or {}
+            if not isinstance(options, dict):
+                raise InvalidRequest("stream_options must be an object.", param="stream_options")
+            client_wants_usage = bool(options.get("include_usage"))
+            # The final chunk then carries `usage`, which reconciles the rate-limit reservation.
+            body["stream_options"] = {**options, "include_usage": True}
+        choices = _positive_int(body, "n") or 1
+
+        requested = _requested_max_tokens(body, kind)
+        if requested is not None and key.max_tokens is not None and requested > key.max_tokens:
+            raise InvalidRequest(f"max_tokens is too large: {requested}. This API key allows at most "
+                                 f"{key.max_tokens} completion tokens per request.",
+                                 param="max_tokens", code="max_tokens_exceeded")
+
+        if kind == CHAT:
+            prompt_tokens, max_tokens = await self._fit_chat(body, body_size, served, requested, key.max_tokens)
+            prompt_count = 1
+        else:
+            prompt_tokens, max_tokens, prompt_count = await self._fit_completion(body, served, requested,
+                                                                                  key.max_tokens)
+        if requested is None and max_tokens is not None:
+            body["max_tokens"] = max_tokens
+        reserved = prompt_tokens + (max_tokens or 0) * choices * prompt_count
+        return Plan(served, kind, stream, max_tokens, prompt_tokens, reserved, client_wants_usage)
+
+    async def _model(self, body: dict, key: ApiKey) -> ServedModel:
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise InvalidRequest("You must provide a model parameter.", param="model")
+        if not key.allows(model):
+            _not_allowed.inc()
+            raise PermissionDenied(f"This API key is not allowed to use the model `{model}`.", param="model")
+        served = await self._catalog.find(model)
+        if served is None:
+            raise NotFound(f"The model `{model}` does not exist or you do not have access to it.", param="model")
+        return served
+
+    # -- fitting the prompt and the completion into the context window -----------------------
+
+    async def _fit_chat(self, body: dict, body_size: int, served: ServedModel, requested: int | None,
+                        cap: int | None) -> tuple[int, int | None]:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise InvalidRequest("messages must be a non-empty array.", param="messages")
+        bound = tokens.chat_bound(body_size, body)
+        context = served.max_model_len
+        wanted = requested if requested is not None else cap
+        if context is None or (wanted is not None and bound + wanted <= context):
+            return min(bound, tokens.estimate(body_size)), wanted
+        exact = await self._counter.count_chat(served.id, served.engines, body)
+        return exact, _completion_room(served, exact, requested, cap, "messages")
+
+    async def _fit_completion(self, body: dict, served: ServedModel, requested: int | None,
+                              cap: int | None) -> tuple[int, int | None, int]:
+        prompts = _prompts(body.get("prompt"))
+        context = served.max_model_len
+        wanted = requested if requested is not None else cap
+        counts: list[int] = []       # exact (token-id prompts, or counted by the engine)
+        estimates = 0
+        for prompt in prompts:
+            if isinstance(prompt, list):
+                counts.append(len(prompt))
+                estimates += len(prompt)
+                continue
+            if context is None or (wanted is not None and tokens.text_bound(prompt) + wanted <= context):
+                estimates += min(tokens.text_bound(prompt), tokens.estimate(len(prompt.encode())))
+                continue
+            exact = await self._counter.count_text(served.id, served.engines, prompt)
+            counts.append(exact)
+            estimates += exact
+        if context is None or not counts:
+            return estimates, wanted, len(prompts)
+        # The longest prompt decides how much room is left for the completion.
+        return estimates, _completion_room(served, max(counts), requested, cap, "prompt"), len(prompts)
+
+
+def _completion_room(served: ServedModel, prompt_tokens: int, requested: int | None, cap: int | None,
+                     param: str) -> int:
+    context = served.max_model_len
+    if requested is not None:
+        if prompt_tokens + requested > context:
+            raise InvalidRequest(
+                f"This model's maximum context length is {context} tokens. However, you requested "
+                f"{prompt_tokens + requested} tokens ({prompt_tokens} in the {param}, {requested} in the "
+                f"completion). Please reduce the length of the {param} or completion.",
+                param=param, code="context_length_exceeded")
+        return requested
+    room = context - prompt_tokens
+    if room < 1:
+        raise InvalidRequest(
+            f"This model's maximum context length is {context} tokens. However, your {param} resulted in "
+            f"{prompt_tokens} tokens, leaving no room for a completion. Please reduce the length of the {param}.",
+            param=param, code="context_length_exceeded")
+    return room if cap is None else min(cap, room)
+
+
+def _prompts(prompt: object) -> list[str | list[int]]:
+    """A completion prompt as a list of prompts: text, or token ids."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt, list) and prompt:
+        if all(isinstance(p, str) for p in prompt):
+            return list(prompt)
+        if all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            return [prompt]
+        if all(isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool) for t in p)
+               for p in prompt):
+            return list(prompt)
+    raise InvalidRequest("prompt must be a string, an array of strings, an array of token ids or an array of "
+                         "token id arrays, and not empty.", param="prompt")
+
+
+def _requested_max_tokens(body: dict, kind: str) -> int | None:
+    # Chat requests may use OpenAI's newer name; vLLM prefers it when both are given.
+    if kind == CHAT and body.get("max_completion_tokens") is not None:
+        return _positive_int(body, "max_completion_tokens")
+    return _positive_int(body, "max_tokens")
+
+
+def _positive_int(body: dict, name: str) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InvalidRequest(f"{name} must be a positive integer.", param=name)
+    return value
+
+
+def _flag(body: dict, name: str) -> bool:
+    value = body.get(name, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"{name} must be a boolean.", param=name)
+    return value
