@@ -1,6 +1,42 @@
-"""Gateway fixtures (a pytest plugin registered in tests/conftest.py)."""
+"""Gateway fixtures (a pytest plugin registered in tests/conftest.py).
 
+    migrated_database_url   session database with the gateway's migrations applied
+    make_key(**fields)      -> "sk-..." a new API key in that database
+                            fields: tier="standard", models=(), rpm, tpm, max_concurrent,
+                            max_tokens, expires_at (datetime), name
+    gateway                 session gateway: real `python -m llm_gateway` (2 workers) in front
+                            of the session `engine`, shared Redis, admin token ADMIN_TOKEN
+    gateway_factory(**kw)   -> Gateway: a private gateway for one test, stopped at its end.
+                            kw: any services.launch.GatewaySpec field (engines default to
+                            [engine.url], workers default to 1, key cache TTL to 1 s), plus
+                            database_url / redis_url / admin_token, and wait_ready=False to
+                            return once /healthz answers (for gateways that cannot be ready).
+
+A Gateway has .url, .metrics_url, .admin_token, .spec, .metric(name, **labels), .log_tail(),
+.signal(sig) and .stop(). Gateways run from the same launch code as the node
+(services/launch.py: gateway_env, gateway_process_argv) on free ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import secrets
+import sys
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Iterable
+
+import pytest
 import pytest_asyncio
+from prometheus_client.parser import text_string_to_metric_families
+
+from services.launch import GATEWAY_SECRET_ENV, GatewaySpec, gateway_env, gateway_process_argv
+from tests.support.procs import ManagedProcess, free_port, http_ok
+
+ADMIN_TOKEN = "test-admin-" + secrets.token_hex(8)
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
@@ -10,3 +46,135 @@ async def migrated_database_url(database_url) -> str:
 
     await migrate(database_url)
     return database_url
+
+
+# -- keys ------------------------------------------------------------------------------------------
+
+def key_id_of(key: str) -> str:
+    """The public id of a key "sk-<id>-<secret>"."""
+    return key.split("-")[1]
+
+
+async def _create_key(dsn: str, fields: dict) -> str:
+    from llm_gateway.db import create_pool
+    from llm_gateway.keys import KeyStore
+
+    pool = await create_pool(dsn, min_size=1, max_size=1)
+    try:
+        key, _record = await KeyStore(pool, 0).create(**fields)
+        return key
+    finally:
+        await pool.close()
+
+
+@pytest.fixture(scope="session")
+def make_key(migrated_database_url):
+    """make_key(tier="standard", models=(), rpm=None, tpm=None, max_concurrent=None, max_tokens=None,
+    expires_at=None, name=None) -> the full key. Callable from sync and async tests alike (it runs
+    on its own thread and event loop)."""
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="make-key")
+
+    def make(*, tier: str = "standard", models: Iterable[str] = (), rpm: int | None = None,
+             tpm: int | None = None, max_concurrent: int | None = None, max_tokens: int | None = None,
+             expires_at: datetime | None = None, name: str | None = None) -> str:
+        fields = dict(name=name or f"test-{secrets.token_hex(3)}", tier=tier, models=list(models), rpm=rpm,
+                      tpm=tpm, max_concurrent=max_concurrent, max_tokens=max_tokens, expires_at=expires_at)
+        return pool.submit(asyncio.run, _create_key(migrated_database_url, fields)).result(timeout=30)
+
+    yield make
+    pool.shutdown()
+
+
+# -- gateways --------------------------------------------------------------------------------------
+
+@dataclass
+class Gateway:
+    spec: GatewaySpec
+    proc: ManagedProcess
+    admin_token: str
+    database_url: str
+    redis_url: str
+    url: str = field(init=False)
+    metrics_url: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.url = f"http://127.0.0.1:{self.spec.port}"
+        self.metrics_url = f"http://127.0.0.1:{self.spec.metrics_port}/metrics"
+
+    def metrics_text(self) -> str:
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
+            return response.read().decode()
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples named `name` whose labels include `labels` (0.0 if none)."""
+        total = 0.0
+        for family in text_string_to_metric_families(self.metrics_text()):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    total += sample.value
+        return total
+
+    def log_tail(self, lines: int = 60) -> str:
+        return self.proc.log_tail(lines)
+
+    def log_text(self) -> str:
+        return Path(self.proc.log_path).read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        self.proc.signal(sig)
+
+    def alive(self) -> bool:
+        return self.proc.alive()
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        return self.proc.stop(timeout)
+
+
+def start_gateway(log_dir: Path, *, database_url: str, redis_url: str, admin_token: str | None = ADMIN_TOKEN,
+                  wait_ready: bool = True, name: str | None = None, **spec_fields) -> Gateway:
+    spec_fields.setdefault("host", "127.0.0.1")
+    spec_fields.setdefault("port", free_port())
+    spec_fields.setdefault("metrics_port", free_port())
+    spec = GatewaySpec(**spec_fields)
+    env = gateway_env(spec)
+    env[GATEWAY_SECRET_ENV["database_url"]] = database_url
+    env[GATEWAY_SECRET_ENV["redis_url"]] = redis_url
+    if admin_token:
+        env[GATEWAY_SECRET_ENV["admin_token"]] = admin_token
+    proc = ManagedProcess(name or f"gateway-{spec.port}", gateway_process_argv(sys.executable), log_dir, env=env)
+    gateway = Gateway(spec, proc, admin_token or "", database_url, redis_url)
+    try:
+        path = "/readyz" if wait_ready else "/healthz"
+        proc.wait_until(lambda: http_ok(gateway.url + path), 90, "ready" if wait_ready else "live")
+    except Exception:
+        proc.stop()
+        raise
+    return gateway
+
+
+@pytest.fixture
+def gateway_factory(log_dir, migrated_database_url, redis_url, engine):
+    started: list[Gateway] = []
+
+    def factory(**kw) -> Gateway:
+        kw.setdefault("engines", [engine.url])
+        kw.setdefault("workers", 1)
+        kw.setdefault("key_cache_ttl_seconds", 1.0)
+        kw.setdefault("shutdown_grace_seconds", 10.0)
+        kw.setdefault("database_url", migrated_database_url)
+        kw.setdefault("redis_url", redis_url)
+        gateway = start_gateway(log_dir, **kw)
+        started.append(gateway)
+        return gateway
+
+    yield factory
+    for gateway in started:
+        gateway.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(log_dir, migrated_database_url, redis_url, engine) -> Gateway:
+    started = start_gateway(log_dir, name="gateway-session", engines=[engine.url], key_cache_ttl_seconds=2.0,
+                            shutdown_grace_seconds=10.0, database_url=migrated_database_url, redis_url=redis_url)
+    yield started
+    started.stop()
