@@ -83,3 +83,9 @@ def metric_names(expr: str) -> list[str]:
             continue
         names.append(word)
     return names
+
+
+def label_values_query(query: str) -> tuple[str, str] | None:
+    """Grafana's ``label_values(selector, label)`` -> (selector, label); None for other query forms."""
+    match = re.fullmatch(r"\s*label_values\((.+),\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\)\s*", query)
+    return (match.group(1), match.group(2)) if match else None

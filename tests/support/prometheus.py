@@ -148,8 +148,11 @@ class Prometheus:
 
 def start_prometheus(config_text: str, work_dir: Path, log_dir: Path | None = None,
                      rule_files: Mapping[str, str] | None = None, name: str = "prometheus",
-                     timeout: float = 60.0) -> Prometheus:
-    """Start Prometheus with ``config_text`` on a free port and a fresh TSDB under ``work_dir``."""
+                     timeout: float = 60.0, port: int | None = None) -> Prometheus:
+    """Start Prometheus with ``config_text`` on ``port`` (default: a free one) and a fresh TSDB under ``work_dir``.
+
+    Pass ``port`` (from ``free_port()``) when the config must name Prometheus itself as a target.
+    """
     work_dir = Path(work_dir)
     (work_dir / "data").mkdir(parents=True, exist_ok=True)
     rules = rules_dir(work_dir)
@@ -159,7 +162,7 @@ def start_prometheus(config_text: str, work_dir: Path, log_dir: Path | None = No
     config_path = work_dir / "prometheus.yml"
     config_path.write_text(config_text)
 
-    port = free_port()
+    port = port or free_port()
     argv = [
         PROMETHEUS_BIN,
         f"--config.file={config_path}",
@@ -192,10 +195,10 @@ def prometheus_factory(tmp_path_factory):
     started: list[Prometheus] = []
 
     def factory(config_text: str | Callable[[Path], str], rule_files: Mapping[str, str] | None = None,
-                work_dir: Path | None = None) -> Prometheus:
+                work_dir: Path | None = None, port: int | None = None) -> Prometheus:
         work_dir = work_dir or tmp_path_factory.mktemp("prometheus")
         text = config_text(work_dir) if callable(config_text) else config_text
-        prom = start_prometheus(text, work_dir, rule_files=rule_files)
+        prom = start_prometheus(text, work_dir, rule_files=rule_files, port=port)
         started.append(prom)
         return prom
 
