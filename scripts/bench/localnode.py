@@ -1,0 +1,171 @@
+"""A private local node for the benchmarks and the load test.
+
+Built from the test suite's building blocks (``tests/support``) and ``services/launch.py``,
+so it starts exactly what ``make test`` and ``make dev`` start: the real CPU vLLM (or an
+engine you point it at), a ``python -m llm_gateway`` process on free ports, a fresh
+PostgreSQL database with the gateway's migrations, and the machine's Redis. Keys are made
+with the gateway's own admin CLI. Everything it starts it stops; the database is dropped.
+
+    with LocalNode.start(engine_url=os.environ.get("LLM_NODE_BENCH_ENGINE_URL")) as node:
+        key = node.create_key(tier="standard", rpm=600)
+        gateway = node.start_gateway()
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from services.launch import GATEWAY_SECRET_ENV, GatewaySpec, gateway_env, gateway_process_argv  # noqa: E402
+from tests.support.engine import SERVED_MODEL, Engine, start_engine  # noqa: E402
+from tests.support.procs import ManagedProcess, free_port, http_ok  # noqa: E402
+from tests.support.services import ensure_shared_postgres, ensure_shared_redis, shared_postgres_admin_dsn  # noqa: E402
+
+# Environment variable naming an engine that is already running (skips a ~1 min start).
+ENGINE_URL_ENV = "LLM_NODE_BENCH_ENGINE_URL"
+# Redis database the benchmarks use on the shared server (never flushed: keys are per node).
+BENCH_REDIS_DB = 3
+
+
+def engine_url_from_env() -> str | None:
+    return os.environ.get(ENGINE_URL_ENV) or os.environ.get("LLM_NODE_TEST_ENGINE_URL") or None
+
+
+@dataclass
+class Gateway:
+    url: str
+    metrics_url: str
+    proc: ManagedProcess
+    spec: GatewaySpec
+
+    def processes(self) -> list[psutil.Process]:
+        """The gateway's supervisor and its workers."""
+        parent = psutil.Process(self.proc.pid)
+        return [parent, *parent.children(recursive=True)]
+
+    def rss_bytes(self) -> int:
+        total = 0
+        for process in self.processes():
+            try:
+                total += process.memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def metrics_text(self) -> str:
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
+            return response.read().decode()
+
+    def stop(self) -> None:
+        self.proc.stop(timeout=40)
+
+
+@dataclass
+class LocalNode:
+    engine: Engine
+    database_url: str
+    redis_url: str
+    log_dir: Path
+    admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    _cleanup: ExitStack = field(default_factory=ExitStack)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @classmethod
+    def start(cls, engine_url: str | None = None, log_dir: Path | None = None) -> "LocalNode":
+        log_dir = Path(log_dir or tempfile.mkdtemp(prefix="llmnode-bench-logs-"))
+        cleanup = ExitStack()
+        try:
+            engine_url = engine_url or engine_url_from_env()
+            if engine_url:
+                engine = Engine(url=engine_url.rstrip("/"), model=SERVED_MODEL)
+            else:
+                print("starting a private CPU vLLM (about a minute) ...", file=sys.stderr, flush=True)
+                engine = start_engine(log_dir)
+                cleanup.callback(engine.proc.stop)
+            ensure_shared_postgres()
+            ensure_shared_redis()
+            admin_dsn = shared_postgres_admin_dsn()
+            name = f"llmnode_bench_{uuid.uuid4().hex[:10]}"
+            subprocess.run(["psql", admin_dsn, "-qc", f"CREATE DATABASE {name}"], check=True)
+            cleanup.callback(subprocess.run, ["psql", admin_dsn, "-qc", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"],
+                             check=False, capture_output=True)
+            node = cls(engine=engine, database_url=admin_dsn.rsplit("/", 1)[0] + f"/{name}",
+                       redis_url=f"redis://127.0.0.1:6379/{BENCH_REDIS_DB}", log_dir=log_dir, _cleanup=cleanup)
+            node.admin("migrate")
+            return node
+        except BaseException:
+            cleanup.close()
+            raise
+
+    def close(self) -> None:
+        self._cleanup.close()
+
+    def __enter__(self) -> "LocalNode":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- the gateway -------------------------------------------------------------------------
+    def secret_env(self) -> dict[str, str]:
+        return {
+            GATEWAY_SECRET_ENV["database_url"]: self.database_url,
+            GATEWAY_SECRET_ENV["redis_url"]: self.redis_url,
+            GATEWAY_SECRET_ENV["admin_token"]: self.admin_token,
+        }
+
+    def start_gateway(self, engines: list[str] | None = None, name: str = "gateway",
+                      extra_env: dict[str, str] | None = None, **spec_overrides) -> Gateway:
+        """A ``python -m llm_gateway`` process on free ports; stopped when the node closes."""
+        spec = replace(GatewaySpec(engines=engines or [self.engine.url]), host="127.0.0.1",
+                       port=free_port(), metrics_port=free_port(), log_level="warning")
+        spec = replace(spec, **spec_overrides)
+        env = gateway_env(spec) | self.secret_env() | (extra_env or {})
+        proc = ManagedProcess(f"{name}-{spec.port}", gateway_process_argv(sys.executable), self.log_dir,
+                              env=env, cwd=ROOT)
+        gateway = Gateway(url=f"http://127.0.0.1:{spec.port}", metrics_url=f"http://127.0.0.1:{spec.metrics_port}/metrics",
+                          proc=proc, spec=spec)
+        self._cleanup.callback(gateway.stop)
+        proc.wait_until(lambda: http_ok(gateway.url + "/readyz"), 120, "ready")
+        return gateway
+
+    # -- keys --------------------------------------------------------------------------------
+    def admin(self, *args: str) -> str:
+        result = subprocess.run([sys.executable, "-m", "llm_gateway.admin", *args], cwd=ROOT, capture_output=True,
+                                text=True, env=os.environ | {GATEWAY_SECRET_ENV["database_url"]: self.database_url})
+        if result.returncode != 0:
+            raise RuntimeError(f"llm_gateway.admin {' '.join(args)} failed:\n{result.stderr.strip()}")
+        return result.stdout
+
+    def create_key(self, tier: str = "standard", name: str | None = None, **limits: int | str) -> str:
+        """A real key (``sk-<id>-<secret>``); ``limits``: rpm, tpm, max_concurrent, max_tokens, models."""
+        args = ["create-key", "--name", name or f"bench-{tier}-{uuid.uuid4().hex[:6]}", "--tier", tier, "--json"]
+        for option, value in limits.items():
+            args += [f"--{option.replace('_', '-')}", str(value)]
+        return json.loads(self.admin(*args))["key"]
+
+
+def wait_engine_idle(engine: Engine, timeout: float = 60.0) -> float:
+    """Wait until the engine runs no request; returns the seconds waited."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if engine.metric("vllm:num_requests_running") == 0 and engine.metric("vllm:num_requests_waiting") == 0:
+            break
+        time.sleep(0.2)
+    return time.monotonic() - start
