@@ -1,0 +1,1 @@
+"""cloudflared, the optional Cloudflare tunnel in front of Traefik (config.yml, render.py)."""

@@ -1,0 +1,676 @@
+"""The stack's configuration, read and validated in one place.
+
+Two layers:
+  * ``parse_settings(values, stack)`` turns plain values (``Pulumi.<stack>.yaml`` without
+    the ``llm-node:`` prefix) into typed, validated settings. It needs no Pulumi engine, so
+    the dev node (``scripts/devnode``) builds its specs from the same stack file with the
+    same code: ``load_stack_specs("dev")``.
+  * ``load_node_config()`` is the Pulumi-facing reader: it collects the stack's values
+    from the engine, checks that secrets are stored encrypted, and adds them as secret
+    Outputs.
+
+Every error names the key it is about, e.g.
+``llm-node:engine.gpu_memory_utilization: 1.5 must be in (0, 1]``. Defaults of engine and
+gateway settings are those of the specs in services/launch.py (read from the dataclasses,
+not repeated here). docs/configuration.md documents every key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import yaml
+
+from services.launch import QUANTIZATION_METHODS, EngineSpec, GatewaySpec, QuantizeSpec
+from stacks import naming
+from stacks.images import DEFAULT_IMAGES, is_pinned
+
+if TYPE_CHECKING:  # Pulumi is only needed by load_node_config()
+    import pulumi
+
+NAMESPACE = "llm-node"
+STACKS_DIR = Path(__file__).resolve().parent
+
+# Keys whose values are secrets: read only as secret Outputs, never parsed here.
+SECRET_KEYS = ("tunnel_token", "tls_private_key")
+# Keys holding objects (Pulumi hands them to the program as JSON text).
+OBJECT_KEYS = ("images", "engine", "gateway", "edge", "tunnel", "quantize", "observability", "volumes")
+STRING_KEYS = ("docker_host", "name_prefix", "domain", "tls_certificate")
+
+TLS_MODES = ("acme", "provided", "self-signed")
+BODY_LIMIT_MODES = ("gateway", "edge")
+DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+# vLLM's accepted --max-lora-rank values.
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+# Flags the program sets itself; extra_args may not repeat them (vLLM would take the last).
+MANAGED_ENGINE_FLAGS = ("--model", "--served-model-name", "--host", "--port", "--dtype", "--max-model-len",
+                        "--max-num-seqs", "--scheduling-policy", "--gpu-memory-utilization", "--quantization",
+                        "--max-num-batched-tokens", "--enable-prefix-caching", "--no-enable-prefix-caching",
+                        "--enable-lora", "--max-lora-rank", "--max-loras", "--lora-modules")
+
+ENGINE_SPEC_KEYS = ("device", "model_dir", "model_id", "served_model_name", "quantization", "dtype",
+                    "max_model_len", "gpu_memory_utilization", "max_num_seqs", "max_num_batched_tokens",
+                    "enable_prefix_caching", "scheduling_policy", "enable_lora", "max_lora_rank", "max_loras",
+                    "allow_runtime_lora_updating", "lora_adapters", "hf_hub_offline", "cpu_kvcache_space_gib",
+                    "extra_args")
+ENGINE_CONTAINER_KEYS = ("replicas", "gpu_ids", "shm_size_mb", "health_start_period_seconds")
+
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_SERVED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:-]*$")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+_PREFIX = re.compile(r"^[a-z][a-z0-9-]{1,30}[a-z0-9]$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_DURATION = re.compile(r"^\d+(ms|s|m|h|d|w|y)$")
+_DOCKER_HOST_SCHEMES = ("unix://", "ssh://", "tcp://", "npipe://")
+
+
+class ConfigError(ValueError):
+    """A bad stack setting; the message starts with the full key (``llm-node:engine.max_model_len``)."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        super().__init__(f"{NAMESPACE}:{key}: {message}")
+
+
+_REQUIRED = object()
+
+
+class _Section:
+    """Typed reads from one config object; remembers what it read so unknown keys are errors."""
+
+    def __init__(self, name: str, values: Any):
+        if values is None:
+            values = {}
+        if not isinstance(values, Mapping):
+            raise ConfigError(name, f"must be an object (a YAML mapping), got {type(values).__name__}")
+        self.name = name
+        self.values = values
+
+    def key(self, key: str) -> str:
+        return f"{self.name}.{key}"
+
+    def _get(self, key: str, default: Any) -> Any:
+        value = self.values.get(key)
+        if value is None:
+            if default is _REQUIRED:
+                raise ConfigError(self.key(key), "is required")
+            return default
+        return value
+
+    def string(self, key: str, default: Any = _REQUIRED, *, choices: Sequence[str] = (),
+               pattern: re.Pattern | None = None, what: str = "") -> Any:
+        value = self._get(key, default)
+        if value is None or value is default:
+            return value
+        if not isinstance(value, str) or not value:
+            raise ConfigError(self.key(key), f"must be a non-empty string, got {value!r}")
+        if choices and value not in choices:
+            raise ConfigError(self.key(key), f"{value!r} is not one of {', '.join(choices)}")
+        if pattern is not None and not pattern.match(value):
+            raise ConfigError(self.key(key), f"{value!r} is not {what or 'valid'}")
+        return value
+
+    def boolean(self, key: str, default: Any = _REQUIRED) -> bool:
+        value = self._get(key, default)
+        if not isinstance(value, bool):
+            raise ConfigError(self.key(key), f"must be true or false, got {value!r}")
+        return value
+
+    def integer(self, key: str, default: Any = _REQUIRED, *, minimum: int | None = None,
+                maximum: int | None = None) -> Any:
+        value = self._get(key, default)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(self.key(key), f"must be an integer, got {value!r}")
+        if minimum is not None and value < minimum:
+            raise ConfigError(self.key(key), f"{value} must be at least {minimum}")
+        if maximum is not None and value > maximum:
+            raise ConfigError(self.key(key), f"{value} must be at most {maximum}")
+        return value
+
+    def number(self, key: str, default: Any = _REQUIRED, *, minimum: float | None = None,
+               above: float | None = None, maximum: float | None = None) -> float:
+        value = self._get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(self.key(key), f"must be a number, got {value!r}")
+        if minimum is not None and value < minimum:
+            raise ConfigError(self.key(key), f"{value} must be at least {minimum}")
+        if above is not None and value <= above:
+            raise ConfigError(self.key(key), f"{value} must be greater than {above}")
+        if maximum is not None and value > maximum:
+            raise ConfigError(self.key(key), f"{value} must be at most {maximum}")
+        return float(value)
+
+    def strings(self, key: str, default: Sequence[str] = ()) -> tuple[str, ...]:
+        value = self._get(key, default)
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(self.key(key), f"must be a list of non-empty strings, got {value!r}")
+        return tuple(value)
+
+    def mapping(self, key: str, default: Mapping | None = None) -> Mapping[str, Any]:
+        value = self._get(key, default if default is not None else {})
+        if not isinstance(value, Mapping):
+            raise ConfigError(self.key(key), f"must be an object, got {value!r}")
+        return value
+
+    def reject_unknown(self, known: Sequence[str]) -> None:
+        for key in self.values:
+            if key not in known:
+                raise ConfigError(self.key(key), f"unknown setting (known: {', '.join(sorted(known))})")
+
+
+def _spec_default(spec_type: type, field_name: str) -> Any:
+    """The default of a launch.py spec field: the single place defaults are written."""
+    field = spec_type.__dataclass_fields__[field_name]
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    return field.default_factory()  # type: ignore[misc]
+
+
+def _relative_path(section: _Section, key: str, default: Any = _REQUIRED) -> Any:
+    value = section.string(key, default)
+    if value is None or value is default:
+        return value
+    path = PurePosixPath(value)
+    if path.is_absolute() or ".." in path.parts:
+        raise ConfigError(section.key(key), f"{value!r} must be a path relative to the models volume")
+    return str(path)
+
+
+def _fraction(section: _Section, key: str, default: float) -> float:
+    value = section.number(key, default)
+    if not 0.0 < value <= 1.0:
+        raise ConfigError(section.key(key), f"{value} must be in (0, 1] (a fraction of GPU memory)")
+    return value
+
+
+# -- engine -----------------------------------------------------------------------------------
+
+
+def engine_spec_from_config(engine: Mapping[str, Any] | None, *, models_dir: str = naming.MODELS_DIR,
+                            adapters_dir: str = naming.ADAPTERS_SANITIZED_DIR, host: str = "0.0.0.0",
+                            port: int = naming.ENGINE_PORT) -> EngineSpec:
+    """The ``engine`` config object as an EngineSpec (paths rooted at ``models_dir`` / ``adapters_dir``)."""
+    s = _Section("engine", engine)
+    s.reject_unknown(ENGINE_SPEC_KEYS + ENGINE_CONTAINER_KEYS)
+    d = lambda name: _spec_default(EngineSpec, name)  # noqa: E731
+
+    device = s.string("device", choices=("cpu", "cuda"))
+    model_dir = _relative_path(s, "model_dir", None)
+    model_id = s.string("model_id", None, pattern=_HUB_ID, what="a Hugging Face hub id (org/name)")
+    if (model_dir is None) == (model_id is None):
+        raise ConfigError("engine.model_dir", "set exactly one of engine.model_dir (a directory in the models "
+                                              "volume) and engine.model_id (a hub id)")
+    model = f"{models_dir.rstrip('/')}/{model_dir}" if model_dir else model_id
+
+    quantization = s.string("quantization", None, choices=QUANTIZATION_METHODS)
+    if device == "cpu" and quantization and quantization.endswith("_marlin"):
+        raise ConfigError("engine.quantization", f"{quantization!r} uses CUDA-only Marlin kernels; "
+                                                 "a cpu engine cannot serve it")
+    scheduling = s.string("scheduling_policy", d("scheduling_policy"), choices=("priority",))
+    adapters = s.strings("lora_adapters")
+    for name in adapters:
+        if not _NAME.match(name):
+            raise ConfigError("engine.lora_adapters", f"{name!r} is not a valid adapter (directory) name")
+    if len(set(adapters)) != len(adapters):
+        raise ConfigError("engine.lora_adapters", "adapter names must be unique")
+    max_lora_rank = s.integer("max_lora_rank", d("max_lora_rank"))
+    if max_lora_rank not in LORA_RANKS:
+        raise ConfigError("engine.max_lora_rank", f"{max_lora_rank} is not one of {', '.join(map(str, LORA_RANKS))}")
+    extra_args = s.strings("extra_args")
+    for arg in extra_args:
+        if arg.split("=", 1)[0] in MANAGED_ENGINE_FLAGS:
+            raise ConfigError("engine.extra_args", f"{arg!r} is set from its own engine.* key; set that instead")
+
+    try:
+        return EngineSpec(
+            model=model,
+            served_model_name=s.string("served_model_name", pattern=_SERVED_NAME, what="a valid model name"),
+            device=device,  # type: ignore[arg-type]
+            host=host,
+            port=port,
+            quantization=quantization,
+            dtype=s.string("dtype", d("dtype"), choices=DTYPES),
+            max_model_len=s.integer("max_model_len", d("max_model_len"), minimum=16),
+            gpu_memory_utilization=_fraction(s, "gpu_memory_utilization", d("gpu_memory_utilization")),
+            max_num_seqs=s.integer("max_num_seqs", d("max_num_seqs"), minimum=1),
+            max_num_batched_tokens=s.integer("max_num_batched_tokens", d("max_num_batched_tokens"), minimum=1),
+            enable_prefix_caching=s.boolean("enable_prefix_caching", d("enable_prefix_caching")),
+            scheduling_policy=scheduling,  # type: ignore[arg-type]
+            lora_modules={name: f"{adapters_dir.rstrip('/')}/{name}" for name in adapters},
+            enable_lora=s.boolean("enable_lora", d("enable_lora")),
+            max_lora_rank=max_lora_rank,
+            max_loras=s.integer("max_loras", d("max_loras"), minimum=1),
+            allow_runtime_lora_updating=s.boolean("allow_runtime_lora_updating", d("allow_runtime_lora_updating")),
+            hf_hub_offline=s.boolean("hf_hub_offline", d("hf_hub_offline")),
+            cpu_kvcache_space_gib=s.integer("cpu_kvcache_space_gib", d("cpu_kvcache_space_gib"), minimum=1),
+            extra_args=extra_args,
+        )
+    except ConfigError:
+        raise
+    except ValueError as error:  # launch.py's own checks name the field; add the section
+        raise ConfigError(f"engine.{str(error).split(':', 1)[0]}", str(error).split(":", 1)[-1].strip()) from error
+
+
+@dataclass(frozen=True)
+class EngineDeployment:
+    """The engine spec plus how it runs as containers (replicas, GPUs, shared memory, start-up)."""
+
+    spec: EngineSpec
+    replicas: int
+    gpu_ids: tuple[str, ...]  # one per replica (cuda); empty on cpu
+    shm_size_mb: int
+    health_start_period_seconds: int
+
+    @property
+    def urls(self) -> list[str]:
+        return [naming.engine_url(i) for i in range(self.replicas)]
+
+
+def _engine_deployment(engine: Mapping[str, Any] | None) -> EngineDeployment:
+    spec = engine_spec_from_config(engine)
+    s = _Section("engine", engine)
+    gpu = spec.device == "cuda"
+    replicas = s.integer("replicas", 1, minimum=1)
+    gpu_ids = s.strings("gpu_ids", [str(i) for i in range(replicas)] if gpu else [])
+    if gpu and len(gpu_ids) != replicas:
+        raise ConfigError("engine.gpu_ids", f"needs one GPU id per replica ({replicas}), got {len(gpu_ids)}")
+    if gpu and len(set(gpu_ids)) != len(gpu_ids):
+        raise ConfigError("engine.gpu_ids", "each replica needs its own GPU")
+    if not gpu and "gpu_ids" in s.values:
+        raise ConfigError("engine.gpu_ids", "only applies to engine.device: cuda")
+    return EngineDeployment(
+        spec=spec,
+        replicas=replicas,
+        gpu_ids=tuple(gpu_ids),
+        shm_size_mb=s.integer("shm_size_mb", 8192 if gpu else 2048, minimum=64),
+        health_start_period_seconds=s.integer("health_start_period_seconds", 900 if gpu else 300, minimum=10),
+    )
+
+
+# -- gateway ----------------------------------------------------------------------------------
+
+# Set by the node's wiring, not by configuration.
+GATEWAY_WIRED_FIELDS = ("engines", "host", "port", "metrics_port")
+# Constraints beyond the type; a GatewaySpec field missing here is still read, checked by
+# the type of its default, so a new gateway setting is configurable as soon as launch.py has it.
+_GATEWAY_RULES: Mapping[str, Mapping[str, Any]] = {
+    "workers": {"minimum": 1},
+    "key_cache_ttl_seconds": {"minimum": 0},
+    "limiter_failure_mode": {"choices": ("closed", "local")},
+    "max_body_bytes": {"minimum": 1},
+    "max_in_flight": {"minimum": 1},
+    "admission_wait_seconds": {"minimum": 0},
+    "request_timeout_seconds": {"above": 0},
+    "shutdown_grace_seconds": {"minimum": 0},
+    "log_level": {"choices": LOG_LEVELS},
+    "health_check_interval_seconds": {"above": 0},
+    "circuit_failure_threshold": {"minimum": 1},
+    "circuit_open_seconds": {"above": 0},
+    "model_refresh_seconds": {"above": 0},
+}
+
+
+def gateway_keys() -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(GatewaySpec) if f.name not in GATEWAY_WIRED_FIELDS)
+
+
+def _read_typed(s: _Section, key: str, default: Any, rules: Mapping[str, Any]) -> Any:
+    if isinstance(default, bool):
+        return s.boolean(key, default)
+    if isinstance(default, int):
+        return s.integer(key, default, **rules)
+    if isinstance(default, float):
+        return s.number(key, default, **rules)
+    if isinstance(default, str):
+        return s.string(key, default, **rules)
+    if isinstance(default, Mapping):
+        return dict(s.mapping(key, default))
+    raise TypeError(f"GatewaySpec.{key}: no config reader for {type(default).__name__}")
+
+
+def gateway_spec_from_config(gateway: Mapping[str, Any] | None, *, engines: Sequence[str],
+                             host: str = "0.0.0.0", port: int = naming.GATEWAY_PORT,
+                             metrics_port: int = naming.GATEWAY_METRICS_PORT) -> GatewaySpec:
+    """The ``gateway`` config object as a GatewaySpec routing to ``engines``."""
+    s = _Section("gateway", gateway)
+    s.reject_unknown(gateway_keys())
+    settings = {key: _read_typed(s, key, _spec_default(GatewaySpec, key), _GATEWAY_RULES.get(key, {}))
+                for key in gateway_keys()}
+    for tier, priority in settings["tier_priorities"].items():
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise ConfigError(f"gateway.tier_priorities.{tier}", f"must be an integer priority, got {priority!r}")
+    try:
+        return GatewaySpec(engines=list(engines), host=host, port=port, metrics_port=metrics_port, **settings)
+    except ConfigError:
+        raise
+    except ValueError as error:
+        raise ConfigError(f"gateway.{str(error).split(':', 1)[0]}", str(error).split(":", 1)[-1].strip()) from error
+
+
+# -- quantize ---------------------------------------------------------------------------------
+
+QUANTIZE_KEYS = ("enabled", "source_model_dir", "output_model_dir", "calibration_file", "scheme",
+                 "num_calibration_samples", "max_seq_length", "merge_lora_adapter")
+
+
+def quantize_spec_from_config(quantize: Mapping[str, Any] | None, *, models_dir: str = naming.MODELS_DIR,
+                              adapters_dir: str = naming.ADAPTERS_SOURCE_DIR) -> QuantizeSpec | None:
+    """The ``quantize`` config object as a QuantizeSpec, or None when the job is disabled."""
+    s = _Section("quantize", quantize)
+    s.reject_unknown(QUANTIZE_KEYS)
+    if not s.boolean("enabled", False):
+        return None
+    root = models_dir.rstrip("/")
+    d = lambda name: _spec_default(QuantizeSpec, name)  # noqa: E731
+    adapter = s.string("merge_lora_adapter", None, pattern=_NAME, what="an adapter (directory) name")
+    return QuantizeSpec(
+        source_model=f"{root}/{_relative_path(s, 'source_model_dir')}",
+        output_dir=f"{root}/{_relative_path(s, 'output_model_dir')}",
+        calibration_file=f"{root}/{_relative_path(s, 'calibration_file')}",
+        scheme=s.string("scheme", d("scheme")),
+        num_calibration_samples=s.integer("num_calibration_samples", d("num_calibration_samples"), minimum=1),
+        max_seq_length=s.integer("max_seq_length", d("max_seq_length"), minimum=16),
+        merge_lora_adapter=f"{adapters_dir.rstrip('/')}/{adapter}" if adapter else None,
+    )
+
+
+# -- edge, tunnel, observability, volumes --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EdgeSettings:
+    tls_mode: str  # acme | provided | self-signed
+    acme_email: str | None
+    acme_ca_server: str | None
+    publish: bool  # publish http/https on the host (false: reachable only through the tunnel)
+    bind_address: str
+    http_port: int
+    https_port: int
+    ops_port: int  # 127.0.0.1 port of the ops entrypoint (ping, dashboard, Grafana); 0 = none
+    ip_allow_list: tuple[str, ...]
+    body_limit: str  # gateway | edge
+    hsts_seconds: int
+
+
+EDGE_KEYS = ("tls_mode", "acme_email", "acme_ca_server", "publish", "bind_address", "http_port", "https_port",
+             "ops_port", "ip_allow_list", "body_limit", "hsts_seconds")
+
+
+def _edge(edge: Mapping[str, Any] | None) -> EdgeSettings:
+    s = _Section("edge", edge)
+    s.reject_unknown(EDGE_KEYS)
+    tls_mode = s.string("tls_mode", choices=TLS_MODES)
+    acme_email = s.string("acme_email", None, pattern=_EMAIL, what="an email address")
+    if tls_mode == "acme" and acme_email is None:
+        raise ConfigError("edge.acme_email", "is required when edge.tls_mode is acme (Let's Encrypt account)")
+    acme_ca_server = s.string("acme_ca_server", None)
+    if acme_ca_server is not None and not acme_ca_server.startswith("https://"):
+        raise ConfigError("edge.acme_ca_server", f"{acme_ca_server!r} must be an https:// ACME directory URL")
+    bind_address = s.string("bind_address", "0.0.0.0")
+    try:
+        ipaddress.ip_address(bind_address)
+    except ValueError:
+        raise ConfigError("edge.bind_address", f"{bind_address!r} is not an IP address") from None
+    allow_list = s.strings("ip_allow_list")
+    for cidr in allow_list:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ConfigError("edge.ip_allow_list", f"{cidr!r} is not an IP address or CIDR range") from None
+    publish = s.boolean("publish", True)
+    if tls_mode == "acme" and not publish:
+        raise ConfigError("edge.tls_mode", "acme needs edge.publish (the HTTP challenge arrives on port 80); "
+                                           "behind a tunnel only, use provided (a Cloudflare origin certificate)")
+    http_port = s.integer("http_port", 80, minimum=1, maximum=65535)
+    https_port = s.integer("https_port", 443, minimum=1, maximum=65535)
+    ops_port = s.integer("ops_port", 8090, minimum=0, maximum=65535)
+    if http_port == https_port or (ops_port and ops_port in (http_port, https_port)):
+        raise ConfigError("edge.ops_port" if ops_port in (http_port, https_port) else "edge.https_port",
+                          "edge.http_port, edge.https_port and edge.ops_port must differ")
+    return EdgeSettings(
+        tls_mode=tls_mode,
+        acme_email=acme_email,
+        acme_ca_server=acme_ca_server,
+        publish=publish,
+        bind_address=bind_address,
+        http_port=http_port,
+        https_port=https_port,
+        ops_port=ops_port,
+        ip_allow_list=allow_list,
+        body_limit=s.string("body_limit", "gateway", choices=BODY_LIMIT_MODES),
+        hsts_seconds=s.integer("hsts_seconds", 31_536_000, minimum=0),
+    )
+
+
+@dataclass(frozen=True)
+class ObservabilitySettings:
+    prometheus_retention: str
+    grafana_public: bool  # true: https://grafana.<domain>; false: only on the loopback ops entrypoint
+
+
+def _observability(values: Mapping[str, Any] | None) -> ObservabilitySettings:
+    s = _Section("observability", values)
+    s.reject_unknown(("prometheus_retention", "grafana_public"))
+    return ObservabilitySettings(
+        prometheus_retention=s.string("prometheus_retention", "15d", pattern=_DURATION, what="a duration like 15d"),
+        grafana_public=s.boolean("grafana_public", False),
+    )
+
+
+# -- the whole node ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """Every non-secret setting of a stack, typed and validated."""
+
+    stack: str
+    name_prefix: str
+    docker_host: str
+    domain: str
+    images: Mapping[str, str]  # the full table: defaults with the stack's overrides
+    engine: EngineDeployment
+    gateway: GatewaySpec
+    edge: EdgeSettings
+    tunnel_enabled: bool
+    quantize: QuantizeSpec | None
+    observability: ObservabilitySettings
+    models_host_dir: str | None  # dev: bind a host directory at /models instead of the models volume
+    tls_certificate: str | None  # PEM, edge.tls_mode provided (its key is the secret tls_private_key)
+
+    @property
+    def public_url(self) -> str:
+        port = "" if self.edge.https_port == 443 or not self.edge.publish else f":{self.edge.https_port}"
+        return f"https://{self.domain}{port}"
+
+
+def _top_string(values: Mapping[str, Any], key: str, default: Any = _REQUIRED) -> Any:
+    value = values.get(key)
+    if value is None:
+        if default is _REQUIRED:
+            raise ConfigError(key, "is required")
+        return default
+    if not isinstance(value, str) or not value:
+        raise ConfigError(key, f"must be a non-empty string, got {value!r}")
+    return value
+
+
+def parse_settings(values: Mapping[str, Any], stack: str, *, secrets_present: Sequence[str] = ()) -> NodeSettings:
+    """Validate a stack's plain values (keys without the ``llm-node:`` prefix) into NodeSettings.
+
+    ``secrets_present`` names the secret keys the stack sets (their values are never read here).
+    """
+    known = OBJECT_KEYS + STRING_KEYS + SECRET_KEYS
+    for key in values:
+        if key not in known:
+            raise ConfigError(key, f"unknown setting (known: {', '.join(sorted(known))})")
+
+    images_section = _Section("images", values.get("images"))
+    images_section.reject_unknown(tuple(DEFAULT_IMAGES))
+    images = dict(DEFAULT_IMAGES)
+    for name in images_section.values:
+        reference = images_section.string(name)
+        if not is_pinned(reference):
+            raise ConfigError(f"images.{name}", f"{reference!r} is not pinned: use a version tag (x.y[.z]) or a digest")
+        images[name] = reference
+
+    docker_host = _top_string(values, "docker_host", "unix:///var/run/docker.sock")
+    if not docker_host.startswith(_DOCKER_HOST_SCHEMES):
+        raise ConfigError("docker_host", f"{docker_host!r} must start with one of {', '.join(_DOCKER_HOST_SCHEMES)}")
+    name_prefix = _top_string(values, "name_prefix", "llm-node")
+    if not _PREFIX.match(name_prefix):
+        raise ConfigError("name_prefix", f"{name_prefix!r} must be lowercase letters, digits and dashes (3-32)")
+    domain = _top_string(values, "domain")
+    if not _HOSTNAME.match(domain):
+        raise ConfigError("domain", f"{domain!r} is not a lowercase DNS name")
+
+    engine = _engine_deployment(values.get("engine"))
+    gateway = gateway_spec_from_config(values.get("gateway"), engines=engine.urls)
+    edge = _edge(values.get("edge"))
+
+    tunnel = _Section("tunnel", values.get("tunnel"))
+    tunnel.reject_unknown(("enabled",))
+    tunnel_enabled = tunnel.boolean("enabled", False)
+    if tunnel_enabled and "tunnel_token" not in secrets_present:
+        raise ConfigError("tunnel_token", "is required when tunnel.enabled is true: "
+                                          "pulumi config set --secret tunnel_token <token>")
+    if not edge.publish and not tunnel_enabled:
+        raise ConfigError("edge.publish", "false leaves the node unreachable unless tunnel.enabled is true")
+
+    tls_certificate = _top_string(values, "tls_certificate", None)
+    if edge.tls_mode == "provided":
+        if tls_certificate is None or "-----BEGIN CERTIFICATE-----" not in tls_certificate:
+            raise ConfigError("tls_certificate", "a PEM certificate (chain) is required when edge.tls_mode is "
+                                                 "provided: pulumi config set tls_certificate < cert.pem")
+        if "tls_private_key" not in secrets_present:
+            raise ConfigError("tls_private_key", "is required when edge.tls_mode is provided: "
+                                                 "pulumi config set --secret tls_private_key < key.pem")
+
+    quantize = quantize_spec_from_config(values.get("quantize"))
+    if quantize is not None and engine.spec.model != quantize.output_dir:
+        raise ConfigError("engine.model_dir", f"must be quantize.output_model_dir ({quantize.output_dir}) while "
+                                              "quantize.enabled is true: the engine serves the job's output")
+
+    volumes = _Section("volumes", values.get("volumes"))
+    volumes.reject_unknown(("models_host_dir",))
+    models_host_dir = volumes.string("models_host_dir", None)
+    if models_host_dir is not None:
+        models_host_dir = os.path.expanduser(models_host_dir)
+        if not models_host_dir.startswith("/"):
+            raise ConfigError("volumes.models_host_dir", f"{models_host_dir!r} must be an absolute path on the host")
+        if quantize is not None:
+            raise ConfigError("volumes.models_host_dir", "is read-only for the engine; the quantize job needs the "
+                                                         "models volume (unset one of them)")
+
+    return NodeSettings(
+        stack=stack,
+        name_prefix=name_prefix,
+        docker_host=docker_host,
+        domain=domain,
+        images=images,
+        engine=engine,
+        gateway=gateway,
+        edge=edge,
+        tunnel_enabled=tunnel_enabled,
+        quantize=quantize,
+        observability=_observability(values.get("observability")),
+        models_host_dir=models_host_dir,
+        tls_certificate=tls_certificate,
+    )
+
+
+# -- stack files (no Pulumi engine needed) ---------------------------------------------------------
+
+
+def stack_file(stack: str) -> Path:
+    return STACKS_DIR / f"Pulumi.{stack}.yaml"
+
+
+def read_stack_values(stack: str) -> dict[str, Any]:
+    """The ``llm-node:`` values of ``stacks/Pulumi.<stack>.yaml``, prefix removed.
+
+    Secret values stay as written (``{"secure": "<ciphertext>"}``): only the CLI can decrypt them.
+    """
+    document = yaml.safe_load(stack_file(stack).read_text()) or {}
+    prefix = f"{NAMESPACE}:"
+    return {key[len(prefix):]: value for key, value in (document.get("config") or {}).items()
+            if key.startswith(prefix)}
+
+
+def load_stack_settings(stack: str) -> NodeSettings:
+    values = read_stack_values(stack)
+    present = [key for key in SECRET_KEYS if key in values]
+    return parse_settings({k: v for k, v in values.items() if k not in SECRET_KEYS}, stack, secrets_present=present)
+
+
+def load_stack_specs(stack: str) -> tuple[EngineSpec, GatewaySpec]:
+    """The engine and gateway specs a stack file declares (used by the dev node, scripts/devnode)."""
+    settings = load_stack_settings(stack)
+    return settings.engine.spec, settings.gateway
+
+
+# -- the Pulumi-facing reader ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NodeSecrets:
+    """Secret settings as secret Outputs (None when the stack does not set them)."""
+
+    tunnel_token: "pulumi.Output[str] | None"
+    tls_private_key: "pulumi.Output[str] | None"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    settings: NodeSettings
+    secrets: NodeSecrets
+
+
+def _stack_config_keys() -> set[str]:
+    """Every ``llm-node:`` key the engine passed in (to find typos, which Pulumi ignores)."""
+    from pulumi.runtime import config as runtime_config
+
+    keys = set(runtime_config.CONFIG.get()) | set(runtime_config.get_config_env())
+    prefix = f"{NAMESPACE}:"
+    return {key[len(prefix):] for key in keys if key.startswith(prefix)}
+
+
+def load_node_config() -> NodeConfig:
+    """Read and validate the current stack's configuration (inside a Pulumi program)."""
+    import pulumi
+    from pulumi.runtime import is_config_secret
+
+    config = pulumi.Config(NAMESPACE)
+    values: dict[str, Any] = {}
+    present = []
+    for key in sorted(_stack_config_keys()):
+        if key in SECRET_KEYS:
+            if not is_config_secret(f"{NAMESPACE}:{key}"):
+                raise ConfigError(key, f"is stored in plain text; store it encrypted: "
+                                       f"pulumi config set --secret {key} <value>")
+            present.append(key)
+            continue
+        raw = config.get(key)
+        if key in OBJECT_KEYS and raw is not None:
+            try:
+                raw = json.loads(raw)
+            except json.JSONDecodeError as error:
+                raise ConfigError(key, f"must be an object (YAML mapping): {error}") from None
+        values[key] = raw
+    settings = parse_settings(values, pulumi.get_stack(), secrets_present=present)
+    secrets = NodeSecrets(
+        tunnel_token=config.require_secret("tunnel_token") if settings.tunnel_enabled else None,
+        tls_private_key=config.require_secret("tls_private_key") if settings.edge.tls_mode == "provided" else None,
+    )
+    return NodeConfig(settings=settings, secrets=secrets)

@@ -1,0 +1,113 @@
+"""vLLM: the inference engine, one container per replica (one GPU each on cuda stacks).
+
+The command line is ``engine_args(spec)`` from services/launch.py, the same function the
+dev node uses; the image is the official vLLM image (CUDA or CPU build, pinned in
+images.py) extended by services/engine/Dockerfile, whose entrypoint sanitizes the LoRA
+adapters from /adapters into /run/llm-node/adapters and then runs ``vllm serve <args>``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import pulumi
+import pulumi_docker as docker
+
+from services.launch import engine_args, engine_env
+from stacks import containers, naming
+from stacks.config import EngineDeployment
+from stacks.images import REPO_ROOT, built_image_name
+
+CONTEXT = "services/engine"  # relative to the project root, where Pulumi runs the program
+DOCKERFILE = f"{CONTEXT}/Dockerfile"
+BASE_IMAGE_ARG = "VLLM_IMAGE"  # build argument naming the official vLLM image to extend
+
+
+@dataclass(frozen=True)
+class ModelsMount:
+    """The models volume, or (dev) a host directory with the models."""
+
+    volume: docker.Volume | None = None
+    host_dir: str | None = None
+
+    def mount(self, read_only: bool) -> docker.ContainerVolumeArgs:
+        if self.host_dir:
+            return docker.ContainerVolumeArgs(host_path=self.host_dir, container_path=naming.MODELS_DIR, read_only=True)
+        assert self.volume is not None
+        return docker.ContainerVolumeArgs(volume_name=self.volume.name, container_path=naming.MODELS_DIR,
+                                          read_only=read_only)
+
+
+@dataclass(frozen=True)
+class EngineArgs:
+    deployment: EngineDeployment
+    base_image: str  # the official vLLM image for the device
+    placement: containers.Placement  # internal network (+ egress when the engine downloads)
+    models: ModelsMount
+    adapters_volume: docker.Volume
+    after: Sequence[pulumi.Resource] = ()  # e.g. the quantize job writing the model
+    gate: pulumi.Input[str] | None = None  # "ok" once that job succeeded
+
+
+def container_env(deployment: EngineDeployment) -> dict[str, str]:
+    """launch.py's engine env plus where this image finds models and adapters."""
+    return engine_env(deployment.spec) | {
+        "HF_HOME": naming.HF_HOME,
+        "ADAPTERS_SOURCE_DIR": naming.ADAPTERS_SOURCE_DIR,
+        "ADAPTERS_SANITIZED_DIR": naming.ADAPTERS_SANITIZED_DIR,
+        "MAX_LORA_RANK": str(deployment.spec.max_lora_rank),  # the sanitizer rejects larger adapters
+    }
+
+
+class Engine(pulumi.ComponentResource):
+    def __init__(self, name: str, args: EngineArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("llm-node:index:Engine", name, None, opts)
+        deployment, spec = args.deployment, args.deployment.spec
+        gpu = spec.device == "cuda"
+
+        self.image_name = built_image_name(f"engine-{spec.device}", REPO_ROOT / CONTEXT, args.base_image)
+        self.image = docker.Image(
+            f"{name}-image",
+            image_name=self.image_name,
+            build=docker.DockerBuildArgs(context=CONTEXT, dockerfile=DOCKERFILE,
+                                         args={BASE_IMAGE_ARG: args.base_image}, platform="linux/amd64"),
+            skip_push=True,  # built on the Docker host itself; nothing to push
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.command = engine_args(spec)
+        start_period = deployment.health_start_period_seconds
+        gate = {"llm-node.after": args.gate} if args.gate is not None else {}
+
+        self.containers: list[docker.Container] = []
+        for index in range(deployment.replicas):
+            alias = naming.engine_alias(index)
+            networks = [(network, alias) for network, _ in args.placement.networks]
+            self.containers.append(docker.Container(
+                alias,
+                name=args.placement.name(alias),
+                image=self.image_name,
+                command=self.command,
+                envs=containers.env_list(container_env(deployment)),
+                volumes=[args.models.mount(read_only=spec.hf_hub_offline),
+                         docker.ContainerVolumeArgs(volume_name=args.adapters_volume.name,
+                                                    container_path=naming.ADAPTERS_SOURCE_DIR, read_only=True)],
+                networks_advanced=containers.attach(networks),
+                device_requests=[docker.ContainerDeviceRequestArgs(
+                    driver="nvidia", device_ids=[deployment.gpu_ids[index]], capabilities=["gpu"])] if gpu else None,
+                # vLLM's workers share tensors through /dev/shm (instead of the host's IPC namespace).
+                shm_size=deployment.shm_size_mb,
+                capabilities=None if gpu else docker.ContainerCapabilitiesArgs(adds=["SYS_NICE"]),  # CPU thread pinning
+                healthcheck=containers.healthcheck(
+                    containers.http_check(f"http://127.0.0.1:{spec.port}/health"),
+                    interval="30s", timeout="10s", retries=5, start_period=f"{start_period}s"),
+                restart=containers.RESTART,
+                log_driver=containers.LOG_DRIVER,
+                log_opts=containers.LOG_OPTIONS,
+                wait=True,  # the gateway starts once the model is loaded
+                wait_timeout=start_period + 120,
+                labels=containers.labels(args.placement, alias, gate),
+                opts=containers.service_options(self, [self.image, *args.after]),
+            ))
+        self.urls = deployment.urls
+        self.register_outputs({"urls": self.urls})

@@ -1,0 +1,133 @@
+"""The gateway: the OpenAI-compatible front door, the only service Traefik routes publicly.
+
+Its environment is ``gateway_env(spec)`` from services/launch.py (the dev node uses the same
+function) plus the three secrets of ``GATEWAY_SECRET_ENV`` as Pulumi secrets. Its API port
+is routed by Traefik labels (host rule, TLS, security headers, optional allow-list and
+body limit); its metrics port has no router, so /metrics is reachable only on the node's
+networks. A one-shot migration job brings the database schema up to date first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import pulumi
+import pulumi_docker as docker
+import pulumi_random as random
+
+from services.launch import GATEWAY_SECRET_ENV, GatewaySpec, gateway_env, gateway_process_argv
+from stacks import containers, naming
+from stacks.config import EdgeSettings
+from stacks.images import REPO_ROOT, built_image_name
+from traefik import routing
+from traefik.static import CERT_RESOLVER, WEBSECURE
+
+CONTEXT = "services/gateway"
+DOCKERFILE = f"{CONTEXT}/Dockerfile"
+ROUTER = "gateway"
+MIGRATE_ARGV = ["python", "-m", "llm_gateway.admin", "migrate"]
+
+
+@dataclass(frozen=True)
+class GatewayArgs:
+    spec: GatewaySpec
+    domain: str
+    edge: EdgeSettings
+    placement: containers.Placement  # edge + internal
+    edge_network: docker.Network  # the network Traefik reaches it on
+    internal_placement: containers.Placement  # for the migration job (database only)
+    database_url: pulumi.Output[str]
+    redis_url: pulumi.Output[str]
+    depends_on: Sequence[pulumi.Resource] = ()  # PostgreSQL, Redis, every engine
+
+
+def traefik_labels(spec: GatewaySpec, domain: str, edge: EdgeSettings, network: pulumi.Input[str]
+                   ) -> dict[str, pulumi.Input[str]]:
+    """Router, service and middlewares for the gateway's API port (never its metrics port)."""
+    middlewares = [f"{ROUTER}-headers"]
+    labels = routing.enable(network) | routing.security_headers(f"{ROUTER}-headers", hsts_seconds=edge.hsts_seconds)
+    if edge.ip_allow_list:
+        middlewares.insert(0, f"{ROUTER}-allow-list")
+        labels |= routing.ip_allow_list(f"{ROUTER}-allow-list", edge.ip_allow_list)
+    if edge.body_limit == "edge":
+        middlewares.append(f"{ROUTER}-body-limit")
+        labels |= routing.body_limit(f"{ROUTER}-body-limit", spec.max_body_bytes)
+    labels |= routing.router(ROUTER, rule=f"Host(`{domain}`)", entry_points=[WEBSECURE], service=ROUTER, tls=True,
+                             cert_resolver=CERT_RESOLVER if edge.tls_mode == "acme" else None,
+                             middlewares=middlewares)
+    labels |= routing.service(ROUTER, spec.port)
+    return labels
+
+
+class Gateway(pulumi.ComponentResource):
+    def __init__(self, name: str, args: GatewayArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("llm-node:index:Gateway", name, None, opts)
+        token = random.RandomPassword(f"{name}-admin-token", length=48, special=False,
+                                      opts=pulumi.ResourceOptions(parent=self))
+        self.admin_token = pulumi.Output.secret(token.result)
+
+        self.image_name = built_image_name("gateway", REPO_ROOT / CONTEXT)
+        self.image = docker.Image(
+            f"{name}-image",
+            image_name=self.image_name,
+            build=docker.DockerBuildArgs(context=CONTEXT, dockerfile=DOCKERFILE, platform="linux/amd64"),
+            skip_push=True,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        secrets = {
+            GATEWAY_SECRET_ENV["database_url"]: args.database_url,
+            GATEWAY_SECRET_ENV["redis_url"]: args.redis_url,
+            GATEWAY_SECRET_ENV["admin_token"]: self.admin_token,
+        }
+        self.env = gateway_env(args.spec)
+
+        # Migrations first: a one-shot job with only the database URL.
+        self.migrate = docker.Container(
+            f"{name}-migrate",
+            name=args.internal_placement.name("gateway-migrate"),
+            image=self.image_name,
+            entrypoints=MIGRATE_ARGV[:-1],
+            command=MIGRATE_ARGV[-1:],
+            envs=_secret_env({}, {GATEWAY_SECRET_ENV["database_url"]: args.database_url}),
+            networks_advanced=containers.attach(args.internal_placement.networks),
+            log_driver=containers.LOG_DRIVER,
+            log_opts=containers.LOG_OPTIONS,
+            labels=containers.labels(args.internal_placement, "gateway-migrate"),
+            **containers.JOB_ARGS,
+            opts=containers.service_options(self, [self.image, *args.depends_on]),
+        )
+        migrated = containers.job_succeeded(self.migrate, args.internal_placement.name("gateway-migrate"))
+
+        labels = traefik_labels(args.spec, args.domain, args.edge, args.edge_network.name)
+        labels["llm-node.after"] = migrated
+        self.container = docker.Container(
+            name,
+            name=args.placement.name("gateway"),
+            image=self.image_name,
+            entrypoints=gateway_process_argv("python"),
+            envs=_secret_env(self.env, secrets),
+            networks_advanced=containers.attach(args.placement.networks),
+            healthcheck=containers.healthcheck(
+                containers.http_check(f"http://127.0.0.1:{args.spec.port}/healthz"), interval="10s"),
+            restart=containers.RESTART,
+            log_driver=containers.LOG_DRIVER,
+            log_opts=containers.LOG_OPTIONS,
+            # Let in-flight streams finish on `docker stop` (the gateway drains on SIGTERM).
+            stop_signal="SIGTERM",
+            stop_timeout=int(args.spec.shutdown_grace_seconds) + 5,
+            wait=True,
+            wait_timeout=120,
+            labels=containers.labels(args.placement, "gateway", labels),
+            opts=containers.service_options(self, [self.image, self.migrate, *args.depends_on]),
+        )
+        self.url = f"http://{naming.GATEWAY}:{args.spec.port}"
+        self.metrics_url = f"http://{naming.GATEWAY}:{args.spec.metrics_port}/metrics"
+        self.register_outputs({"container": self.container.name, "url": self.url})
+
+
+def _secret_env(plain: dict[str, str], secrets: dict[str, pulumi.Output[str]]) -> pulumi.Output[list[str]]:
+    """The whole env list as one secret: the docker provider keeps env in the state."""
+    names = sorted(secrets)
+    return pulumi.Output.secret(pulumi.Output.all(*(secrets[n] for n in names)).apply(
+        lambda values: containers.env_list({**plain, **dict(zip(names, values))})))

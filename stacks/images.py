@@ -1,0 +1,79 @@
+"""One table of container images, pinned, overridable per stack (`llm-node:images`).
+
+Pulled images are referenced by an exact version tag; an air-gapped host points a key at
+its registry mirror (``images: {traefik: registry.local/traefik:v3.6.8}``). Images built
+from this repository are tagged with a hash of their build context, so a source change
+gives a new tag and a new container, and an unchanged tree never rebuilds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Mapping
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+DEFAULT_IMAGES: Mapping[str, str] = {
+    # The official vLLM images: CUDA for GPU stacks, the CPU build for dev stacks. Both
+    # are the base of services/engine/Dockerfile (adapter sanitizer in the entrypoint).
+    "vllm_gpu": "vllm/vllm-openai:v0.31.0",
+    "vllm_cpu": "vllm/vllm-openai-cpu:v0.31.0",
+    "postgres": "postgres:17.6-bookworm",
+    "redis": "redis:7.4.5-bookworm",
+    "traefik": "traefik:v3.6.8",
+    "cloudflared": "cloudflare/cloudflared:2025.11.1",
+    "prometheus": "prom/prometheus:v3.5.0",
+    "grafana": "grafana/grafana:12.1.1",
+}
+
+# A pinned reference: a digest, or a tag that names a version (major.minor at least).
+# "latest", "stable", "main", "3" or no tag at all are rejected. The policy pack applies
+# the same rule to what is actually deployed (policy/rules.py).
+_DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+_VERSION_TAG = re.compile(r"^v?\d+\.\d+(\.\d+)*([-+._][0-9A-Za-z.-]+)?$")
+_SOURCE_TAG = re.compile(r"^src-[0-9a-f]{12}$")
+
+
+def image_tag(reference: str) -> str | None:
+    """The tag of an image reference, or None (``host:5000/a/b`` has a port, not a tag)."""
+    name = reference.split("@", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    return last.split(":", 1)[1] if ":" in last else None
+
+
+def is_pinned(reference: str) -> bool:
+    if _DIGEST.search(reference):
+        return True
+    tag = image_tag(reference)
+    return tag is not None and bool(_VERSION_TAG.match(tag) or _SOURCE_TAG.match(tag))
+
+
+def resolve_images(overrides: Mapping[str, str]) -> dict[str, str]:
+    """The defaults with a stack's overrides applied (keys and pins validated by config.py)."""
+    return {**DEFAULT_IMAGES, **overrides}
+
+
+# Files that never belong in an image build context's identity.
+_IGNORED_PARTS = {"__pycache__", ".pytest_cache", ".mypy_cache", ".git"}
+
+
+def source_tag(context: Path, *extra: str) -> str:
+    """``src-<12 hex>``: a hash of every file under ``context`` (and ``extra`` strings, e.g. build args)."""
+    digest = hashlib.sha256()
+    if context.is_dir():
+        for path in sorted(context.rglob("*")):
+            relative = path.relative_to(context)
+            if path.is_dir() or _IGNORED_PARTS & set(relative.parts) or path.suffix == ".pyc" \
+                    or any(part.endswith(".egg-info") for part in relative.parts):
+                continue
+            digest.update(str(relative).encode() + b"\0" + path.read_bytes() + b"\0")
+    for value in extra:
+        digest.update(value.encode() + b"\0")
+    return "src-" + digest.hexdigest()[:12]
+
+
+def built_image_name(component: str, context: Path, *extra: str) -> str:
+    """Local name of an image built from this repository, e.g. ``llm-node/gateway:src-3f2a9c0d1e4b``."""
+    return f"llm-node/{component}:{source_tag(context, *extra)}"

@@ -1,0 +1,201 @@
+"""The Node component: networks, volumes, and the services wired together.
+
+Networks (each container joins only what it needs):
+  edge      Traefik, cloudflared, the gateway, Grafana   the only network with host ports
+  internal  gateway, engines, PostgreSQL, Redis,         internal=True: no route out
+            Prometheus, Grafana
+  metrics   Prometheus, Traefik, cloudflared             internal=True: scrapes only, so the
+                                                         edge-facing processes never share a
+                                                         network with the data stores
+  egress    the engines, only when they download models  (engine.hf_hub_offline: false)
+Volumes keep data across container replacements and are retained when the stack is destroyed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_docker as docker
+
+from prometheus.render import CLOUDFLARED_JOB, GATEWAY_JOB, PROMETHEUS_JOB, TRAEFIK_JOB, VLLM_JOB
+from stacks import containers, naming
+from stacks.config import NodeConfig
+from stacks.engine import Engine, EngineArgs, ModelsMount
+from stacks.gateway import Gateway, GatewayArgs
+from stacks.grafana import Grafana, GrafanaArgs
+from stacks.postgres import Postgres, PostgresArgs
+from stacks.prometheus import Prometheus, PrometheusArgs
+from stacks.quantize import QuantizeArgs, QuantizeJob
+from stacks.redis import Redis, RedisArgs
+from stacks.traefik import Traefik, TraefikArgs
+from stacks.tunnel import Tunnel, TunnelArgs
+
+# Volume key -> what it holds. Names on the host: <prefix>-<key>.
+DATA_VOLUMES = {
+    "postgres-data": "PostgreSQL data (API keys, usage)",
+    "redis-data": "Redis append-only file (rate-limit state)",
+    "models": "model weights, quantized models, Hugging Face cache",
+    "adapters": "LoRA adapters as uploaded (the engine sanitizes copies)",
+    "prometheus-data": "Prometheus TSDB",
+    "grafana-data": "Grafana database (users, preferences)",
+    "traefik-acme": "Let's Encrypt account and certificates (edge.tls_mode acme)",
+}
+
+
+@dataclass(frozen=True)
+class NodeArgs:
+    config: NodeConfig
+
+
+class Node(pulumi.ComponentResource):
+    def __init__(self, name: str, args: NodeArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("llm-node:index:Node", name, None, opts)
+        settings, secrets = args.config.settings, args.config.secrets
+        prefix, stack, images = settings.name_prefix, settings.stack, settings.images
+        child = pulumi.ResourceOptions(parent=self)
+
+        # -- networks ------------------------------------------------------------------------
+        def network(key: str, internal: bool) -> docker.Network:
+            return docker.Network(f"{key}-network", name=f"{prefix}-{key}", driver="bridge", internal=internal,
+                                  labels=[docker.NetworkLabelArgs(label=containers.LABEL_STACK, value=stack)],
+                                  opts=child)
+
+        self.edge_network = network("edge", internal=False)
+        self.internal_network = network("internal", internal=True)
+        self.metrics_network = network("metrics", internal=True)
+        engine_downloads = not settings.engine.spec.hf_hub_offline
+        self.egress_network = network("egress", internal=False) if engine_downloads else None
+
+        # -- volumes -------------------------------------------------------------------------
+        def volume(key: str) -> docker.Volume:
+            return docker.Volume(f"{key}-volume", name=f"{prefix}-{key}",
+                                 labels=[docker.VolumeLabelArgs(label=containers.LABEL_STACK, value=stack)],
+                                 opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True))
+
+        self.volumes: dict[str, docker.Volume] = {}
+        for key in DATA_VOLUMES:
+            if key == "models" and settings.models_host_dir:
+                continue  # dev: the host's model directory is bound instead
+            if key == "traefik-acme" and settings.edge.tls_mode != "acme":
+                continue
+            self.volumes[key] = volume(key)
+
+        def placement(*networks: docker.Network, alias: str = "") -> containers.Placement:
+            return containers.Placement(prefix=prefix, stack=stack, networks=[(n, alias) for n in networks])
+
+        # -- data stores ---------------------------------------------------------------------
+        self.postgres = Postgres("postgres", PostgresArgs(
+            image=images["postgres"], placement=placement(self.internal_network, alias=naming.POSTGRES),
+            data_volume=self.volumes["postgres-data"]), opts=child)
+        self.redis = Redis("redis", RedisArgs(
+            image=images["redis"], placement=placement(self.internal_network, alias=naming.REDIS),
+            data_volume=self.volumes["redis-data"]), opts=child)
+
+        # -- model: optional quantize job, then the engines -----------------------------------
+        engine_after: list[pulumi.Resource] = []
+        gate = None
+        self.quantize = None
+        if settings.quantize is not None:
+            self.quantize = QuantizeJob("quantize", QuantizeArgs(
+                spec=settings.quantize, placement=placement(), models_volume=self.volumes["models"],
+                adapters_volume=self.volumes["adapters"],
+                gpu_id=settings.engine.gpu_ids[0] if settings.engine.gpu_ids else None), opts=child)
+            engine_after.append(self.quantize.container)
+            gate = self.quantize.succeeded
+        engine_networks = [self.internal_network] + ([self.egress_network] if self.egress_network else [])
+        device = settings.engine.spec.device
+        self.engine = Engine("engine", EngineArgs(
+            deployment=settings.engine,
+            base_image=images["vllm_gpu" if device == "cuda" else "vllm_cpu"],
+            placement=placement(*engine_networks),
+            models=ModelsMount(volume=self.volumes.get("models"), host_dir=settings.models_host_dir),
+            adapters_volume=self.volumes["adapters"],
+            after=engine_after, gate=gate), opts=child)
+
+        # -- gateway -------------------------------------------------------------------------
+        self.gateway = Gateway("gateway", GatewayArgs(
+            spec=settings.gateway, domain=settings.domain, edge=settings.edge,
+            placement=placement(self.edge_network, self.internal_network, alias=naming.GATEWAY),
+            edge_network=self.edge_network,
+            internal_placement=placement(self.internal_network, alias="gateway-migrate"),
+            database_url=self.postgres.database_url, redis_url=self.redis.url,
+            depends_on=[self.postgres.container, self.redis.container, *self.engine.containers]), opts=child)
+
+        # -- edge ----------------------------------------------------------------------------
+        self.traefik = Traefik("traefik", TraefikArgs(
+            image=images["traefik"], edge=settings.edge,
+            placement=placement(self.edge_network, self.metrics_network, alias=naming.TRAEFIK),
+            edge_network=self.edge_network, acme_volume=self.volumes.get("traefik-acme"),
+            tls_certificate=settings.tls_certificate, tls_private_key=secrets.tls_private_key), opts=child)
+        self.tunnel = None
+        if settings.tunnel_enabled:
+            assert secrets.tunnel_token is not None
+            self.tunnel = Tunnel("cloudflared", TunnelArgs(
+                image=images["cloudflared"], hostname=settings.domain, origin_url=self.traefik.origin_url,
+                verify_origin_tls=settings.edge.tls_mode == "acme",
+                placement=placement(self.edge_network, self.metrics_network, alias=naming.CLOUDFLARED),
+                token=secrets.tunnel_token, depends_on=self.traefik.container), opts=child)
+
+        # -- observability -------------------------------------------------------------------
+        targets = {
+            VLLM_JOB: [f"{naming.engine_alias(i)}:{naming.ENGINE_PORT}" for i in range(settings.engine.replicas)],
+            GATEWAY_JOB: [f"{naming.GATEWAY}:{settings.gateway.metrics_port}"],
+            TRAEFIK_JOB: [self.traefik.metrics_target],
+            CLOUDFLARED_JOB: [self.tunnel.metrics_target] if self.tunnel else [],
+            PROMETHEUS_JOB: [f"localhost:{naming.PROMETHEUS_PORT}"],
+        }
+        self.prometheus = Prometheus("prometheus", PrometheusArgs(
+            image=images["prometheus"],
+            placement=placement(self.internal_network, self.metrics_network, alias=naming.PROMETHEUS),
+            data_volume=self.volumes["prometheus-data"], targets=targets,
+            retention=settings.observability.prometheus_retention), opts=child)
+        self.grafana = Grafana("grafana", GrafanaArgs(
+            image=images["grafana"], domain=settings.domain, edge=settings.edge,
+            public=settings.observability.grafana_public,
+            placement=placement(self.internal_network, self.edge_network, alias=naming.GRAFANA),
+            edge_network=self.edge_network, data_volume=self.volumes["grafana-data"],
+            prometheus_url=self.prometheus.url, depends_on=self.prometheus.container), opts=child)
+
+        self.outputs = self._stack_outputs(args.config)
+        self.register_outputs({"public_url": self.outputs["public_url"]})
+
+    def _stack_outputs(self, config: NodeConfig) -> dict[str, pulumi.Input]:
+        """What `pulumi stack output` shows; secrets stay secret (`--show-secrets` to read them)."""
+        settings = config.settings
+        containers_by_service = {
+            "gateway": self.gateway.container.name,
+            "gateway-migrate": self.gateway.migrate.name,
+            "postgres": self.postgres.container.name,
+            "redis": self.redis.container.name,
+            "traefik": self.traefik.container.name,
+            "prometheus": self.prometheus.container.name,
+            "grafana": self.grafana.container.name,
+            **{naming.engine_alias(i): c.name for i, c in enumerate(self.engine.containers)},
+        }
+        if self.tunnel:
+            containers_by_service["cloudflared"] = self.tunnel.container.name
+        if self.quantize:
+            containers_by_service["quantize"] = self.quantize.container.name
+        return {
+            "public_url": settings.public_url,
+            "api_base_url": f"{settings.public_url}/v1",
+            "served_model_name": settings.engine.spec.served_model_name,
+            "grafana_url": self.grafana.url,
+            "internal_endpoints": {
+                "engines": list(self.engine.urls),
+                "gateway": self.gateway.url,
+                "gateway_metrics": self.gateway.metrics_url,
+                "prometheus": self.prometheus.url,
+                "postgres": f"{naming.POSTGRES}:{naming.POSTGRES_PORT}",
+                "redis": f"{naming.REDIS}:{naming.REDIS_PORT}",
+            },
+            "containers": containers_by_service,
+            "networks": {"edge": self.edge_network.name, "internal": self.internal_network.name,
+                         "metrics": self.metrics_network.name},
+            "volumes": {key: v.name for key, v in self.volumes.items()},
+            "tunnel_enabled": settings.tunnel_enabled,
+            "gateway_admin_token": self.gateway.admin_token,
+            "grafana_admin_user": "admin",
+            "grafana_admin_password": self.grafana.admin_password,
+        }

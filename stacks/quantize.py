@@ -1,0 +1,66 @@
+"""The quantize job: a one-shot container that writes the 4-bit model into the models volume.
+
+Its arguments are ``quantize_args(spec)`` from services/launch.py; the image is built from
+services/quantize/Dockerfile. `pulumi up` waits for it, and the engine starts only after it
+succeeded (``succeeded``). It runs with no network: the source model and the calibration
+text are already in the models volume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_docker as docker
+
+from services.launch import QuantizeSpec, quantize_args
+from stacks import containers, naming
+from stacks.images import REPO_ROOT, built_image_name
+
+CONTEXT = "services/quantize"
+DOCKERFILE = f"{CONTEXT}/Dockerfile"
+
+
+@dataclass(frozen=True)
+class QuantizeArgs:
+    spec: QuantizeSpec
+    placement: containers.Placement  # no networks: network_mode none
+    models_volume: docker.Volume
+    adapters_volume: docker.Volume
+    gpu_id: str | None  # the GPU it calibrates on (None on a cpu stack)
+
+
+class QuantizeJob(pulumi.ComponentResource):
+    def __init__(self, name: str, args: QuantizeArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("llm-node:index:QuantizeJob", name, None, opts)
+        self.image_name = built_image_name("quantize", REPO_ROOT / CONTEXT)
+        self.image = docker.Image(
+            f"{name}-image",
+            image_name=self.image_name,
+            build=docker.DockerBuildArgs(context=CONTEXT, dockerfile=DOCKERFILE, platform="linux/amd64"),
+            skip_push=True,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.command = quantize_args(args.spec)
+        self.container = docker.Container(
+            name,
+            name=args.placement.name("quantize"),
+            image=self.image_name,
+            command=self.command,
+            volumes=[
+                docker.ContainerVolumeArgs(volume_name=args.models_volume.name, container_path=naming.MODELS_DIR),
+                docker.ContainerVolumeArgs(volume_name=args.adapters_volume.name,
+                                           container_path=naming.ADAPTERS_SOURCE_DIR, read_only=True),
+            ],
+            network_mode="none",
+            device_requests=[docker.ContainerDeviceRequestArgs(driver="nvidia", device_ids=[args.gpu_id],
+                                                               capabilities=["gpu"])] if args.gpu_id else None,
+            shm_size=4096,
+            log_driver=containers.LOG_DRIVER,
+            log_opts=containers.LOG_OPTIONS,
+            labels=containers.labels(args.placement, "quantize"),
+            **containers.JOB_ARGS,
+            opts=containers.service_options(self, [self.image]),
+        )
+        self.succeeded = containers.job_succeeded(self.container, args.placement.name("quantize"))
+        self.register_outputs({"container": self.container.name})

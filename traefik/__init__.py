@@ -1,0 +1,1 @@
+"""Traefik, the node's edge: static configuration (static.py) and routing labels (routing.py)."""

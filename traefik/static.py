@@ -1,0 +1,66 @@
+"""Traefik's static and file-provider configuration for a stack, rendered from traefik/*.yml."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+BASE_STATIC = HERE / "traefik.yml"
+BASE_TLS = HERE / "dynamic" / "tls.yml"
+
+# Paths inside the Traefik container.
+STATIC_PATH = "/etc/traefik/traefik.yml"
+DYNAMIC_DIR = "/etc/traefik/dynamic"
+CERT_FILE = "/etc/traefik/certs/tls.crt"
+KEY_FILE = "/etc/traefik/certs/tls.key"
+ACME_DIR = "/acme"  # a volume: the Let's Encrypt account and certificates survive restarts
+ACME_STORAGE = f"{ACME_DIR}/acme.json"
+DOCKER_SOCKET = "/var/run/docker.sock"
+
+# Entry points (names used by routers) and their container ports.
+WEB, WEBSECURE, OPS, METRICS = "web", "websecure", "ops", "metrics"
+PORTS = {WEB: 80, WEBSECURE: 443, OPS: 8080, METRICS: 8082}
+CERT_RESOLVER = "letsencrypt"
+
+
+def _load(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text())
+
+
+def render_static_config(*, docker_network: str, tls_mode: str, acme_email: str | None = None,
+                         acme_ca_server: str | None = None, https_host_port: int = 443) -> dict[str, Any]:
+    """The static configuration (traefik.yml) of one stack."""
+    config = copy.deepcopy(_load(BASE_STATIC))
+    config["providers"]["docker"]["network"] = docker_network
+    if https_host_port != 443:  # redirect to the port clients can reach, not the container's
+        config["entryPoints"][WEB]["http"]["redirections"]["entryPoint"]["to"] = f":{https_host_port}"
+    if tls_mode == "acme":
+        if not acme_email:
+            raise ValueError("acme_email is required for tls_mode acme")
+        acme: dict[str, Any] = {"email": acme_email, "storage": ACME_STORAGE, "httpChallenge": {"entryPoint": WEB}}
+        if acme_ca_server:
+            acme["caServer"] = acme_ca_server
+        config["certificatesResolvers"] = {CERT_RESOLVER: {"acme": acme}}
+        config["entryPoints"][WEBSECURE]["http"]["tls"] = {"certResolver": CERT_RESOLVER}
+    elif tls_mode not in ("provided", "self-signed"):
+        raise ValueError(f"unknown tls_mode {tls_mode!r}")
+    return config
+
+
+def render_dynamic_tls(*, provided_certificate: bool) -> dict[str, Any]:
+    """The file-provider TLS configuration (dynamic/tls.yml); adds the certificate in provided mode."""
+    config = copy.deepcopy(_load(BASE_TLS))
+    if provided_certificate:
+        pair = {"certFile": CERT_FILE, "keyFile": KEY_FILE}
+        config["tls"]["certificates"] = [pair]
+        config["tls"]["stores"] = {"default": {"defaultCertificate": dict(pair)}}
+    return config
+
+
+def to_yaml(config: dict[str, Any]) -> str:
+    header = "# Rendered by traefik/static.py for this stack - edit traefik/*.yml instead.\n"
+    return header + yaml.safe_dump(config, sort_keys=False)
