@@ -1,0 +1,118 @@
+"""Bad stack configuration fails before anything is declared, with a message naming the key."""
+
+from __future__ import annotations
+
+import re
+
+import pulumi
+import pytest
+
+from stacks.config import ConfigError, load_stack_settings, parse_settings, read_stack_values
+from tests.stacks.mock_runtime import MOCK_SECRET_MARK, deep_merge, run_program
+
+BAD_THROUGH_THE_PROGRAM = [
+    # (stack, overrides, secrets, plaintext secrets, key the message must name)
+    ("prod", {"engine": {"gpu_memory_utilization": 1.5}}, {}, False, "engine.gpu_memory_utilization"),
+    ("prod", {"engine": {"quantization": "int3"}}, {}, False, "engine.quantization"),
+    ("dev", {"engine": {"max_model_len": "2048"}}, {}, False, "engine.max_model_len"),
+    ("dev", {"engine": {"gpu_memory_utilzation": 0.5}}, {}, False, "engine.gpu_memory_utilzation"),
+    ("dev", {"enigne": {"device": "cpu"}}, {}, False, "enigne"),
+    ("prod", {"tunnel": {"enabled": True}}, {}, False, "tunnel_token"),
+    ("prod", {"tunnel": {"enabled": True}}, {"tunnel_token": f"{MOCK_SECRET_MARK}-t"}, True, "tunnel_token"),
+    ("prod", {"images": {"traefik": "traefik:latest"}}, {}, False, "images.traefik"),
+    ("prod", {"edge": {"acme_email": None}}, {}, False, "edge.acme_email"),
+    ("prod", {"edge": {"ip_allow_list": ["10.0.0.0/33"]}}, {}, False, "edge.ip_allow_list"),
+    ("prod", {"engine": {"model_dir": "other-model"}}, {}, False, "engine.model_dir"),
+    ("prod", {"gateway": {"limiter_failure_mode": "open"}}, {}, False, "gateway.limiter_failure_mode"),
+    ("dev", {"engine": {"quantization": "awq_marlin"}}, {}, False, "engine.quantization"),
+    ("dev", {"domain": "LLM_Node"}, {}, False, "domain"),
+]
+
+
+@pytest.mark.parametrize("stack,overrides,secrets,plaintext,key", BAD_THROUGH_THE_PROGRAM,
+                         ids=[case[-1] + ("-plaintext" if case[3] else "") for case in BAD_THROUGH_THE_PROGRAM])
+def test_bad_config_fails_naming_the_key(stack, overrides, secrets, plaintext, key):
+    @pulumi.runtime.test
+    def deploy():
+        return run_program(stack, overrides=overrides, secrets=secrets, plaintext_secrets=plaintext).ready()
+
+    with pytest.raises(ConfigError, match=rf"^llm-node:{re.escape(key)}: ") as raised:
+        deploy()
+    assert raised.value.key == key
+    assert MOCK_SECRET_MARK not in str(raised.value)  # never echo a secret back
+
+
+def test_gpu_memory_utilization_message_says_what_is_allowed():
+    values = deep_merge(read_stack_values("prod"), {"engine": {"gpu_memory_utilization": 1.5}})
+    with pytest.raises(ConfigError) as raised:
+        parse_settings(values, "prod")
+    assert str(raised.value) == ("llm-node:engine.gpu_memory_utilization: 1.5 must be in (0, 1] "
+                                 "(a fraction of GPU memory)")
+
+
+def test_unknown_quantization_lists_the_methods():
+    values = deep_merge(read_stack_values("prod"), {"engine": {"quantization": "int3"}})
+    with pytest.raises(ConfigError, match=r"'int3' is not one of awq, awq_marlin, compressed-tensors"):
+        parse_settings(values, "prod")
+
+
+@pytest.mark.parametrize("overrides,key", [
+    ({"engine": {"model_id": "org/model"}}, "engine.model_dir"),  # both model_dir and model_id
+    ({"engine": {"device": "tpu"}}, "engine.device"),
+    ({"engine": {"replicas": 0}}, "engine.replicas"),
+    ({"engine": {"replicas": 2, "gpu_ids": ["0", "0"]}}, "engine.gpu_ids"),
+    ({"engine": {"max_lora_rank": 12}}, "engine.max_lora_rank"),
+    ({"engine": {"scheduling_policy": "fcfs"}}, "engine.scheduling_policy"),
+    ({"engine": {"extra_args": ["--max-model-len=4096"]}}, "engine.extra_args"),
+    ({"engine": {"lora_adapters": ["../etc"]}}, "engine.lora_adapters"),
+    ({"engine": {"enable_prefix_caching": "yes"}}, "engine.enable_prefix_caching"),
+    ({"gateway": {"tier_priorities": {"premium": "high"}}}, "gateway.tier_priorities.premium"),
+    ({"gateway": {"workers": 0}}, "gateway.workers"),
+    ({"edge": {"tls_mode": "letsencrypt"}}, "edge.tls_mode"),
+    ({"edge": {"tls_mode": "provided"}}, "tls_certificate"),
+    ({"edge": {"publish": False}}, "edge.tls_mode"),  # acme needs port 80
+    ({"edge": {"https_port": 80}}, "edge.https_port"),
+    ({"quantize": {"source_model_dir": "/abs/path"}}, "quantize.source_model_dir"),
+    ({"observability": {"prometheus_retention": "a month"}}, "observability.prometheus_retention"),
+    ({"docker_host": "gpu-node-1:2375"}, "docker_host"),
+    ({"name_prefix": "LLM"}, "name_prefix"),
+    ({"volumes": {"models_host_dir": "relative/dir"}}, "volumes.models_host_dir"),
+])
+def test_parser_names_the_key(overrides, key):
+    values = deep_merge(read_stack_values("prod"), overrides)
+    with pytest.raises(ConfigError) as raised:
+        parse_settings(values, "prod")
+    assert raised.value.key == key, str(raised.value)
+
+
+def test_dev_without_tunnel_must_publish():
+    values = deep_merge(read_stack_values("dev"), {"edge": {"publish": False}})
+    with pytest.raises(ConfigError, match="^llm-node:edge.publish: "):
+        parse_settings(values, "dev")
+    settings = parse_settings(deep_merge(values, {"tunnel": {"enabled": True}}), "dev",
+                              secrets_present=["tunnel_token"])
+    assert settings.tunnel_enabled and not settings.edge.publish
+
+
+def test_stack_files_parse_to_the_intended_nodes():
+    dev, prod = load_stack_settings("dev"), load_stack_settings("prod")
+    assert dev.engine.spec.device == "cpu" and dev.edge.tls_mode == "self-signed" and not dev.tunnel_enabled
+    assert dev.models_host_dir and dev.models_host_dir.endswith("/.cache/llm-node/models")
+    assert prod.engine.spec.device == "cuda" and prod.edge.tls_mode == "acme"
+    assert prod.engine.spec.quantization == "compressed-tensors" and prod.quantize is not None
+    assert prod.quantize.scheme.startswith("W4A16")  # 4-bit AWQ
+    assert prod.engine.spec.model == prod.quantize.output_dir
+    assert prod.public_url == "https://llm.example.com" and dev.public_url == "https://llm.localhost:8443"
+
+
+def test_gateway_settings_follow_launch_py():
+    """A GatewaySpec field is configurable by its own name; defaults come from launch.py."""
+    from services.launch import GatewaySpec
+    from stacks.config import GATEWAY_WIRED_FIELDS, gateway_keys
+
+    fields = {f.name for f in GatewaySpec.__dataclass_fields__.values()}
+    assert set(gateway_keys()) == fields - set(GATEWAY_WIRED_FIELDS)
+    values = deep_merge(read_stack_values("dev"), {"gateway": {"circuit_failure_threshold": 7}})
+    assert parse_settings(values, "dev").gateway.circuit_failure_threshold == 7
+    default = parse_settings(read_stack_values("dev"), "dev").gateway
+    assert default.circuit_open_seconds == GatewaySpec.__dataclass_fields__["circuit_open_seconds"].default
