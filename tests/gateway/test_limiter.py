@@ -34,9 +34,15 @@ def redis_up() -> float | None:
     return REGISTRY.get_sample_value("gateway_dependency_up", {"dependency": "redis"})
 
 
+def redis_client(url: str):
+    # A generous timeout: on a busy 2-core test machine a burst of new connections can stall for
+    # seconds, which is not what these tests are about (the Redis-down tests stop Redis outright).
+    return create_redis(url, socket_timeout=10)
+
+
 @pytest_asyncio.fixture(loop_scope="session")
 async def redis(redis_url):
-    client = create_redis(redis_url)
+    client = redis_client(redis_url)
     yield client
     await client.aclose()
 
@@ -86,7 +92,7 @@ async def test_exactly_the_rpm_limit_is_admitted_under_concurrency(limiter):
 
 
 async def test_two_replicas_share_the_limit(redis, redis_url):
-    other_client = create_redis(redis_url)
+    other_client = redis_client(redis_url)
     try:
         replicas = [RateLimiter(redis, "closed"), RateLimiter(other_client, "closed")]
         key = make_key(rpm=10)
@@ -98,12 +104,12 @@ async def test_two_replicas_share_the_limit(redis, redis_url):
 
 
 async def test_requests_refill_continuously(limiter):
-    key = make_key(rpm=120)              # one request every 500 ms
-    results = await outcomes(limiter, key, 121)
-    assert sum(not isinstance(r, BaseException) for r in results) == 120
+    key = make_key(rpm=60)               # one request per second
+    results = await outcomes(limiter, key, 61)
+    assert sum(not isinstance(r, BaseException) for r in results) == 60
     err = next(r for r in results if isinstance(r, BaseException))
     wait_ms = int(err.headers["retry-after-ms"])
-    assert 0 < wait_ms <= 500
+    assert 0 < wait_ms <= 1000
     await asyncio.sleep(wait_ms / 1000 + 0.05)
     admitted = await limiter.reserve(key, "after-refill", 1)
     assert admitted.headers["x-ratelimit-remaining-requests"] == "0"
@@ -142,11 +148,10 @@ async def test_tokens_are_reserved_up_front_and_reconciled(limiter, redis):
     remaining = int(second.headers["x-ratelimit-remaining-tokens"])
     assert 9962 <= remaining <= 9999
     stored = float((await redis.hget(f"{KEY_PREFIX}{{{key.id}}}:b", "tl")).decode())
-    assert 9962 <= stored <= 9999
+    assert 9961 <= stored <= 9999                # after the 1-token reservation
 
     await limiter.reconcile(first, 37)          # reconciling twice gives nothing back twice
-    third = await limiter.reserve(key, "third", 1)
-    assert int(third.headers["x-ratelimit-remaining-tokens"]) < remaining
+    assert float((await redis.hget(f"{KEY_PREFIX}{{{key.id}}}:b", "tl")).decode()) == stored
 
 
 async def test_using_more_than_reserved_is_charged(limiter):
@@ -217,30 +222,51 @@ async def test_concurrency_cap_and_release(limiter):
 
 async def test_a_lease_never_released_lapses(redis):
     # A replica that dies mid-request never releases: its slot must free itself.
-    dead_replica = RateLimiter(redis, "closed", concurrency_lease_seconds=0.5)
-    live_replica = RateLimiter(redis, "closed", concurrency_lease_seconds=0.5)
+    dead_replica = RateLimiter(redis, "closed", concurrency_lease_seconds=1.0)
+    live_replica = RateLimiter(redis, "closed", concurrency_lease_seconds=1.0)
     key = make_key(max_concurrent=1)
     await dead_replica.reserve(key, "orphan", 1)
     with pytest.raises(RateLimited) as caught:
         await live_replica.reserve(key, "blocked", 1)
     assert caught.value.reason == "concurrency"
-    assert int(caught.value.headers["retry-after-ms"]) <= 500
-    await asyncio.sleep(0.6)
+    assert int(caught.value.headers["retry-after-ms"]) <= 1000
+    await asyncio.sleep(1.1)
     assert (await live_replica.reserve(key, "after-lapse", 1)).mode == "redis"
 
 
 async def test_renewed_leases_do_not_lapse(redis):
-    limiter = RateLimiter(redis, "closed", concurrency_lease_seconds=0.5)
+    limiter = RateLimiter(redis, "closed", concurrency_lease_seconds=1.0)
     key = make_key(max_concurrent=1)
     held = await limiter.reserve(key, "long-stream", 1)
-    for _ in range(4):                           # 1.2 s in flight, renewed every 0.3 s
-        await asyncio.sleep(0.3)
+    for _ in range(10):                          # 2 s in flight, renewed every 0.2 s
+        await asyncio.sleep(0.2)
         await limiter.renew_leases()
     with pytest.raises(RateLimited):
         await limiter.reserve(key, "still-blocked", 1)
     await limiter.release(held)
     await limiter.renew_leases()                 # a released lease is not brought back
     assert (await limiter.reserve(key, "now-free", 1)).mode == "redis"
+
+
+async def test_a_reservation_never_released_is_not_renewed_forever(redis):
+    limiter = RateLimiter(redis, "closed", concurrency_lease_seconds=1.0, max_hold_seconds=1.0)
+    key = make_key(max_concurrent=1)
+    start = asyncio.get_running_loop().time()
+    await limiter.reserve(key, "forgotten", 1)    # the caller never releases it
+    admitted = None
+    for _ in range(40):                           # renewing every 0.25 s, as the app does
+        await asyncio.sleep(0.25)
+        await limiter.renew_leases()
+        try:
+            admitted = await limiter.reserve(key, "next", 1)
+            break
+        except RateLimited:
+            pass
+    # Renewed while younger than max_hold (1 s: the last renewal at 0.75 s or later), then left to
+    # lapse one lease (1 s) later; unrenewed it would have lapsed at 1 s.
+    assert admitted is not None
+    assert asyncio.get_running_loop().time() - start >= 1.5
+    await limiter.release(admitted)
 
 
 # -- keys without limits, key layout, formats ---------------------------------------------------
@@ -293,7 +319,7 @@ async def wait_for(predicate, timeout: float = 10.0):
 
 
 async def test_fail_closed_then_recovers(throwaway_redis, log_dir):
-    client = create_redis(throwaway_redis.url)
+    client = redis_client(throwaway_redis.url)
     limiter = RateLimiter(client, failure_mode="closed")
     key = make_key(rpm=100)
     restarted = None
@@ -329,7 +355,7 @@ async def test_fail_closed_then_recovers(throwaway_redis, log_dir):
 
 
 async def test_local_fallback_enforces_the_limits_then_hands_back_to_redis(throwaway_redis, log_dir):
-    client = create_redis(throwaway_redis.url)
+    client = redis_client(throwaway_redis.url)
     limiter = RateLimiter(client, failure_mode="local")
     key = make_key(rpm=5, tpm=1000, max_concurrent=3)
     restarted = None
@@ -375,7 +401,7 @@ async def test_local_fallback_enforces_the_limits_then_hands_back_to_redis(throw
 
 
 async def test_remembered_rejections_need_no_redis(throwaway_redis):
-    client = create_redis(throwaway_redis.url)
+    client = redis_client(throwaway_redis.url)
     limiter = RateLimiter(client, failure_mode="closed")
     key = make_key(rpm=3)
     try:
@@ -395,7 +421,7 @@ async def test_remembered_rejections_need_no_redis(throwaway_redis):
 
 
 async def test_finishing_never_raises_when_redis_is_gone(throwaway_redis):
-    client = create_redis(throwaway_redis.url)
+    client = redis_client(throwaway_redis.url)
     limiter = RateLimiter(client, failure_mode="closed")
     key = make_key(tpm=1000, max_concurrent=2)
     try:

@@ -48,7 +48,7 @@ _REASONS = {OVER_RPM: "rpm", OVER_TPM: "tpm", OVER_CONCURRENCY: "concurrency"}
 _RENEW_BATCH = 500
 
 
-def create_redis(url: str, *, socket_timeout: float = 0.5, max_connections: int = 64) -> aioredis.Redis:
+def create_redis(url: str, *, socket_timeout: float = 1.0, max_connections: int = 64) -> aioredis.Redis:
     """The Redis client the limiter expects: small timeouts, no client-side retries, a blocking pool.
 
     redis-py retries a failed command up to 10 times with back-off by default; with Redis
@@ -93,6 +93,7 @@ class Reservation:
     headers: dict[str, str]      # x-ratelimit-* for the response
     lease_id: str = ""           # concurrency lease ('' = key has no concurrency cap)
     tpm: int = 0                 # the key's tokens limit (0 = none), for reconciliation
+    started: float = 0.0         # time.monotonic() when admitted
     released: bool = field(default=False, repr=False)
 
 
@@ -106,13 +107,16 @@ class _OverRpm:
 
 class RateLimiter:
     def __init__(self, redis: aioredis.Redis, failure_mode: Literal["closed", "local"],
-                 concurrency_lease_seconds: float = 60.0, *, backoff_initial_seconds: float = 0.25,
-                 backoff_max_seconds: float = 5.0):
+                 concurrency_lease_seconds: float = 60.0, *, max_hold_seconds: float = 3600.0,
+                 backoff_initial_seconds: float = 0.25, backoff_max_seconds: float = 5.0):
+        """max_hold_seconds: leases are not renewed past this age (set it a little above the
+        request timeout), so a reservation that is never released cannot hold a slot forever."""
         if failure_mode not in ("closed", "local"):
             raise ValueError(f"failure_mode must be 'closed' or 'local', not {failure_mode!r}")
         self._redis = redis
         self._failure_mode = failure_mode
         self._lease_ms = max(1, int(concurrency_lease_seconds * 1000))
+        self._max_hold = max_hold_seconds
         self._reserve = redis.register_script(_script("limiter_v1.lua"))
         self._settle = redis.register_script(_script("limiter_v1_settle.lua"))
         self._renew = redis.register_script(_script("limiter_v1_renew.lua"))
@@ -188,7 +192,7 @@ class RateLimiter:
             self._reject(key, result)
         self._allowed.inc()
         reservation = Reservation(key.id, request_id, tokens, "redis", self._headers(key, result, rejected=False),
-                                  lease_id, tpm)
+                                  lease_id, tpm, now)
         if lease_id:
             self._in_flight[lease_id] = reservation
         return reservation
@@ -297,8 +301,15 @@ class RateLimiter:
 
     async def renew_leases(self) -> None:
         """Extend the leases of this process's in-flight requests. Never raises."""
-        leases = [r for r in self._in_flight.values() if r.mode == "redis"]
-        if not leases or time.monotonic() < self._down_until:
+        now = time.monotonic()
+        overdue = [r for r in self._in_flight.values() if now - r.started > self._max_hold]
+        for res in overdue:
+            # Never released (a bug upstream of here): stop renewing, so the slot lapses by itself.
+            del self._in_flight[res.lease_id]
+            log.warning("rate limiter: lease of request %s held %.0f s without release; letting it lapse",
+                        res.request_id, now - res.started)
+        leases = list(self._in_flight.values())
+        if not leases or now < self._down_until:
             return
         try:
             for start in range(0, len(leases), _RENEW_BATCH):
