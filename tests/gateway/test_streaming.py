@@ -1,0 +1,111 @@
+"""Streaming (issue 2, point 7): SSE passed through as it comes, client disconnects abort the
+engine's work, engine failures mid-stream end in an error event and never in [DONE]."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import pytest
+import requests
+
+from tests.gateway.api_helpers import CHAT, COMPLETIONS, auth, sse_data
+from tests.support.flaky_upstream import FlakyUpstream
+
+pytestmark = pytest.mark.engine
+
+
+def _raw_stream_request(gateway, key: str, body: dict) -> socket.socket:
+    """Send a streaming request on a raw socket (so the test decides exactly when to hang up)."""
+    payload = json.dumps(body).encode()
+    sock = socket.create_connection(("127.0.0.1", gateway.spec.port), timeout=30)
+    sock.sendall(b"POST " + CHAT.encode() + b" HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+                 b"Authorization: Bearer " + key.encode() + b"\r\nContent-Length: " + str(len(payload)).encode()
+                 + b"\r\n\r\n" + payload)
+    return sock
+
+
+def test_client_disconnect_mid_stream_aborts_the_engine_request(gateway, make_key, engine):
+    assert engine.metric("vllm:num_requests_running") == 0 or _wait_idle(engine, 30)
+    sock = _raw_stream_request(gateway, make_key(), {
+        "model": engine.model, "messages": [{"role": "user", "content": "Write a long story"}],
+        "max_tokens": 1900, "stream": True})
+    received = b""
+    while received.count(b"data: ") < 5:       # the engine is generating
+        received += sock.recv(65536)
+    assert b" 200 OK" in received.split(b"\r\n")[0]
+    assert engine.metric("vllm:num_requests_running") >= 1
+    sock.close()
+    hung_up = time.monotonic()
+    while engine.metric("vllm:num_requests_running") != 0:
+        assert time.monotonic() - hung_up < 1.0, "vLLM still runs the request 1 s after the client left"
+        time.sleep(0.05)
+
+
+def _wait_idle(engine, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while engine.metric("vllm:num_requests_running") != 0:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def test_events_are_relayed_as_they_arrive_not_buffered(gateway_factory, make_key):
+    with FlakyUpstream() as upstream:
+        upstream.mode, upstream.events, upstream.event_interval = "slow", 4, 1.0
+        gw = gateway_factory(engines=[upstream.url])
+        body = {"model": upstream.model, "messages": [{"role": "user", "content": "x"}], "stream": True}
+        started = time.monotonic()
+        with requests.post(gw.url + CHAT, json=body, headers=auth(make_key()), stream=True, timeout=30) as response:
+            chunks = response.iter_content(None)
+            first = next(chunks)
+            first_at = time.monotonic() - started
+            rest = b"".join(chunks)
+        # The first event left the gateway long before the upstream finished (4 s).
+        assert first.startswith(b"data: ") and b"t0" in first
+        assert first_at < 2.5
+        assert sse_data((first + rest).decode())[-1] == "[DONE]"
+
+
+def test_upstream_dying_mid_stream_ends_in_an_error_event_without_done(gateway_factory, make_key):
+    with FlakyUpstream() as upstream:
+        upstream.mode, upstream.chunks_before_failure = "die_mid_stream", 3
+        gw = gateway_factory(engines=[upstream.url])
+        before = gw.metric("gateway_upstream_errors_total", upstream=upstream.url, kind="stream_broken")
+        body = {"model": upstream.model, "messages": [{"role": "user", "content": "x"}], "stream": True}
+        response = requests.post(gw.url + CHAT, json=body, headers=auth(make_key()), timeout=30)
+        assert response.status_code == 200      # the stream had started
+        data = sse_data(response.text)
+        assert "[DONE]" not in data
+        assert len(data) == 4                   # the 3 events the engine sent, then the error
+        error = json.loads(data[-1])["error"]
+        assert error["type"] == "server_error" and error["code"] == "upstream_error"
+        assert "incomplete" in error["message"]
+        assert gw.metric("gateway_upstream_errors_total", upstream=upstream.url, kind="stream_broken") == before + 1
+        assert gw.metric("gateway_requests_total", route=CHAT, status="502") >= 1
+
+
+def test_stream_options_are_requested_upstream_and_usage_hidden_unless_asked(gateway_factory, make_key):
+    with FlakyUpstream() as upstream:
+        gw = gateway_factory(engines=[upstream.url])
+        key = make_key()
+        body = {"model": upstream.model, "prompt": "x", "stream": True}
+        plain = requests.post(gw.url + COMPLETIONS, json=body, headers=auth(key), timeout=30)
+        assert upstream.bodies[-1]["stream_options"] == {"include_usage": True}
+        assert not any('"usage"' in d for d in sse_data(plain.text))
+        asked = requests.post(gw.url + COMPLETIONS, json={**body, "stream_options": {"include_usage": True}},
+                              headers=auth(key), timeout=30)
+        usage_events = [json.loads(d) for d in sse_data(asked.text) if '"usage"' in d]
+        assert usage_events and usage_events[-1]["usage"]["completion_tokens"] == upstream.events
+        assert sse_data(asked.text)[-1] == "[DONE]"
+
+
+def test_stream_through_the_real_engine_ends_with_done(gateway, make_key, engine):
+    body = {"model": engine.model, "prompt": "Once", "max_tokens": 8, "stream": True}
+    response = requests.post(gateway.url + COMPLETIONS, json=body, headers=auth(make_key()), timeout=60)
+    data = sse_data(response.text)
+    assert data[-1] == "[DONE]"
+    assert len([d for d in data if d != "[DONE]"]) == 8
+    assert response.headers["content-type"].startswith("text/event-stream")
