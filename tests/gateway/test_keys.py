@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -12,8 +13,9 @@ import pytest_asyncio
 from prometheus_client import REGISTRY
 
 from llm_gateway.db import create_pool, migrate, migration_files
-from llm_gateway.errors import AuthenticationError
+from llm_gateway.errors import AuthenticationError, ServiceUnavailable
 from llm_gateway.keys import ApiKey, KeyStore, generate_key, hash_secret, parse_key
+from tests.support.services import ThrowawayPostgres, _pg_bin
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -275,3 +277,31 @@ async def test_list_never_exposes_secrets(store):
     assert listed[key.id].name == "listed"
     assert not any(hasattr(k, "secret_hash") for k in listed.values())
     assert full not in repr(listed)
+
+
+async def test_postgresql_down_is_a_503_and_cached_keys_keep_working(log_dir):
+    pg = ThrowawayPostgres(log_dir).start()
+    try:
+        await migrate(pg.dsn)
+        pool = await create_pool(pg.dsn, min_size=0, timeout=2.0, command_timeout=2.0)
+        store = KeyStore(pool, cache_ttl_seconds=60)
+        cached, _ = await store.create(name="cached", tier="standard")
+        uncached, _ = await store.create(name="uncached", tier="standard")
+        await store.authenticate(f"Bearer {cached}")
+
+        subprocess.run(pg._as_postgres([_pg_bin("pg_ctl"), "-D", str(pg.data_dir), "stop", "-m", "immediate", "-w"]),
+                       check=True, capture_output=True)
+        pg.stop()
+        assert (await store.authenticate(f"Bearer {cached}")).name == "cached"   # from the cache
+        with pytest.raises(ServiceUnavailable) as caught:
+            await store.authenticate(f"Bearer {uncached}")
+        assert caught.value.status == 503 and caught.value.reason == "postgres_unavailable"
+        assert "Retry-After" in caught.value.headers
+        assert REGISTRY.get_sample_value("gateway_dependency_up", {"dependency": "postgres"}) == 0
+
+        pg.start()                                  # back: the next miss simply succeeds
+        assert (await store.authenticate(f"Bearer {uncached}")).name == "uncached"
+        assert REGISTRY.get_sample_value("gateway_dependency_up", {"dependency": "postgres"}) == 1
+        await pool.close()
+    finally:
+        pg.destroy()

@@ -114,6 +114,7 @@ class KeyStore:
         self._cache: dict[str, _Entry] = {}
         self._pending: dict[str, asyncio.Task[_Entry]] = {}   # coalesces concurrent misses per id
         self._failures = {reason: metrics.AUTH_FAILURES.labels(reason) for reason in _MESSAGES}
+        self._postgres_up = metrics.DEPENDENCY_UP.labels("postgres")
 
     # -- the hot path -------------------------------------------------------------------------
 
@@ -171,10 +172,11 @@ class KeyStore:
         try:
             row = await self._pool.fetchrow(f"SELECT {_COLUMNS} FROM api_keys WHERE id = $1", key_id)
         except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            metrics.DEPENDENCY_UP.labels("postgres").set(0)
+            self._postgres_up.set(0)
             log.warning("api key lookup failed: %s", type(exc).__name__)
             raise ServiceUnavailable("The API key store is unavailable; retry shortly.",
                                      reason="postgres_unavailable", retry_after=1) from exc
+        self._postgres_up.set(1)
         fresh_until = time.monotonic() + self._ttl
         if row is None:
             return _Entry(fresh_until, None, b"", None)
