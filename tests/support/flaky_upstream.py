@@ -118,10 +118,11 @@ class FlakyUpstream:
             return web.json_response({"error": {"message": "injected failure", "type": "InternalServerError",
                                                 "param": None, "code": 500}}, status=500)
         if mode == "hang":
-            try:
-                await asyncio.sleep(3600)
-            finally:
-                self.connections_closed_early += 1
+            # aiohttp does not cancel a handler whose client left: watch the connection instead.
+            while request.transport is not None and not request.transport.is_closing():
+                await asyncio.sleep(0.05)
+            self.connections_closed_early += 1
+            return web.Response(status=499)
         chat = request.path.endswith("chat/completions")
         if not body.get("stream"):
             return web.json_response(self._completion(chat))

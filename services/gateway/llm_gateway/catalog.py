@@ -42,6 +42,10 @@ class ModelCatalog:
     def get(self, model: str) -> ServedModel | None:
         return self._models.get(model)
 
+    def engines_reachable(self) -> bool:
+        """Whether any engine passed its last health check (else an unknown model may just be unseen)."""
+        return bool(self._pool.healthy())
+
     def all(self) -> list[ServedModel]:
         return list(self._models.values())
 

@@ -5,6 +5,7 @@ In order, each failure answered in OpenAI's error shape:
 - not a JSON object -> 400
 - `model` missing -> 400; the key may not use it -> 403 (`model_not_allowed`, checked before
   existence so a restricted key learns nothing about other models); not served -> 404
+  (503 with Retry-After instead while no engine is reachable: the model may just be unseen)
 - malformed `messages` / `prompt` / `max_tokens` / `n` / `stream` -> 400
 - `max_tokens` above the key's cap -> 400 (rejected, not clamped: a silently shortened
   completion is worse than a clear error). Absent -> set to min(key cap, context - prompt).
@@ -24,7 +25,7 @@ from starlette.requests import Request
 
 from . import metrics, tokens
 from .catalog import ModelCatalog, ServedModel
-from .errors import InvalidRequest, NotFound, PayloadTooLarge, PermissionDenied
+from .errors import InvalidRequest, NotFound, PayloadTooLarge, PermissionDenied, ServiceUnavailable
 from .keys import ApiKey
 
 CHAT, COMPLETION = "chat", "completion"
@@ -106,6 +107,11 @@ class Validator:
             _not_allowed.inc()
             raise PermissionDenied(f"This API key is not allowed to use the model `{model}`.", param="model")
         served = await self._catalog.find(model)
+        if served is None and not self._catalog.engines_reachable():
+            # No engine has answered yet: "unknown model" would be a guess. Ask the client to retry.
+            metrics.ADMISSION_REJECTIONS.labels("no_healthy_engine").inc()
+            raise ServiceUnavailable("No inference engine is reachable right now; retry shortly.",
+                                     reason="no_healthy_engine", retry_after=2)
         if served is None:
             raise NotFound(f"The model `{model}` does not exist or you do not have access to it.", param="model")
         return served

@@ -1,0 +1,119 @@
+"""The engine pool (issue 2, point 8): health checks, least-outstanding choice, circuit
+breaker, fast 503 for a dead engine, request timeout."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import requests
+
+from tests.gateway.api_helpers import CHAT, assert_openai_error, auth, post
+from tests.support.flaky_upstream import FlakyUpstream
+from tests.support.procs import free_port
+
+pytestmark = pytest.mark.engine
+
+
+def _body(model: str, **fields) -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2, **fields}
+
+
+def _wait(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def test_dead_engine_gives_a_fast_503_with_retry_after(gateway_factory, make_key, engine):
+    dead = f"http://127.0.0.1:{free_port()}"       # nothing listens there
+    gw = gateway_factory(engines=[dead], wait_ready=False)
+    ready = requests.get(gw.url + "/readyz", timeout=10)
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["engines"] == {dead: "unhealthy"}
+    key = make_key()
+    for _ in range(3):
+        started = time.monotonic()
+        response = post(gw, CHAT, key, _body(engine.model))
+        assert time.monotonic() - started < 1.0
+        assert_openai_error(response, 503, "service_unavailable")
+        assert int(response.headers["Retry-After"]) >= 1
+    assert gw.metric("gateway_engine_healthy", upstream=dead) == 0
+    assert gw.metric("gateway_dependency_up", dependency="engine") == 0
+
+
+def test_engine_dying_is_noticed_and_answered_with_fast_503(gateway_factory, make_key):
+    upstream = FlakyUpstream().start()
+    try:
+        gw = gateway_factory(engines=[upstream.url], health_check_interval_seconds=0.5)
+        key = make_key()
+        assert post(gw, CHAT, key, _body(upstream.model)).status_code == 200
+        upstream.stop()                             # the engine is gone
+        before = gw.metric("gateway_admission_rejections_total", reason="no_healthy_engine")
+        statuses = []
+        for _ in range(4):
+            started = time.monotonic()
+            response = post(gw, CHAT, key, _body(upstream.model))
+            assert time.monotonic() - started < 1.0
+            statuses.append(response.status_code)
+            assert_openai_error(response, 503)
+            assert int(response.headers["Retry-After"]) >= 1
+        assert gw.metric("gateway_admission_rejections_total", reason="no_healthy_engine") > before
+        assert gw.metric("gateway_engine_healthy", upstream=upstream.url) == 0
+        assert requests.get(gw.url + "/readyz", timeout=10).status_code == 503
+    finally:
+        upstream.stop()
+
+
+def test_circuit_opens_after_consecutive_failures_then_recovers_half_open(gateway_factory, make_key):
+    with FlakyUpstream() as upstream:
+        gw = gateway_factory(engines=[upstream.url], circuit_failure_threshold=3, circuit_open_seconds=1.0)
+        key = make_key()
+        upstream.mode = "status_500"
+        for _ in range(3):
+            assert_openai_error(post(gw, CHAT, key, _body(upstream.model)), 502, "upstream_error")
+        assert gw.metric("gateway_circuit_state", upstream=upstream.url) == 2          # open
+        assert gw.metric("gateway_upstream_errors_total", upstream=upstream.url, kind="status_5xx") == 3
+        sent = upstream.completions_started
+        response = post(gw, CHAT, key, _body(upstream.model))
+        assert_openai_error(response, 503)                                              # refused at once
+        assert upstream.completions_started == sent                                    # never sent
+        upstream.mode = "ok"
+        time.sleep(1.2)                                                                 # open period over
+        assert post(gw, CHAT, key, _body(upstream.model)).status_code == 200          # the half-open probe
+        assert gw.metric("gateway_circuit_state", upstream=upstream.url) == 0          # closed again
+
+
+def test_least_outstanding_requests_goes_to_the_idle_engine(gateway_factory, make_key):
+    with FlakyUpstream() as busy, FlakyUpstream() as idle:
+        busy.mode = idle.mode = "slow"
+        busy.events, busy.event_interval = 40, 0.1
+        idle.events, idle.event_interval = 1, 0.0
+        gw = gateway_factory(engines=[busy.url, idle.url])
+        key = make_key()
+        # Occupy one engine with a long stream (whichever it gets, the other is then "idle").
+        holder = requests.post(gw.url + CHAT, json=_body(busy.model, stream=True), headers=auth(key), stream=True,
+                               timeout=30)
+        chunks = holder.iter_content(None)
+        next(chunks)
+        occupied, free = (busy, idle) if busy.completions_started else (idle, busy)
+        before_free = free.completions_started
+        for _ in range(6):
+            assert post(gw, CHAT, key, _body(busy.model)).status_code == 200
+        assert free.completions_started == before_free + 6
+        assert occupied.completions_started == 1
+        holder.close()
+
+
+def test_request_timeout_aborts_upstream_with_504(gateway_factory, make_key):
+    with FlakyUpstream() as upstream:
+        upstream.mode = "hang"
+        gw = gateway_factory(engines=[upstream.url], request_timeout_seconds=1.0)
+        started = time.monotonic()
+        response = post(gw, CHAT, make_key(), _body(upstream.model))
+        assert_openai_error(response, 504, "upstream_timeout")
+        assert 0.9 < time.monotonic() - started < 5
+        _wait(lambda: upstream.connections_closed_early == 1, 5, "the upstream request was not aborted")
+        assert gw.metric("gateway_upstream_errors_total", upstream=upstream.url, kind="timeout") == 1
