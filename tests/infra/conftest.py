@@ -4,11 +4,20 @@ Without ``--hosts`` the suite checks the local node that ``make test`` starts (r
 gateway, PostgreSQL, Redis, Prometheus) and skips the checks that need a Docker host.
 With ``--hosts`` it checks a deployed node and nothing local is started:
 
-    LLM_NODE_URL=https://llm.example.com .venv/bin/pytest tests/infra --hosts=ssh://ops@node
+    pulumi stack output --stack prod --json --show-secrets > /tmp/prod-outputs.json
+    LLM_NODE_STACK=prod LLM_NODE_STACK_OUTPUTS=/tmp/prod-outputs.json \
+        .venv/bin/pytest tests/infra --hosts=ssh://ops@gpu-node-1
 
-Environment: LLM_NODE_URL (public URL, required with --hosts), LLM_NODE_CA (CA bundle for a
-self-signed certificate, or "insecure"), LLM_NODE_API_KEY (else the suite creates a key with
-the gateway's admin CLI and revokes it afterwards), LLM_NODE_PREFIX (container name prefix).
+Environment (deployed mode):
+  LLM_NODE_STACK          the stack that was deployed (default prod); its settings (ports, names,
+                          replicas, tunnel) are read with stacks/config.py like the program does
+  LLM_NODE_STACK_OUTPUTS  optional: `pulumi stack output --json --show-secrets` saved to a file
+                          (container/network/volume names, Grafana admin password)
+  LLM_NODE_URL            the public URL (default: the stack's public_url)
+  LLM_NODE_CA             CA bundle for a self-signed/provided certificate, or "insecure"
+  LLM_NODE_API_KEY        a key to use (default: one is created with the gateway's admin CLI
+                          inside its container, and revoked at the end)
+  LLM_NODE_ALLOWED_PORTS  host ports besides the node's that may listen publicly (default 22)
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from .deployed_node import DeployedLayout, DeployedNode
 from .local_node import LocalNode, local_services, start_local_prometheus
 
 NO_DOCKER_HOST = ("no Docker host given: this check needs a node deployed with `pulumi up`; "
-                  "run `pytest tests/infra --hosts=ssh://user@node` with LLM_NODE_URL set (docs/verification.md)")
+                  "run `pytest tests/infra --hosts=ssh://user@node` with LLM_NODE_STACK set (docs/verification.md)")
 
 
 def deployed_hosts(config) -> list[str]:
@@ -46,14 +55,13 @@ def local_node(engine, gateway, make_key, log_dir, tmp_path_factory) -> LocalNod
 
 
 def _deployed_node(spec: str, config) -> DeployedNode:
-    url = os.environ.get("LLM_NODE_URL")
-    if not url:
-        pytest.fail("LLM_NODE_URL (the node's public https URL) must be set when --hosts is given")
+    layout = DeployedLayout.load(os.environ.get("LLM_NODE_STACK", "prod"), os.environ.get("LLM_NODE_STACK_OUTPUTS"))
+    url = os.environ.get("LLM_NODE_URL") or layout.outputs.get("public_url") or layout.settings.public_url
     ca = os.environ.get("LLM_NODE_CA", "")
     host = testinfra.get_host(spec, ssh_config=config.option.ssh_config,
                               ssh_identity_file=config.option.ssh_identity_file,
                               sudo=config.option.sudo, sudo_user=config.option.sudo_user)
-    return DeployedNode(host=host, api_url=url.rstrip("/"), layout=DeployedLayout.from_env(),
+    return DeployedNode(host=host, api_url=url.rstrip("/"), layout=layout,
                         ca_bundle=False if ca == "insecure" else (ca or True),
                         api_key=os.environ.get("LLM_NODE_API_KEY", ""))
 

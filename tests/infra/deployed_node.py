@@ -9,58 +9,91 @@ node's own networks (the gateway image, which has Python), so nothing needs a ho
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Mapping
 
 import requests
 
 from prometheus.render import CLOUDFLARED_JOB, GATEWAY_JOB, PROMETHEUS_JOB, TRAEFIK_JOB, VLLM_JOB
+from stacks import naming
+from stacks.config import NodeSettings, load_stack_settings
+from stacks.node import DATA_VOLUMES
 
-from .node import Listener, Service, command_line
+from .node import Listener, Service
 
 
 @dataclass(frozen=True)
 class DeployedLayout:
-    """Names the stack gives to what it creates. Defaults follow stacks/; override with env."""
+    """What the stack created and under which names: from its settings (stacks/config.py, the
+    same reader the Pulumi program uses) and, when given, ``pulumi stack output --json``."""
 
-    prefix: str = "llm-node"
-    engine_replicas: int = 1
-    host_ports: tuple[int, ...] = (80, 443)  # the only ports the node publishes (Traefik)
+    settings: NodeSettings
+    outputs: Mapping = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, stack: str, outputs_file: str | None = None) -> "DeployedLayout":
+        outputs = json.loads(Path(outputs_file).read_text()) if outputs_file else {}
+        return cls(load_stack_settings(stack), outputs)
+
+    @property
+    def prefix(self) -> str:
+        return self.settings.name_prefix
 
     def container(self, service: str) -> str:
-        return f"{self.prefix}-{service}"
+        return (self.outputs.get("containers") or {}).get(service) or f"{self.prefix}-{service}"
+
+    def network(self, key: str) -> str:
+        return (self.outputs.get("networks") or {}).get(key) or f"{self.prefix}-{key}"
 
     @property
     def edge_network(self) -> str:
-        return f"{self.prefix}-edge"
+        return self.network("edge")
 
     @property
     def internal_network(self) -> str:
-        return f"{self.prefix}-internal"
+        return self.network("internal")
+
+    @property
+    def tunnel(self) -> bool:
+        return self.settings.tunnel_enabled
 
     @property
     def data_volumes(self) -> tuple[str, ...]:
-        return tuple(f"{self.prefix}-{name}" for name in
-                     ("postgres-data", "redis-data", "models", "adapters", "prometheus-data", "grafana-data"))
+        if self.outputs.get("volumes"):
+            return tuple(self.outputs["volumes"].values())
+        keys = [k for k in DATA_VOLUMES
+                if not (k == "models" and self.settings.models_host_dir)
+                and not (k == "traefik-acme" and self.settings.edge.tls_mode != "acme")]
+        return tuple(f"{self.prefix}-{k}" for k in keys)
 
-    def services(self, tunnel: bool) -> tuple[Service, ...]:
-        """Each container, its main process and the port it listens on inside its network namespace."""
-        engines = tuple(Service(f"engine-{i}", r"vllm", 8000) for i in range(self.engine_replicas))
+    @property
+    def published_ports(self) -> dict[int, str]:
+        """Host port -> the address it may be bound to (only Traefik publishes)."""
+        edge = self.settings.edge
+        ports = {edge.http_port: edge.bind_address, edge.https_port: edge.bind_address} if edge.publish else {}
+        if edge.ops_port:
+            ports[edge.ops_port] = "127.0.0.1"  # ping, dashboard, Grafana: loopback only
+        return ports
+
+    @property
+    def jobs(self) -> tuple[str, ...]:
+        return ("gateway-migrate",) + (("quantize",) if self.settings.quantize else ())
+
+    def services(self) -> tuple[Service, ...]:
+        """Each long-running container, a process it runs and the port it listens on inside."""
+        gateway = self.settings.gateway
+        engines = tuple(Service(naming.engine_alias(i), r"vllm", naming.ENGINE_PORT)
+                        for i in range(self.settings.engine.replicas))
         return engines + (
-            Service("gateway", r"llm_gateway", 8080),
-            Service("postgres", r"postgres", 5432),
-            Service("redis", r"redis-server", 6379),
+            Service("gateway", r"llm_gateway", gateway.port),
+            Service("postgres", r"postgres", naming.POSTGRES_PORT),
+            Service("redis", r"redis-server", naming.REDIS_PORT),
             Service("traefik", r"traefik", 443),
-            Service("prometheus", r"prometheus", 9090),
-            Service("grafana", r"grafana", 3000),
-        ) + ((Service("cloudflared", r"cloudflared", 2000),) if tunnel else ())
-
-    @classmethod
-    def from_env(cls) -> "DeployedLayout":
-        return cls(prefix=os.environ.get("LLM_NODE_PREFIX", "llm-node"),
-                   engine_replicas=int(os.environ.get("LLM_NODE_ENGINE_REPLICAS", "1")))
+            Service("prometheus", r"prometheus", naming.PROMETHEUS_PORT),
+            Service("grafana", r"grafana", naming.GRAFANA_PORT),
+        ) + ((Service("cloudflared", r"cloudflared", naming.CLOUDFLARED_METRICS_PORT),) if self.tunnel else ())
 
 
 # Runs inside a throwaway container: one HTTP request, the answer as JSON on stdout.
@@ -85,6 +118,12 @@ except Exception as e:
 """
 
 
+def listening_ports(proc_net_tcp: str) -> set[int]:
+    """Local ports in state LISTEN (0A) in /proc/net/tcp or tcp6 text."""
+    return {int(m.group(1), 16) for m in re.finditer(
+        r"^\s*\d+:\s+[0-9A-F]+:([0-9A-F]{4})\s+[0-9A-F]+:[0-9A-F]{4}\s+0A\s", proc_net_tcp, re.MULTILINE)}
+
+
 @dataclass
 class DeployedNode:
     host: "testinfra.host.Host"
@@ -104,17 +143,13 @@ class DeployedNode:
     def inspect(self, container: str) -> dict:
         return json.loads(self.docker("inspect %s", container))[0]
 
-    def containers(self) -> list[str]:
-        return self.docker("ps --all --format %s --filter %s", "{{.Names}}",
-                           f"name=^{self.layout.prefix}-").split()
-
     @property
     def tunnel(self) -> bool:
-        return self.layout.container("cloudflared") in self.containers()
+        return self.layout.tunnel
 
     @property
     def services(self) -> tuple[Service, ...]:
-        return self.layout.services(self.tunnel)
+        return self.layout.services()
 
     @property
     def expected_jobs(self) -> frozenset[str]:
@@ -122,13 +157,15 @@ class DeployedNode:
         return frozenset(jobs | ({CLOUDFLARED_JOB} if self.tunnel else set()))
 
     def listener(self, service: Service) -> Listener:
-        """Listening ports read from the container's own network namespace (/proc/PID/net/tcp*)."""
-        pid = self.inspect(self.layout.container(service.name))["State"]["Pid"]
+        """Ports read from the container's own network namespace (/proc/PID/net/tcp*); when
+        ``service.port`` listens there, the command lines of the container's processes."""
+        container = self.layout.container(service.name)
+        pid = self.inspect(container)["State"]["Pid"]
         tables = self.host.run("cat /proc/%s/net/tcp /proc/%s/net/tcp6", str(pid), str(pid)).stdout
-        listening = {int(m.group(1), 16) for m in re.finditer(r"^\s*\d+:\s+[0-9A-F]+:([0-9A-F]{4})\s+[0-9A-F:]+\s+0A\s",
-                                                              tables, re.MULTILINE)}
-        lines = (command_line(self.host, pid),) if service.port in listening else ()
-        return Listener(port=service.port, command_lines=lines)
+        if service.port not in listening_ports(tables):
+            return Listener(port=service.port, command_lines=())
+        top = self.docker("top %s -o args", container).splitlines()[1:]  # ps output, header dropped
+        return Listener(port=service.port, command_lines=tuple(line.strip() for line in top))
 
     def gateway_image(self) -> str:
         return self.inspect(self.layout.container("gateway"))["Config"]["Image"]
@@ -160,7 +197,7 @@ class DeployedNode:
 
     def prometheus_targets(self) -> list[dict]:
         answer = self.probe(self.layout.internal_network,
-                            f"http://{self.layout.container('prometheus')}:9090/api/v1/targets?state=active")
+                            f"http://{naming.PROMETHEUS}:{naming.PROMETHEUS_PORT}/api/v1/targets?state=active")
         if answer.get("status") != 200:
             raise AssertionError(f"Prometheus API not answering: {answer}")
         return json.loads(answer["body"])["data"]["activeTargets"]

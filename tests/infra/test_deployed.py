@@ -1,6 +1,6 @@
 """Checks that need the deployed node's Docker host (skipped, with the reason, without --hosts).
 
-    LLM_NODE_URL=https://llm.example.com .venv/bin/pytest tests/infra --hosts=ssh://ops@node
+    LLM_NODE_STACK=prod .venv/bin/pytest tests/infra --hosts=ssh://ops@gpu-node-1
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import re
 from pathlib import Path
 
 import pytest
+
+from stacks import naming
 
 pytestmark = pytest.mark.docker
 
@@ -29,32 +31,49 @@ def test_every_container_is_running_and_healthy(deployed_node):
             problems.append(f"{name}: {state['Status']}")
         elif health != "healthy":
             problems.append(f"{name}: health {health!r} (every container declares a healthcheck)")
+    for job in node.layout.jobs:  # one-shot containers: migrations, the quantize job
+        name = node.layout.container(job)
+        state = node.inspect(name)["State"]
+        if state["Status"] != "exited" or state["ExitCode"] != 0:
+            problems.append(f"{name}: job {state['Status']} with exit code {state['ExitCode']}")
     assert not problems, "\n".join(problems)
 
 
 def test_only_the_intended_host_ports_listen(deployed_node):
     node = deployed_node
-    allowed = set(node.layout.host_ports) | {int(p) for p in os.environ.get("LLM_NODE_ALLOWED_PORTS", "22").split(",") if p}
-    exposed = set()
+    published = node.layout.published_ports
+    extra = {int(p) for p in os.environ.get("LLM_NODE_ALLOWED_PORTS", "22").split(",") if p}
+    problems = []
     for spec in node.host.socket.get_listening_sockets():
         match = re.match(r"tcp://(.+):(\d+)$", spec)
-        if match and not match.group(1).startswith(("127.", "::1")):  # loopback is not reachable from outside
-            exposed.add(int(match.group(2)))
-    assert exposed - allowed == set(), f"unexpected ports listening on the host: {sorted(exposed - allowed)}"
-    assert set(node.layout.host_ports) <= exposed, "Traefik does not publish 80 and 443"
+        if not match:
+            continue
+        address, port = match.group(1), int(match.group(2))
+        loopback = address.startswith("127.") or address == "::1"
+        if port in published:
+            bound = published[port]
+            if bound.startswith("127.") and not loopback:
+                problems.append(f"{port} should listen on {bound} only, listens on {address}")
+        elif not loopback and port not in extra:
+            problems.append(f"unexpected public listener {address}:{port}")
+    missing = set(published) - {int(m.group(1)) for m in
+                                (re.search(r":(\d+)$", s) for s in node.host.socket.get_listening_sockets()) if m}
+    assert not problems and not missing, "\n".join(problems + [f"not listening: {sorted(missing)}"])
 
 
-@pytest.mark.parametrize("service,port", [("postgres", 5432), ("redis", 6379), ("engine-0", 8000)])
-def test_internal_services_are_unreachable_from_the_edge_network(deployed_node, service, port):
+@pytest.mark.parametrize("alias,port", [(naming.POSTGRES, naming.POSTGRES_PORT), (naming.REDIS, naming.REDIS_PORT),
+                                        (naming.engine_alias(0), naming.ENGINE_PORT)])
+def test_internal_services_are_unreachable_from_the_edge_network(deployed_node, alias, port):
     node = deployed_node
-    container = node.layout.container(service)
+    layout = node.layout
     # Reachable from the internal network (so the probe itself works) ...
-    assert node.can_connect(node.layout.internal_network, container, port) == "connected"
+    assert node.can_connect(layout.internal_network, alias, port) == "connected"
     # ... and neither by name nor by address from the edge network.
-    assert node.can_connect(node.layout.edge_network, container, port).startswith("refused")
-    address = node.ip_on(container, node.layout.internal_network)
-    assert address and node.can_connect(node.layout.edge_network, address, port).startswith("refused")
-    assert node.layout.edge_network not in node.inspect(container)["NetworkSettings"]["Networks"]
+    assert node.can_connect(layout.edge_network, alias, port).startswith("refused")
+    container = layout.container(alias)
+    address = node.ip_on(container, layout.internal_network)
+    assert address and node.can_connect(layout.edge_network, address, port).startswith("refused")
+    assert layout.edge_network not in node.inspect(container)["NetworkSettings"]["Networks"]
 
 
 def test_traefik_answers_ping(deployed_node):
@@ -68,21 +87,25 @@ def test_readyz_through_traefik_over_tls(deployed_node):
     assert node.api_url.startswith("https://")
     ready = node.http().get(node.api_url + "/readyz", timeout=15)
     assert ready.status_code == 200, ready.text
-    plain = node.http().get("http://" + node.api_url.removeprefix("https://") + "/readyz", timeout=15,
-                            allow_redirects=False)
-    assert plain.status_code in (301, 302, 307, 308) and plain.headers["Location"].startswith("https://")
+    if node.layout.settings.edge.publish:  # plain HTTP is only a redirect to HTTPS
+        edge = node.layout.settings.edge
+        plain_url = f"http://{node.layout.settings.domain}" + ("" if edge.http_port == 80 else f":{edge.http_port}")
+        plain = node.http().get(plain_url + "/readyz", timeout=15, allow_redirects=False)
+        assert plain.status_code in (301, 302, 307, 308) and plain.headers["Location"].startswith("https://")
 
 
 def test_grafana_holds_the_provisioned_dashboards(deployed_node):
     node = deployed_node
     grafana = node.layout.container("grafana")
-    env = dict(item.split("=", 1) for item in node.inspect(grafana)["Config"]["Env"])
-    password = env.get("GF_SECURITY_ADMIN_PASSWORD")
-    if password is None and env.get("GF_SECURITY_ADMIN_PASSWORD__FILE"):
-        password = node.docker("exec %s cat %s", grafana, env["GF_SECURITY_ADMIN_PASSWORD__FILE"]).strip()
-    user = env.get("GF_SECURITY_ADMIN_USER", "admin")
+    user = node.layout.outputs.get("grafana_admin_user", "admin")
+    password = node.layout.outputs.get("grafana_admin_password")
+    if password is None:  # no outputs file: the password file Pulumi uploaded into the container
+        env = dict(item.split("=", 1) for item in node.inspect(grafana)["Config"]["Env"])
+        password = env.get("GF_SECURITY_ADMIN_PASSWORD") or node.docker(
+            "exec %s cat %s", grafana, env["GF_SECURITY_ADMIN_PASSWORD__FILE"]).strip()
     auth = base64.b64encode(f"{user}:{password}".encode()).decode()
-    answer = node.probe(node.layout.internal_network, f"http://{grafana}:3000/api/search?type=dash-db",
+    answer = node.probe(node.layout.internal_network,
+                        f"http://{naming.GRAFANA}:{naming.GRAFANA_PORT}/api/search?type=dash-db",
                         {"Authorization": f"Basic {auth}"})
     assert answer.get("status") == 200, answer
     found = {d["uid"] for d in json.loads(answer["body"])}
@@ -93,8 +116,11 @@ def test_grafana_holds_the_provisioned_dashboards(deployed_node):
 def test_cloudflared_is_connected_when_the_tunnel_is_enabled(deployed_node):
     node = deployed_node
     if not node.tunnel:
-        pytest.skip("the tunnel is not enabled on this node")
-    answer = node.probe(node.layout.internal_network, f"http://{node.layout.container('cloudflared')}:2000/ready")
+        pytest.skip("the tunnel is not enabled on this stack (tunnel.enabled: false)")
+    # cloudflared's /ready answers 200 once it holds at least one connection to Cloudflare.
+    # It sits on the edge and metrics networks, not the internal one.
+    answer = node.probe(node.layout.network("metrics"),
+                        f"http://{naming.CLOUDFLARED}:{naming.CLOUDFLARED_METRICS_PORT}/ready")
     assert answer.get("status") == 200, answer
 
 
