@@ -132,6 +132,7 @@ class RateLimiter:
         self._backoff_max = backoff_max_seconds
         self._backoff = backoff_initial_seconds
         self._probing = False
+        self._background: set[asyncio.Task] = set()
         self._allowed = metrics.LIMITER_DECISIONS.labels("allowed", "ok")
         self._allowed_local = metrics.LIMITER_DECISIONS.labels("allowed", "local_fallback")
         self._rejected = {verdict: metrics.LIMITER_DECISIONS.labels("rejected", reason)
@@ -180,6 +181,13 @@ class RateLimiter:
         except _REDIS_FAILURES as exc:
             self._redis_failed(exc)
             return self._fallback(key, request_id, tokens, lease_id)
+        except asyncio.CancelledError:
+            # The client went away mid-call; Redis may already have granted the lease. Free it
+            # now rather than leaving the slot taken until the lease lapses.
+            if lease_id:
+                self._in_background(self._settle(keys=(f"{KEY_PREFIX}{{{key.id}}}:b", f"{KEY_PREFIX}{{{key.id}}}:c"),
+                                                 args=(0, 0, lease_id)))
+            raise
         finally:
             if probe:
                 self._probing = False
@@ -196,6 +204,16 @@ class RateLimiter:
         if lease_id:
             self._in_flight[lease_id] = reservation
         return reservation
+
+    def _in_background(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)                       # held, so it is not collected mid-flight
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("rate limiter: background release failed: %r", task.exception())
 
     def _fallback(self, key: ApiKey, request_id: str, tokens: int, lease_id: str) -> Reservation:
         if self._failure_mode == "closed":
