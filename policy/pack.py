@@ -1,0 +1,79 @@
+"""The llm-node CrossGuard policies: policy/rules.py functions wrapped for the Pulumi CLI."""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+from pulumi_policy import (EnforcementLevel, PolicyConfigSchema, ReportViolation, ResourceValidationArgs,
+                           ResourceValidationPolicy, StackValidationArgs, StackValidationPolicy)
+
+try:  # imported as the package `policy` (tests) or run from this directory by the Pulumi CLI
+    from . import rules
+except ImportError:
+    import rules  # type: ignore[no-redef]
+
+PACK_NAME = "llm-node"
+MANDATORY = EnforcementLevel.MANDATORY
+
+ResourceRule = Callable[[str, Mapping], list]
+
+
+def _resource_policy(name: str, description: str, rule: ResourceRule, remediation: str,
+                     config_schema: PolicyConfigSchema | None = None,
+                     rule_kwargs: Callable[[ResourceValidationArgs], dict] = lambda args: {}
+                     ) -> ResourceValidationPolicy:
+    def validate(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
+        for message in rule(args.resource_type, args.props, **rule_kwargs(args)):
+            report_violation(f"{args.name}: {message}")
+
+    return ResourceValidationPolicy(name=name, description=description, validate=validate,
+                                    enforcement_level=MANDATORY, config_schema=config_schema,
+                                    remediation_steps=remediation)
+
+
+def _internal_ports(args: StackValidationArgs, report_violation: ReportViolation) -> None:
+    resources = [rules.Resource(r.resource_type, r.name, r.props) for r in args.resources]
+    urns = {r.name: r.urn for r in args.resources}
+    for name, message in rules.internal_services_publish_no_host_ports(resources):
+        report_violation(f"{name}: {message}", urns.get(name))
+
+
+POLICIES = [
+    StackValidationPolicy(
+        name="internal-services-publish-no-host-ports",
+        description="Containers on internal networks only (PostgreSQL, Redis, vLLM, Prometheus) publish no host "
+                    "ports, and no container uses host networking.",
+        validate=_internal_ports,
+        enforcement_level=MANDATORY,
+        remediation_steps="Remove `ports` from the container; reach it through the gateway or Traefik."),
+    _resource_policy(
+        "healthcheck-and-restart-policy",
+        "Every long-running container has a healthcheck and restarts (unless-stopped); one-shot jobs never restart.",
+        rules.healthcheck_and_restart,
+        "Add healthcheck=ContainerHealthcheckArgs(...) and restart='unless-stopped' (jobs: restart='no')."),
+    _resource_policy(
+        "pinned-images",
+        "No image uses `latest` or an unpinned tag (containers, pulled images, built images and their bases).",
+        rules.pinned_images,
+        "Pin a version tag (x.y.z) or a digest in stacks/images.py or the stack's `images` overrides."),
+    _resource_policy(
+        "no-plain-secrets-in-env-or-args",
+        "No secret-looking value sits in a container's env or command line.",
+        rules.no_plain_secrets,
+        "Upload the secret as a file from a Pulumi secret (containers.secret_file) and pass its path.",
+        config_schema=PolicyConfigSchema(properties={"allowedSecretEnv": {
+            "type": "array", "items": {"type": "string"}, "default": list(rules.DEFAULT_ALLOWED_SECRET_ENV),
+            "description": "Env vars the program fills from Pulumi secrets (their state property is encrypted)."}}),
+        rule_kwargs=lambda args: {"allowed_env": args.get_config().get("allowedSecretEnv",
+                                                                        rules.DEFAULT_ALLOWED_SECRET_ENV)}),
+    _resource_policy(
+        "traefik-exposed-by-default-off",
+        "Traefik's Docker provider keeps exposedByDefault=false: only containers labelled traefik.enable are routed.",
+        rules.traefik_exposed_by_default_off,
+        "Set providers.docker.exposedByDefault: false in traefik/traefik.yml."),
+    _resource_policy(
+        "docker-socket-read-only",
+        "A container that mounts the Docker socket mounts it read-only.",
+        rules.docker_socket_read_only,
+        "Mount /var/run/docker.sock with read_only=True (or put a socket proxy in front of it)."),
+]

@@ -1,0 +1,245 @@
+"""The node's policies as plain functions over resource properties (testable without the CLI).
+
+Each resource rule takes ``(resource_type, props)`` — props as CrossGuard passes them: the
+engine's camelCase input names, secrets already decrypted — and returns violation
+messages (empty: compliant). The stack rule takes every resource at once. policy/pack.py
+wraps them into CrossGuard policies.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+
+import yaml
+
+CONTAINER = "docker:index/container:Container"
+NETWORK = "docker:index/network:Network"
+REMOTE_IMAGE = "docker:index/remoteImage:RemoteImage"
+BUILT_IMAGE = "docker:index/image:Image"
+
+LONG_RUNNING_RESTARTS = ("always", "unless-stopped", "on-failure")
+DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
+TRAEFIK_STATIC_FILES = ("/etc/traefik/traefik.yml", "/etc/traefik/traefik.yaml", "/etc/traefik/traefik.toml")
+
+# Env vars the program sets from Pulumi secrets (the property is encrypted in the state).
+# CrossGuard hands policies decrypted values with no secret marker (pulumi/pulumi-policy#241),
+# so this list is how the pack knows them; everything else that looks secret is a violation.
+DEFAULT_ALLOWED_SECRET_ENV = ("GATEWAY_DATABASE_URL", "GATEWAY_REDIS_URL", "GATEWAY_ADMIN_TOKEN")
+
+
+class Resource(NamedTuple):
+    type: str
+    name: str
+    props: Mapping[str, Any]
+
+
+# -- pinned images ----------------------------------------------------------------------------------
+# The same rule as stacks/images.py:is_pinned (the pack runs apart from the program, so it keeps
+# its own copy; tests/policy checks both agree): a digest, or a version tag (major.minor at
+# least), or a source-hash tag of an image built from this repository.
+_DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+_VERSION_TAG = re.compile(r"^v?\d+\.\d+(\.\d+)*([-+._][0-9A-Za-z.-]+)?$")
+_SOURCE_TAG = re.compile(r"^src-[0-9a-f]{12}$")
+_IMAGE_ID = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+def image_is_pinned(reference: str) -> bool:
+    if _DIGEST.search(reference) or _IMAGE_ID.match(reference):
+        return True
+    last = reference.split("@", 1)[0].rsplit("/", 1)[-1]
+    tag = last.split(":", 1)[1] if ":" in last else None
+    return tag is not None and bool(_VERSION_TAG.match(tag) or _SOURCE_TAG.match(tag))
+
+
+def pinned_images(resource_type: str, props: Mapping[str, Any]) -> list[str]:
+    references: list[tuple[str, str]] = []
+    if resource_type == CONTAINER and props.get("image"):
+        references.append(("image", props["image"]))
+    elif resource_type == REMOTE_IMAGE and props.get("name"):
+        references.append(("name", props["name"]))
+    elif resource_type == BUILT_IMAGE:
+        if props.get("imageName"):
+            references.append(("imageName", props["imageName"]))
+        for arg, value in ((props.get("build") or {}).get("args") or {}).items():
+            if arg.upper().endswith("_IMAGE"):  # base images passed as build arguments
+                references.append((f"build.args.{arg}", value))
+    return [f"{field} {ref!r} is not pinned: use a version tag (e.g. 1.2.3) or a digest, never latest"
+            for field, ref in references if not image_is_pinned(str(ref))]
+
+
+# -- healthcheck and restart --------------------------------------------------------------------------
+
+
+def is_job(props: Mapping[str, Any]) -> bool:
+    """A one-shot container: `pulumi up` waits for it to exit and it is not kept running."""
+    return props.get("attach") is True and props.get("mustRun") is False
+
+
+def healthcheck_and_restart(resource_type: str, props: Mapping[str, Any]) -> list[str]:
+    if resource_type != CONTAINER:
+        return []
+    restart = props.get("restart") or "no"  # the provider's default
+    if is_job(props):
+        return [] if restart == "no" else [f"one-shot job has restart {restart!r}: it would run again and again"]
+    problems = []
+    if restart not in LONG_RUNNING_RESTARTS:
+        problems.append(f"restart policy {restart!r}: use unless-stopped (or always / on-failure)")
+    tests = (props.get("healthcheck") or {}).get("tests") or []
+    if not tests or tests[0] == "NONE":
+        problems.append("no healthcheck: declare one so Docker, `wait` and Traefik know when it is ready")
+    return problems
+
+
+# -- secrets in env and arguments ------------------------------------------------------------------------
+
+_SECRET_NAME = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|PRIVATE_?KEY|ACCESS_?KEY|CREDENTIAL)", re.I)
+_SECRET_VALUE = [
+    (re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]*:[^/\s@]+@"), "a URL with a password"),
+    (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"), "a private key"),
+    (re.compile(r"\bsk-[A-Za-z0-9_-]{16,}"), "an API key"),
+    (re.compile(r"\bAKIA[0-9A-Z]{16}\b"), "an AWS access key"),
+    (re.compile(r"\beyJ[A-Za-z0-9_=-]{20,}"), "a token (base64 JSON)"),
+]
+_SECRET_FLAG = re.compile(r"^--?[a-z0-9-]*(password|passwd|secret|token|requirepass|api-key)$", re.I)
+
+
+def _looks_secret(value: str) -> str | None:
+    for pattern, what in _SECRET_VALUE:
+        if pattern.search(value):
+            return what
+    return None
+
+
+def no_plain_secrets(resource_type: str, props: Mapping[str, Any],
+                     allowed_env: Iterable[str] = DEFAULT_ALLOWED_SECRET_ENV) -> list[str]:
+    """Secrets belong in files uploaded from Pulumi secrets (or <NAME>_FILE pointers), not in env or argv.
+
+    Env and arguments are stored in the state and shown by `docker inspect`.
+    """
+    if resource_type != CONTAINER:
+        return []
+    allowed = set(allowed_env)
+    problems = []
+    for entry in props.get("envs") or []:
+        name, _, value = str(entry).partition("=")
+        if name in allowed or not value:
+            continue
+        if name.upper().endswith("_FILE"):  # a pointer to a secret file: the right way
+            continue
+        if _SECRET_NAME.search(name):
+            problems.append(f"env {name} looks like a secret: upload it as a file from a Pulumi secret "
+                            f"and point {name}_FILE at it")
+        elif (what := _looks_secret(value)) is not None:
+            problems.append(f"env {name} holds {what}: keep it in a file uploaded from a Pulumi secret")
+    argv = [str(a) for a in (props.get("entrypoints") or []) + (props.get("command") or [])]
+    for index, arg in enumerate(argv):
+        flag, eq, inline = arg.partition("=")
+        if _SECRET_FLAG.match(flag) and (inline or (not eq and index + 1 < len(argv))):
+            problems.append(f"argument {flag} passes a secret on the command line (visible in ps and docker inspect)")
+        elif (what := _looks_secret(arg)) is not None:
+            problems.append(f"an argument holds {what}")
+    return problems
+
+
+# -- Traefik: exposedByDefault=false ------------------------------------------------------------------------
+
+
+def _is_traefik(props: Mapping[str, Any]) -> bool:
+    labels = {item.get("label"): item.get("value") for item in props.get("labels") or []}
+    image = str(props.get("image") or "").split("@", 1)[0].rsplit("/", 1)[-1].split(":", 1)[0]
+    files = {u.get("file") for u in props.get("uploads") or []}
+    return labels.get("llm-node.service") == "traefik" or image == "traefik" or bool(files & set(TRAEFIK_STATIC_FILES))
+
+
+def _parse_bool(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    return {"true": True, "false": False, "": True}.get(text)  # a bare flag means true
+
+
+def traefik_exposed_by_default_off(resource_type: str, props: Mapping[str, Any]) -> list[str]:
+    """Traefik's Docker provider must only route containers that opt in (traefik.enable=true)."""
+    if resource_type != CONTAINER or not _is_traefik(props):
+        return []
+    configured, values = False, []  # does any source configure the Docker provider / set the option
+    for upload in props.get("uploads") or []:
+        if upload.get("file") not in TRAEFIK_STATIC_FILES:
+            continue
+        text = upload.get("content") or ""
+        try:
+            static = tomllib.loads(text) if upload["file"].endswith(".toml") else yaml.safe_load(text)
+        except (yaml.YAMLError, tomllib.TOMLDecodeError) as error:
+            return [f"{upload['file']} does not parse: {error}"]
+        providers = {k.lower(): v for k, v in ((static or {}).get("providers") or {}).items()}
+        if "docker" in providers:
+            configured = True
+            docker = {k.lower(): v for k, v in (providers["docker"] or {}).items()}
+            if "exposedbydefault" in docker:
+                values.append(_parse_bool(docker["exposedbydefault"]))
+    for arg in [str(a) for a in (props.get("command") or []) + (props.get("entrypoints") or [])]:
+        flag, eq, value = arg.partition("=")
+        if flag.lower().startswith("--providers.docker"):
+            configured = True
+        if flag.lower() == "--providers.docker.exposedbydefault":
+            values.append(_parse_bool(value if eq else "true"))
+    for entry in props.get("envs") or []:
+        name, _, value = str(entry).partition("=")
+        if name.upper().startswith("TRAEFIK_PROVIDERS_DOCKER"):
+            configured = True
+        if name.upper() == "TRAEFIK_PROVIDERS_DOCKER_EXPOSEDBYDEFAULT":
+            values.append(_parse_bool(value))
+    if any(v is not False for v in values):
+        return ["Traefik's Docker provider sets exposedByDefault to true: every container would be routed"]
+    if configured and not values:
+        return ["Traefik's Docker provider does not set exposedByDefault: false (the default exposes every container)"]
+    return []
+
+
+# -- Docker socket --------------------------------------------------------------------------------------------
+
+
+def docker_socket_read_only(resource_type: str, props: Mapping[str, Any]) -> list[str]:
+    if resource_type != CONTAINER:
+        return []
+    problems = []
+    for volume in props.get("volumes") or []:
+        if volume.get("hostPath") in DOCKER_SOCKETS and volume.get("readOnly") is not True:
+            problems.append(f"mounts {volume['hostPath']} writable: mount the Docker socket read-only")
+    for mount in props.get("mounts") or []:
+        if mount.get("type") == "bind" and mount.get("source") in DOCKER_SOCKETS and mount.get("readOnly") is not True:
+            problems.append(f"binds {mount['source']} writable: mount the Docker socket read-only")
+    return problems
+
+
+# -- stack: internal-only services publish no host ports -------------------------------------------------------
+
+
+def internal_services_publish_no_host_ports(resources: Sequence[Resource]) -> list[tuple[str, str]]:
+    """(resource name, message) for each container reachable only internally that still publishes ports.
+
+    A container is internal-only when every network it joins is declared with internal=true
+    (or it has no network at all). Host networking publishes everything and is refused too.
+    """
+    internal = {str(r.props.get("name")): bool(r.props.get("internal")) for r in resources if r.type == NETWORK}
+    problems = []
+    for resource in resources:
+        if resource.type != CONTAINER:
+            continue
+        props = resource.props
+        if props.get("networkMode") == "host":
+            problems.append((resource.name, "uses the host's network: every port it opens is on the host"))
+            continue
+        ports = [p for p in props.get("ports") or [] if p.get("external") or p.get("internal")]
+        if not ports and not props.get("publishAllPorts"):
+            continue
+        joined = [str(n.get("name")) for n in props.get("networksAdvanced") or []]
+        internal_only = props.get("networkMode") == "none" or (joined and all(internal.get(n) for n in joined))
+        if internal_only:
+            published = ", ".join(f"{p.get('ip') or '0.0.0.0'}:{p.get('external') or '(random)'}->{p.get('internal')}"
+                                  for p in ports) or "all exposed ports"
+            problems.append((resource.name, f"joins only internal networks ({', '.join(joined) or 'none'}) "
+                                            f"but publishes host ports {published}"))
+    return problems
