@@ -4,8 +4,13 @@ Built on testinfra, so the same checks run on this machine (``--host local://``,
 default) or on the node over SSH (``--host ssh://user@node``). Each check gives PASS, FAIL
 or SKIP with a reason; the table is printed and the exit code is 1 when anything failed.
 
-    scripts/preflight --stack prod
-    scripts/preflight --stack dev --host ssh://ops@gpu-1 --ports 80,443
+What is needed comes from the stack file (``stacks/Pulumi.<stack>.yaml``, read with the
+same code as the Pulumi program): CPU or GPU engine, the vLLM image (and so its CUDA
+version), the quantization, the GPU per replica, the published ports and the Docker host.
+
+    scripts/preflight --stack prod            # checks the stack's docker_host (ssh://...) 
+    scripts/preflight --stack prod --host local://   # on the GPU node itself
+    scripts/preflight --stack dev --ports 80,443
 """
 
 from __future__ import annotations
@@ -20,31 +25,58 @@ from pathlib import Path
 
 import testinfra
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import preflight_gpu as gpu  # noqa: E402  (a sibling module; scripts/ is not a package)
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from scripts import preflight_gpu as gpu  # noqa: E402
+from stacks.config import STACKS_DIR, load_stack_settings  # noqa: E402
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 
 
 @dataclass(frozen=True)
 class StackNeeds:
-    """What a stack asks of its host. Defaults mirror stacks/Pulumi.<stack>.yaml; flags override."""
+    """What a stack asks of its host, read from stacks/Pulumi.<stack>.yaml; flags override."""
 
     gpu: bool
     vllm_image: str
     quantization: str | None
+    gpu_ids: tuple[str, ...]  # one GPU per engine replica
     host_ports: tuple[int, ...]  # Traefik publishes these; nothing else is published
     disk_gb: float  # images + model + headroom on Docker's data root
+    docker_host: str  # where the stack deploys (its llm-node:docker_host)
 
 
-STACKS: dict[str, StackNeeds] = {
-    # CPU engine with the small model: a few GB of images, little model data.
-    "dev": StackNeeds(gpu=False, vllm_image="vllm/vllm-openai-cpu:v0.11.0", quantization=None,
-                      host_ports=(80, 443), disk_gb=15),
-    # GPU engine serving a 4-bit AWQ 7-8B model (~6 GB): the CUDA image is ~20 GB unpacked.
-    "prod": StackNeeds(gpu=True, vllm_image="vllm/vllm-openai:v0.11.0", quantization="awq_marlin",
-                       host_ports=(80, 443), disk_gb=40),
-}
+# Free space to ask for: the CUDA vLLM image is ~20 GB unpacked and a 4-bit 7-8B model ~6 GB
+# (plus its base weights for the quantize job); the CPU image and the tiny model are small.
+DISK_GB = {"cuda": 60.0, "cpu": 15.0}
+
+
+def available_stacks() -> list[str]:
+    return sorted(p.name[len("Pulumi."):-len(".yaml")] for p in STACKS_DIR.glob("Pulumi.*.yaml"))
+
+
+def stack_needs(stack: str) -> StackNeeds:
+    """The needs of a stack, from the same validated settings the Pulumi program reads."""
+    settings = load_stack_settings(stack)
+    spec = settings.engine.spec
+    edge = settings.edge
+    ports = [edge.http_port, edge.https_port] if edge.publish else []
+    if edge.ops_port:
+        ports.append(edge.ops_port)
+    return StackNeeds(
+        gpu=spec.device == "cuda",
+        vllm_image=settings.images["vllm_gpu" if spec.device == "cuda" else "vllm_cpu"],
+        quantization=spec.quantization,
+        gpu_ids=settings.engine.gpu_ids,
+        host_ports=tuple(ports),
+        disk_gb=DISK_GB[spec.device],
+        docker_host=settings.docker_host,
+    )
+
+
+def testinfra_host_for(docker_host: str) -> str:
+    """The testinfra host to check for a stack's docker_host: its SSH host, else this machine."""
+    return "ssh://" + docker_host.removeprefix("ssh://") if docker_host.startswith("ssh://") else "local://"
 
 
 @dataclass
@@ -57,8 +89,8 @@ class Result:
 @dataclass
 class Options:
     stack: str = "dev"
-    host: str = "local://"
-    docker_host: str | None = None  # -H for the docker CLI (unix:///path.sock, ssh://, tcp://)
+    host: str | None = None  # testinfra spec; None: from the stack's docker_host
+    docker_host: str | None = None  # -H for the docker CLI (unix:///path.sock, tcp://)
     vllm_image: str | None = None
     cuda_version: str | None = None
     quantization: str | None = None
@@ -67,16 +99,33 @@ class Options:
     disk_gb: float | None = None
     gpu: bool | None = None  # None: as the stack says
 
+    _needs: StackNeeds | None = None
+
     @property
     def needs(self) -> StackNeeds:
-        base = STACKS[self.stack]
-        return StackNeeds(
-            gpu=base.gpu if self.gpu is None else self.gpu,
-            vllm_image=self.vllm_image or base.vllm_image,
-            quantization=self.quantization if self.quantization is not None else base.quantization,
-            host_ports=self.ports if self.ports is not None else base.host_ports,
-            disk_gb=self.disk_gb if self.disk_gb is not None else base.disk_gb,
-        )
+        if self._needs is None:
+            base = stack_needs(self.stack)
+            self._needs = StackNeeds(
+                gpu=base.gpu if self.gpu is None else self.gpu,
+                vllm_image=self.vllm_image or base.vllm_image,
+                quantization=self.quantization if self.quantization is not None else base.quantization,
+                gpu_ids=base.gpu_ids if base.gpu_ids or not self.gpu else ("0",),
+                host_ports=self.ports if self.ports is not None else base.host_ports,
+                disk_gb=self.disk_gb if self.disk_gb is not None else base.disk_gb,
+                docker_host=base.docker_host,
+            )
+        return self._needs
+
+    @property
+    def target(self) -> str:
+        return self.host or testinfra_host_for(self.needs.docker_host)
+
+    @property
+    def docker_cli_host(self) -> str | None:
+        """-H for the docker CLI on the target: --docker-host, or the stack's tcp:// host."""
+        if self.docker_host:
+            return self.docker_host
+        return self.needs.docker_host if self.needs.docker_host.startswith("tcp://") else None
 
 
 @dataclass
@@ -95,8 +144,8 @@ class Preflight:
     # -- helpers ---------------------------------------------------------------------------
     def docker(self, args: str, *params: str):
         """Run ``docker <args>`` on the host, against --docker-host when given."""
-        if self.options.docker_host:
-            return self.host.run("docker -H %s " + args, self.options.docker_host, *params)
+        if self.options.docker_cli_host:
+            return self.host.run("docker -H %s " + args, self.options.docker_cli_host, *params)
         return self.host.run("docker " + args, *params)
 
     @property
@@ -181,6 +230,11 @@ class Preflight:
         if not gpus:
             return Result(name, FAIL, self._gpu_error or "no GPU")
         verdict = gpu.judge_capability(gpus, self.options.needs.quantization)
+        present = {str(g.index) for g in gpus}
+        missing = [i for i in self.options.needs.gpu_ids if i not in present]
+        if missing:
+            return Result(name, FAIL, f"the stack puts engine replicas on GPUs {', '.join(self.options.needs.gpu_ids)}; "
+                                      f"this host has GPU(s) {', '.join(sorted(present))}; {verdict.detail}")
         return Result(name, PASS if verdict.ok else FAIL, verdict.detail)
 
     def check_container_toolkit(self) -> Result:
@@ -246,7 +300,7 @@ class Preflight:
 
 def render(results: list[Result], options: Options, wsl: bool = False) -> str:
     width = max(len(r.check) for r in results)
-    lines = [f"llm-node preflight: stack {options.stack}, host {options.host}" + (" (WSL2)" if wsl else ""), ""]
+    lines = [f"llm-node preflight: stack {options.stack}, host {options.target}" + (" (WSL2)" if wsl else ""), ""]
     lines.append(f"{'CHECK'.ljust(width)}  RESULT  DETAIL")
     for r in results:
         lines.append(f"{r.check.ljust(width)}  {r.status.ljust(6)}  {r.detail}")
@@ -257,8 +311,10 @@ def render(results: list[Result], options: Options, wsl: bool = False) -> str:
 
 def parse_args(argv: list[str]) -> tuple[Options, bool]:
     parser = argparse.ArgumentParser(prog="scripts/preflight", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stack", choices=sorted(STACKS), default="dev", help="what will be deployed (default dev)")
-    parser.add_argument("--host", default="local://", help="testinfra host spec: local:// or ssh://user@node")
+    parser.add_argument("--stack", choices=available_stacks(), default="dev",
+                        help="the stack to be deployed: its stacks/Pulumi.<stack>.yaml says what it needs (default dev)")
+    parser.add_argument("--host", help="testinfra host spec, local:// or ssh://user@node "
+                                       "(default: the stack's docker_host when it is ssh://, else local://)")
     parser.add_argument("--docker-host", help="docker CLI -H value (default: DOCKER_HOST or the local socket)")
     parser.add_argument("--vllm-image", help="the engine image the stack uses")
     parser.add_argument("--cuda-version", help="CUDA version of the engine image, e.g. 12.8 (default: read from it)")
@@ -287,10 +343,15 @@ def main(argv: list[str] | None = None) -> int:
     options, as_json = parse_args(sys.argv[1:] if argv is None else argv)
     wsl = False
     try:
-        host = testinfra.get_host(options.host)
+        options.needs  # reads and validates the stack file
+    except Exception as error:  # a ConfigError names the key
+        print(f"preflight: stack {options.stack}: {error}", file=sys.stderr)
+        return 2
+    try:
+        host = testinfra.get_host(options.target)
         host.run("true")  # connects: an unreachable SSH host fails here, once
     except Exception as error:
-        results = [Result("host reachable", FAIL, f"{options.host}: {type(error).__name__}: {error}")]
+        results = [Result("host reachable", FAIL, f"{options.target}: {type(error).__name__}: {error}")]
     else:
         preflight = Preflight(host, options)
         results = preflight.run()

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from scripts import preflight_gpu as gpu
+from stacks.config import load_stack_settings
 from tests.support.procs import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,8 +35,10 @@ def results(proc: subprocess.CompletedProcess) -> dict[str, dict]:
 
 
 def valid_here(tmp_path: Path) -> list[str]:
-    """Disk and port arguments that hold on this machine: a little space, two free ports."""
-    return ["--disk-path", str(tmp_path), "--disk-gb", "0.01", "--ports", f"{free_port()},{free_port()}"]
+    """This machine as the host, and disk and port arguments that hold here: a little space,
+    two free ports. (Without --host, prod would be checked on its own docker_host over SSH.)"""
+    return ["--host", "local://", "--disk-path", str(tmp_path), "--disk-gb", "0.01",
+            "--ports", f"{free_port()},{free_port()}"]
 
 
 @pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="this machine has an NVIDIA driver")
@@ -68,7 +72,7 @@ def test_table_is_readable_and_exit_code_follows_failures(tmp_path):
 
 
 def test_every_check_passes_on_the_cpu_stack_with_a_reachable_daemon(tmp_path, docker_daemon):
-    proc = run_preflight("--stack", "dev", "--docker-host", docker_daemon.url, "--json",
+    proc = run_preflight("--stack", "dev", "--host", "local://", "--docker-host", docker_daemon.url, "--json",
                          "--disk-gb", "0.01", "--ports", f"{free_port()},{free_port()}")
     got = results(proc)
     assert got["docker daemon"]["status"] == "PASS", got["docker daemon"]
@@ -84,7 +88,8 @@ def test_a_port_in_use_fails_and_names_its_holder(tmp_path):
         held.listen()
         port = held.getsockname()[1]
         other = free_port()
-        proc = run_preflight("--json", "--ports", f"{other},{port}", "--disk-path", str(tmp_path), "--disk-gb", "0.01")
+        proc = run_preflight("--json", "--host", "local://", "--ports", f"{other},{port}", "--disk-path", str(tmp_path),
+                             "--disk-gb", "0.01")
     check = results(proc)["host ports free"]
     assert check["status"] == "FAIL"
     assert f"in use: {port} (" in check["detail"] and f"pid {os.getpid()}" in check["detail"]
@@ -93,7 +98,7 @@ def test_a_port_in_use_fails_and_names_its_holder(tmp_path):
 
 
 def test_too_little_disk_fails(tmp_path):
-    proc = run_preflight("--json", "--disk-path", str(tmp_path / "not" / "yet"), "--disk-gb", "1e9")
+    proc = run_preflight("--json", "--host", "local://", "--disk-path", str(tmp_path / "not" / "yet"), "--disk-gb", "1e9")
     check = results(proc)["free disk"]
     assert check["status"] == "FAIL"
     assert f"at {tmp_path}/not/yet (on {tmp_path})" in check["detail"]
@@ -110,21 +115,42 @@ esac
 """
 
 
-def test_old_driver_fails_with_the_minimum_and_the_fix(tmp_path):
+def fake_nvidia_smi(tmp_path: Path) -> dict:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "nvidia-smi").write_text(FAKE_NVIDIA_SMI)
     (bin_dir / "nvidia-smi").chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def test_old_driver_fails_with_the_minimum_and_the_fix(tmp_path):
     proc = run_preflight("--stack", "prod", "--json", "--cuda-version", "12.8", *valid_here(tmp_path),
-                         env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+                         env=fake_nvidia_smi(tmp_path))
     got = results(proc)
     driver = got["nvidia driver"]
     assert driver["status"] == "FAIL"
     assert "driver 535.104.05 supports CUDA 12.2, too old: CUDA 12.8 needs driver >= 570.26" in driver["detail"]
+    assert "Update the host's NVIDIA driver" in driver["detail"]
     assert "[--cuda-version]" in driver["detail"]
     assert got["cuda capability"]["status"] == "PASS", got["cuda capability"]
     assert "NVIDIA A10G 8.6" in got["cuda capability"]["detail"]
     assert proc.returncode == 1
+
+
+def test_the_stack_file_decides_image_quantization_and_ports(tmp_path):
+    """Without flags, prod's own settings: its pinned vLLM image (so its CUDA), its quantization,
+    its published ports."""
+    settings = load_stack_settings("prod")
+    image = settings.images["vllm_gpu"]
+    cuda = gpu.image_cuda_from_tag(image)
+    proc = run_preflight("--stack", "prod", "--json", "--host", "local://", "--disk-path", str(tmp_path),
+                         "--disk-gb", "0.01", env=fake_nvidia_smi(tmp_path))
+    got = results(proc)
+    assert f"CUDA {gpu.fmt(cuda)} needs driver >= {gpu.min_driver_for(cuda, wsl=False)}" in got["nvidia driver"]["detail"]
+    assert f"[{image} (tag)]" in got["nvidia driver"]["detail"]
+    assert f"with {settings.engine.spec.quantization} needs" in got["cuda capability"]["detail"]
+    ports = [settings.edge.http_port, settings.edge.https_port, settings.edge.ops_port]
+    assert ", ".join(map(str, ports)) in got["host ports free"]["detail"]
 
 
 def test_unreachable_ssh_host_is_one_clear_failure():
@@ -140,3 +166,5 @@ def test_bad_arguments_are_a_usage_error():
     proc = run_preflight("--ports", "80,https")
     assert proc.returncode == 2
     assert "--ports: '80,https' is not a comma-separated list of numbers" in proc.stderr
+    unknown = run_preflight("--stack", "staging")
+    assert unknown.returncode == 2 and "invalid choice: 'staging'" in unknown.stderr
