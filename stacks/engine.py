@@ -3,7 +3,8 @@
 The command line is ``engine_args(spec)`` from services/launch.py, the same function the
 dev node uses; the image is the official vLLM image (CUDA or CPU build, pinned in
 images.py) extended by services/engine/Dockerfile, whose entrypoint sanitizes the LoRA
-adapters from /adapters into /run/llm-node/adapters and then runs ``vllm serve <args>``.
+adapters from /adapters into /run/llm-node/adapters (rejecting any above the command's
+--max-lora-rank) and then runs ``vllm serve <args>``.
 """
 
 from __future__ import annotations
@@ -56,7 +57,6 @@ def container_env(deployment: EngineDeployment) -> dict[str, str]:
         "HF_HOME": naming.HF_HOME,
         "ADAPTERS_SOURCE_DIR": naming.ADAPTERS_SOURCE_DIR,
         "ADAPTERS_SANITIZED_DIR": naming.ADAPTERS_SANITIZED_DIR,
-        "MAX_LORA_RANK": str(deployment.spec.max_lora_rank),  # the sanitizer rejects larger adapters
     }
 
 

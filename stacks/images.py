@@ -17,9 +17,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 DEFAULT_IMAGES: Mapping[str, str] = {
     # The official vLLM images: CUDA for GPU stacks, the CPU build for dev stacks. Both
-    # are the base of services/engine/Dockerfile (adapter sanitizer in the entrypoint).
-    "vllm_gpu": "vllm/vllm-openai:v0.31.0",
-    "vllm_cpu": "vllm/vllm-openai-cpu:v0.31.0",
+    # are the base of services/engine/Dockerfile (adapter sanitizer in the entrypoint), and
+    # the same release as the CPU engine the tests run (vllm-cpu 0.32.0), so the engine
+    # flags tested here are the ones served.
+    "vllm_gpu": "vllm/vllm-openai:v0.32.0",
+    "vllm_cpu": "vllm/vllm-openai-cpu:v0.32.0",
     "postgres": "postgres:17.6-bookworm",
     "redis": "redis:7.4.5-bookworm",
     "traefik": "traefik:v3.6.8",

@@ -62,7 +62,7 @@ def test_engine_argv_and_env_are_identical_but_for_locations():
         assert engine_env(node_engine) == engine_env(stack_engine)
         assert engine_env(stack_engine).items() <= container.env.items()
         assert set(container.env) - set(engine_env(stack_engine)) == {
-            "HF_HOME", "ADAPTERS_SOURCE_DIR", "ADAPTERS_SANITIZED_DIR", "MAX_LORA_RANK"}
+            "HF_HOME", "ADAPTERS_SOURCE_DIR", "ADAPTERS_SANITIZED_DIR"}
     return run_program("dev").ready().apply(check)
 
 
