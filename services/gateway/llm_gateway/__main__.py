@@ -45,28 +45,36 @@ def main() -> int:
 
     # Imported only now: prometheus_client reads PROMETHEUS_MULTIPROC_DIR at import.
     import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
+    from uvicorn.supervisors import Multiprocess
 
     from .metrics_server import start_metrics_server
 
+    config = uvicorn.Config(
+        "llm_gateway.app:create_app", factory=True,
+        host=settings.host, port=settings.port, workers=settings.workers,
+        loop="uvloop", http="httptools", lifespan="on",
+        log_config=None, access_log=False, server_header=False,
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+        # Longer than the edge proxy's idle timeout, so the edge never reuses a connection we just closed.
+        timeout_keep_alive=120, backlog=4096,
+    )
     metrics_server = start_metrics_server(settings.host, settings.metrics_port, metrics_dir)
     log.info("gateway starting", extra={"port": settings.port, "metrics_port": settings.metrics_port,
                                         "workers": settings.workers, "engines": settings.engines})
+    # Always the supervisor, even for one worker: the parent then only supervises and serves
+    # metrics, and exits normally (status 0) after the workers drained on SIGTERM.
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
     try:
-        uvicorn.run(
-            "llm_gateway.app:create_app", factory=True,
-            host=settings.host, port=settings.port, workers=settings.workers,
-            loop="uvloop", http="httptools", lifespan="on",
-            log_config=None, access_log=False, server_header=False,
-            timeout_graceful_shutdown=settings.shutdown_grace_seconds,
-            # Longer than the edge proxy's idle timeout, so the edge never reuses a connection we just closed.
-            timeout_keep_alive=120, backlog=4096,
-        )
+        supervisor.run()
     finally:
         metrics_server.shutdown()
         if created:
             shutil.rmtree(metrics_dir, ignore_errors=True)
         log.info("gateway stopped")
         stop_logging()
+    if any(worker.exitcode == STARTUP_FAILURE for worker in supervisor.processes):
+        return STARTUP_FAILURE
     return 0
 
 

@@ -1,0 +1,122 @@
+"""Liveness under load, readiness, graceful shutdown and usage accounting (issue 2, points 1, 2, 8, 10)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import aiohttp
+import asyncpg
+import pytest
+import requests
+
+from tests.gateway.api_helpers import CHAT, auth, chat_body, post, sse_data
+from tests.support.flaky_upstream import FlakyUpstream
+from tests.support.gateway_fixtures import key_id_of
+
+pytestmark = pytest.mark.engine
+
+
+async def _usage_rows(dsn: str, key_id: str) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetch("SELECT request_id, model, tier, prompt_tokens, completion_tokens, status"
+                                " FROM usage_records WHERE key_id = $1 ORDER BY id", key_id)
+    finally:
+        await conn.close()
+
+
+async def test_healthz_answers_quickly_while_200_streams_are_open(gateway_factory, make_key):
+    with FlakyUpstream() as upstream:
+        upstream.mode, upstream.events, upstream.event_interval = "slow", 40, 0.25   # ~10 s streams
+        gw = gateway_factory(engines=[upstream.url])
+        key = make_key()
+        body = {"model": upstream.model, "messages": [{"role": "user", "content": "x"}], "stream": True}
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            opened = asyncio.Event()
+            open_count = 0
+
+            async def stream():
+                nonlocal open_count
+                async with session.post(gw.url + CHAT, json=body, headers=auth(key)) as response:
+                    assert response.status == 200
+                    await response.content.readuntil(b"\n\n")
+                    open_count += 1
+                    if open_count == 200:
+                        opened.set()
+                    return await response.read()
+
+            streams = [asyncio.create_task(stream()) for _ in range(200)]
+            await asyncio.wait_for(opened.wait(), 30)
+            assert gw.metric("gateway_in_flight_requests") == 200
+            for _ in range(5):
+                started = time.monotonic()
+                async with session.get(gw.url + "/healthz") as health:
+                    assert health.status == 200
+                assert time.monotonic() - started < 1.0
+            bodies = await asyncio.gather(*streams)
+        assert all(sse_data(b.decode())[-1] == "[DONE]" for b in bodies)
+
+
+def test_readyz_reports_each_dependency(gateway):
+    response = requests.get(gateway.url + "/readyz", timeout=10)
+    assert response.status_code == 200
+    checks = response.json()["checks"]
+    assert checks["postgres"] == "up" and checks["redis"] == "up"
+    assert list(checks["engines"].values()) == ["healthy"]
+
+
+async def test_usage_of_every_request_is_recorded_from_the_engines_usage(gateway, make_key, engine,
+                                                                         migrated_database_url):
+    key = make_key(tier="premium")
+    plain = post(gateway, CHAT, key, chat_body(engine.model, max_tokens=3))
+    streamed = post(gateway, CHAT, key, chat_body(engine.model, max_tokens=4, stream=True))
+    expected = {plain.headers["x-request-id"]: (plain.json()["usage"]["prompt_tokens"], 3),
+                streamed.headers["x-request-id"]: (plain.json()["usage"]["prompt_tokens"], 4)}
+    deadline = time.monotonic() + 10
+    while len(rows := await _usage_rows(migrated_database_url, key_id_of(key))) < 2:
+        assert time.monotonic() < deadline, "usage was not written"
+        await asyncio.sleep(0.3)
+    assert {r["request_id"]: (r["prompt_tokens"], r["completion_tokens"]) for r in rows} == expected
+    assert {(r["model"], r["tier"], r["status"]) for r in rows} == {(engine.model, "premium", 200)}
+
+
+async def test_graceful_shutdown_drains_in_flight_streams_and_flushes_usage(gateway_factory, make_key,
+                                                                            migrated_database_url):
+    with FlakyUpstream() as upstream:
+        upstream.mode, upstream.events, upstream.event_interval = "slow", 10, 0.2   # ~2 s streams
+        gw = gateway_factory(engines=[upstream.url], shutdown_grace_seconds=15)
+        key = make_key()
+        body = {"model": upstream.model, "messages": [{"role": "user", "content": "x"}], "stream": True}
+        async with aiohttp.ClientSession() as session:
+            started = asyncio.Event()
+            count = 0
+
+            async def stream():
+                nonlocal count
+                async with session.post(gw.url + CHAT, json=body, headers=auth(key)) as response:
+                    await response.content.readuntil(b"\n\n")
+                    count += 1
+                    if count == 5:
+                        started.set()
+                    return response.headers["x-request-id"], (await response.read()).decode()
+
+            streams = [asyncio.create_task(stream()) for _ in range(5)]
+            await asyncio.wait_for(started.wait(), 15)
+            gw.signal(signal.SIGTERM)
+            await asyncio.sleep(0.5)
+            # No longer accepting: a new connection is refused.
+            with pytest.raises(aiohttp.ClientConnectionError):
+                async with session.get(gw.url + "/healthz") as _:
+                    pass
+            results = await asyncio.gather(*streams)
+        # Every in-flight stream ran to its end.
+        assert all(sse_data(text)[-1] == "[DONE]" for _, text in results)
+        exit_code = await asyncio.to_thread(gw.proc.proc.wait, 30)
+        assert exit_code == 0, gw.log_tail()
+    # ...and its usage reached PostgreSQL before the process exited.
+    rows = await _usage_rows(migrated_database_url, key_id_of(key))
+    assert {r["request_id"] for r in rows} == {request_id for request_id, _ in results}
+    assert all(r["completion_tokens"] == 10 and r["status"] == 200 for r in rows)
