@@ -43,6 +43,17 @@ ENGINE_URL_ENV = "LLM_NODE_BENCH_ENGINE_URL"
 BENCH_REDIS_DB = 3
 
 
+def served_model(engine_url: str) -> str:
+    """The base model an engine serves (first of /v1/models without a parent), e.g. on a GPU node."""
+    try:
+        with urllib.request.urlopen(engine_url + "/v1/models", timeout=10) as response:
+            cards = json.load(response)["data"]
+    except OSError:
+        return SERVED_MODEL  # not reachable (yet): the benchmarks that need it will say so
+    base = [card["id"] for card in cards if not card.get("parent")]
+    return (base or [SERVED_MODEL])[0]
+
+
 def engine_url_from_env() -> str | None:
     return os.environ.get(ENGINE_URL_ENV) or os.environ.get("LLM_NODE_TEST_ENGINE_URL") or None
 
@@ -93,7 +104,7 @@ class LocalNode:
         try:
             engine_url = engine_url or engine_url_from_env()
             if engine_url:
-                engine = Engine(url=engine_url.rstrip("/"), model=SERVED_MODEL)
+                engine = Engine(url=engine_url.rstrip("/"), model=served_model(engine_url.rstrip("/")))
             else:
                 print("starting a private CPU vLLM (about a minute) ...", file=sys.stderr, flush=True)
                 engine = start_engine(log_dir)
