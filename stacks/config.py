@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # Pulumi is only needed by load_node_config()
 
 NAMESPACE = "llm-node"
 STACKS_DIR = Path(__file__).resolve().parent
+ROOT_DIR = STACKS_DIR.parent
 
 # Keys whose values are secrets: read only as secret Outputs, never parsed here.
 SECRET_KEYS = ("tunnel_token", "tls_private_key")
@@ -360,6 +361,8 @@ def gateway_spec_from_config(gateway: Mapping[str, Any] | None, *, engines: Sequ
 
 # -- quantize ---------------------------------------------------------------------------------
 
+# The quantize job's --scheme choices (services/quantize/llm_node_quantize/recipes.py; a test keeps them equal).
+QUANTIZE_SCHEMES = ("W4A16", "W4A16_ASYM", "W8A8")
 QUANTIZE_KEYS = ("enabled", "source_model_dir", "output_model_dir", "calibration_file", "scheme",
                  "num_calibration_samples", "max_seq_length", "merge_lora_adapter")
 
@@ -378,7 +381,7 @@ def quantize_spec_from_config(quantize: Mapping[str, Any] | None, *, models_dir:
         source_model=f"{root}/{_relative_path(s, 'source_model_dir')}",
         output_dir=f"{root}/{_relative_path(s, 'output_model_dir')}",
         calibration_file=f"{root}/{_relative_path(s, 'calibration_file')}",
-        scheme=s.string("scheme", d("scheme")),
+        scheme=s.string("scheme", d("scheme"), choices=QUANTIZE_SCHEMES),
         num_calibration_samples=s.integer("num_calibration_samples", d("num_calibration_samples"), minimum=1),
         max_seq_length=s.integer("max_seq_length", d("max_seq_length"), minimum=16),
         merge_lora_adapter=f"{adapters_dir.rstrip('/')}/{adapter}" if adapter else None,
@@ -459,9 +462,14 @@ class ObservabilitySettings:
     grafana_public: bool  # true: https://grafana.<domain>; false: only on the loopback ops entrypoint
 
 
+OBSERVABILITY_KEYS = ("prometheus_retention", "grafana_public")
+TUNNEL_KEYS = ("enabled",)
+VOLUMES_KEYS = ("models_host_dir",)
+
+
 def _observability(values: Mapping[str, Any] | None) -> ObservabilitySettings:
     s = _Section("observability", values)
-    s.reject_unknown(("prometheus_retention", "grafana_public"))
+    s.reject_unknown(OBSERVABILITY_KEYS)
     return ObservabilitySettings(
         prometheus_retention=s.string("prometheus_retention", "15d", pattern=_DURATION, what="a duration like 15d"),
         grafana_public=s.boolean("grafana_public", False),
@@ -540,7 +548,7 @@ def parse_settings(values: Mapping[str, Any], stack: str, *, secrets_present: Se
     edge = _edge(values.get("edge"))
 
     tunnel = _Section("tunnel", values.get("tunnel"))
-    tunnel.reject_unknown(("enabled",))
+    tunnel.reject_unknown(TUNNEL_KEYS)
     tunnel_enabled = tunnel.boolean("enabled", False)
     if tunnel_enabled and "tunnel_token" not in secrets_present:
         raise ConfigError("tunnel_token", "is required when tunnel.enabled is true: "
@@ -563,7 +571,7 @@ def parse_settings(values: Mapping[str, Any], stack: str, *, secrets_present: Se
                                               "quantize.enabled is true: the engine serves the job's output")
 
     volumes = _Section("volumes", values.get("volumes"))
-    volumes.reject_unknown(("models_host_dir",))
+    volumes.reject_unknown(VOLUMES_KEYS)
     models_host_dir = volumes.string("models_host_dir", None)
     if models_host_dir is not None:
         models_host_dir = os.path.expanduser(models_host_dir)
@@ -588,6 +596,22 @@ def parse_settings(values: Mapping[str, Any], stack: str, *, secrets_present: Se
         models_host_dir=models_host_dir,
         tls_certificate=tls_certificate,
     )
+
+
+def all_keys() -> list[str]:
+    """Every configuration key, dotted (``engine.max_model_len``): what docs/configuration.md documents."""
+    sections = {
+        "images": tuple(DEFAULT_IMAGES),
+        "engine": ENGINE_SPEC_KEYS + ENGINE_CONTAINER_KEYS,
+        "gateway": gateway_keys(),
+        "edge": EDGE_KEYS,
+        "tunnel": TUNNEL_KEYS,
+        "quantize": QUANTIZE_KEYS,
+        "observability": OBSERVABILITY_KEYS,
+        "volumes": VOLUMES_KEYS,
+    }
+    assert set(sections) == set(OBJECT_KEYS)
+    return [*STRING_KEYS, *SECRET_KEYS, *(f"{section}.{key}" for section, keys in sections.items() for key in keys)]
 
 
 # -- stack files (no Pulumi engine needed) ---------------------------------------------------------

@@ -73,6 +73,7 @@ def test_unknown_quantization_lists_the_methods():
     ({"edge": {"publish": False}}, "edge.tls_mode"),  # acme needs port 80
     ({"edge": {"https_port": 80}}, "edge.https_port"),
     ({"quantize": {"source_model_dir": "/abs/path"}}, "quantize.source_model_dir"),
+    ({"quantize": {"scheme": "W3A16"}}, "quantize.scheme"),
     ({"observability": {"prometheus_retention": "a month"}}, "observability.prometheus_retention"),
     ({"docker_host": "gpu-node-1:2375"}, "docker_host"),
     ({"name_prefix": "LLM"}, "name_prefix"),
@@ -116,3 +117,16 @@ def test_gateway_settings_follow_launch_py():
     assert parse_settings(values, "dev").gateway.circuit_failure_threshold == 7
     default = parse_settings(read_stack_values("dev"), "dev").gateway
     assert default.circuit_open_seconds == GatewaySpec.__dataclass_fields__["circuit_open_seconds"].default
+
+
+def test_quantize_schemes_are_the_jobs():
+    import sys
+
+    from stacks.config import QUANTIZE_SCHEMES, ROOT_DIR
+
+    sys.path.insert(0, str(ROOT_DIR / "services" / "quantize"))
+    try:
+        from llm_node_quantize.recipes import SCHEMES
+    finally:
+        sys.path.remove(str(ROOT_DIR / "services" / "quantize"))
+    assert set(QUANTIZE_SCHEMES) == set(SCHEMES)
