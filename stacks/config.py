@@ -269,7 +269,7 @@ class EngineDeployment:
 
     spec: EngineSpec
     replicas: int
-    gpu_ids: tuple[str, ...]  # one per replica (cuda); empty on cpu
+    gpu_ids: tuple[str, ...]  # one entry per replica (cuda), "0" or "0,1" (tensor parallel); empty on cpu
     shm_size_mb: int
     health_start_period_seconds: int
 
@@ -286,8 +286,9 @@ def _engine_deployment(engine: Mapping[str, Any] | None) -> EngineDeployment:
     gpu_ids = s.strings("gpu_ids", [str(i) for i in range(replicas)] if gpu else [])
     if gpu and len(gpu_ids) != replicas:
         raise ConfigError("engine.gpu_ids", f"needs one GPU id per replica ({replicas}), got {len(gpu_ids)}")
-    if gpu and len(set(gpu_ids)) != len(gpu_ids):
-        raise ConfigError("engine.gpu_ids", "each replica needs its own GPU")
+    devices = [device.strip() for group in gpu_ids for device in group.split(",")]
+    if gpu and (len(set(devices)) != len(devices) or not all(devices)):
+        raise ConfigError("engine.gpu_ids", "each replica needs its own GPUs (a GPU may appear once)")
     if not gpu and "gpu_ids" in s.values:
         raise ConfigError("engine.gpu_ids", "only applies to engine.device: cuda")
     return EngineDeployment(

@@ -61,6 +61,7 @@ def test_unknown_quantization_lists_the_methods():
     ({"engine": {"device": "tpu"}}, "engine.device"),
     ({"engine": {"replicas": 0}}, "engine.replicas"),
     ({"engine": {"replicas": 2, "gpu_ids": ["0", "0"]}}, "engine.gpu_ids"),
+    ({"engine": {"replicas": 2, "gpu_ids": ["0,1", "1,2"]}}, "engine.gpu_ids"),
     ({"engine": {"max_lora_rank": 12}}, "engine.max_lora_rank"),
     ({"engine": {"scheduling_policy": "fcfs"}}, "engine.scheduling_policy"),
     ({"engine": {"extra_args": ["--max-model-len=4096"]}}, "engine.extra_args"),

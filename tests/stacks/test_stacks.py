@@ -132,6 +132,17 @@ def test_gpu_request_in_prod_one_gpu_per_replica():
 
 
 @pulumi.runtime.test
+def test_tensor_parallel_replica_spans_its_gpus():
+    def check(d: Deployment):
+        assert d.container("engine-0").props["deviceRequests"][0]["deviceIds"] == ["0", "1"]
+        assert d.container("engine-1").props["deviceRequests"][0]["deviceIds"] == ["2", "3"]
+        assert d.container("engine-1").props["command"][-2:] == ["--tensor-parallel-size", "2"]
+    return run_program("prod", overrides={"engine": {"replicas": 2, "gpu_ids": ["0,1", "2,3"],
+                                                     "extra_args": ["--tensor-parallel-size", "2"]}}
+                       ).ready().apply(check)
+
+
+@pulumi.runtime.test
 def test_no_gpu_request_in_dev():
     def check(d: Deployment):
         assert not any(c.props.get("deviceRequests") for c in d.containers.values())
