@@ -5,8 +5,8 @@ the order that loses nothing: wait for open requests to close their books, stop 
 background loops, flush usage to PostgreSQL, then close the connections.
 
 Background loops (off the request path):
-- every `health_check_interval_seconds`: engine health, PostgreSQL reachability (the
-  gateway_dependency_up gauges); the model catalog every `model_refresh_seconds` and as
+- every `health_check_interval_seconds`: engine health, PostgreSQL and Redis reachability
+  (the gateway_dependency_up gauges); the model catalog every `model_refresh_seconds` and as
   soon as an engine comes back;
 - every lease_seconds / 3: renew the concurrency leases of this process's requests in Redis.
 """
@@ -113,6 +113,7 @@ class Runtime:
                     await self.catalog.refresh()
                     next_models = time.monotonic() + self.settings.model_refresh_seconds
                 await self.check_postgres()
+                await self.limiter.ping()   # keeps gateway_dependency_up{redis} current
             except Exception:  # noqa: BLE001 - the watcher must outlive any single failure
                 log.exception("dependency watch failed")
 
