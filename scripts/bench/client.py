@@ -24,7 +24,7 @@ def auth(key: str | None) -> dict[str, str]:
 @dataclass
 class StreamTiming:
     status: int
-    first_token: float | None  # seconds from send to the first chunk carrying content
+    first_token: float | None  # seconds from send to the first chunk with a choice (see timed_stream)
     total: float
     chunks: int
 
@@ -42,11 +42,11 @@ async def timed_stream(session: aiohttp.ClientSession, base_url: str, key: str |
             if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
                 continue
             chunks += 1
-            if first is None:
-                event = orjson.loads(line[6:])
-                choices = event.get("choices") or []
-                if choices and (choices[0].get("delta") or {}).get("content"):
-                    first = time.perf_counter() - start
+            # vLLM sends its first chunk (the assistant role) when the first token is out, so the
+            # first chunk with a choice marks the first token even when its text is empty (a
+            # random-weight model often yields tokens that decode to nothing on their own).
+            if first is None and orjson.loads(line[6:]).get("choices"):
+                first = time.perf_counter() - start
     return StreamTiming(200, first, time.perf_counter() - start, chunks)
 
 

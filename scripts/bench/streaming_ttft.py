@@ -2,7 +2,8 @@
 
 The same streaming chat completion is sent straight to vLLM and through the gateway (auth,
 Redis limiter, validation, priority, SSE pass-through all active), alternating, so both
-paths see the same engine load. TTFT = send -> first SSE chunk carrying content.
+paths see the same engine load. TTFT = send -> first SSE chunk with a choice (vLLM sends
+it when the first token is generated).
 
     .venv/bin/python -m scripts.bench.streaming_ttft [--requests 60] [--concurrency 1,8]
 """
@@ -41,7 +42,7 @@ async def measure(engine_url: str, gateway_url: str, key: str, model: str, reque
                 for name, url, api_key in order:
                     timing = await timed_stream(session, url, api_key, body)
                     if timing.status != 200 or timing.first_token is None:
-                        raise RuntimeError(f"{name}: status {timing.status}, no content chunk")
+                        raise RuntimeError(f"{name}: status {timing.status}, no chunk with a choice")
                     pair[name] = timing.first_token
                     got[name].append(timing.first_token)
                 got["added"].append(pair["gateway"] - pair["direct"])
@@ -64,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         gateway = node.start_gateway()
         key = node.create_key(tier="premium", rpm=1_000_000, tpm=1_000_000_000, max_concurrent=1000)
         rows = []
+        own = []
         for level in levels:
+            before = (gateway.metric("gateway_added_latency_seconds_sum"), gateway.metric("gateway_added_latency_seconds_count"))
             got = asyncio.run(measure(node.engine.url, gateway.url, key, node.engine.model, args.requests, level,
                                       args.max_tokens))
             rows.append([level, "direct to vLLM", *summary_ms(got["direct"])])
@@ -73,11 +76,15 @@ def main(argv: list[str] | None = None) -> int:
             rows.append([level, "added p50 (gw p50 - direct p50)", "", ms(percentile(got["gateway"], 50)
                                                                           - percentile(got["direct"], 50)),
                          "", "", ""])
+            spent = gateway.metric("gateway_added_latency_seconds_sum") - before[0]
+            count = gateway.metric("gateway_added_latency_seconds_count") - before[1]
+            own.append(f"concurrency {level}: gateway_added_latency_seconds mean {ms(spent / count) if count else '-'} ms "
+                       f"over {count:.0f} requests (the gateway's own account of its time)")
         print_table("Streaming time to first token: direct vs through the gateway",
                     ["concurrency", "path", *SUMMARY_HEADERS], rows,
                     [f"chat completion, stream=True, max_tokens={args.max_tokens}, engine {node.engine.url}",
                      "added (paired): per request pair, gateway TTFT minus direct TTFT sent back to back",
-                     f"mean added: {ms(statistics.fmean(got['added']))} ms at concurrency {levels[-1]}"])
+                     f"mean added: {ms(statistics.fmean(got['added']))} ms at concurrency {levels[-1]}", *own])
     return 0
 
 
