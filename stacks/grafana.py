@@ -13,12 +13,15 @@ import pulumi
 import pulumi_docker as docker
 import pulumi_random as random
 
-from grafana.render import DASHBOARDS_DIR, GRAFANA_CONFIG_DIR, provisioning_files, render_dashboards
+from grafana.render import GRAFANA_CONFIG_DIR, provisioning_files, render_dashboards
 from stacks import containers, naming
 from stacks.config import EdgeSettings
 from traefik import routing, static
 
 DATA_DIR = "/var/lib/grafana"
+# In the container's own filesystem, not the data volume: each deploy replaces the whole set,
+# so a dashboard removed from grafana/ disappears instead of lingering in the volume.
+DASHBOARDS_DIR = f"{GRAFANA_CONFIG_DIR}/dashboards/llm-node"
 PASSWORD_FILE = f"{naming.SECRETS_DIR}/grafana_admin_password"
 ADMIN_USER = "admin"
 ROUTER = "grafana"

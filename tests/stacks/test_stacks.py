@@ -311,6 +311,9 @@ def test_every_container_is_pinned_restarted_rotated_and_checked(stack):
             assert props["logDriver"] == "json-file" and props["logOpts"] == {"max-size": "20m", "max-file": "5"}
             assert container.opts.delete_before_replace, name
             assert container.labels["llm-node.stack"] == stack
+            # uploads belong to the container, never into a volume that outlives it
+            mounted = [v["containerPath"].rstrip("/") + "/" for v in props.get("volumes") or []]
+            assert not [u["file"] for u in props.get("uploads") or [] if any(u["file"].startswith(m) for m in mounted)]
             if props.get("attach"):  # one-shot job
                 assert props["mustRun"] is False and props["restart"] == "no", name
             else:
@@ -391,7 +394,11 @@ def test_observability_configs_are_uploaded(stack):
         assert {f for f in prometheus if f.startswith("/etc/prometheus/rules/")} == {
             "/etc/prometheus/rules/alerts.rules.yml", "/etc/prometheus/rules/recording.rules.yml"}
         grafana = {u["file"]: u["content"] for u in d.container("grafana").props["uploads"]}
-        dashboards = {f.rsplit("/", 1)[-1] for f in grafana if f.startswith("/var/lib/grafana/dashboards/")}
+        dashboards = {f.rsplit("/", 1)[-1] for f in grafana if f.startswith("/etc/grafana/dashboards/llm-node/")}
         assert dashboards == set(render_dashboards()) and dashboards
         assert "http://prometheus:9090" in grafana["/etc/grafana/provisioning/datasources/prometheus.yml"]
+        provider = grafana["/etc/grafana/provisioning/dashboards/llm-node.yml"]
+        assert "path: /etc/grafana/dashboards/llm-node" in provider  # the provider reads what was uploaded
+        volume_paths = [v["containerPath"] for v in d.container("grafana").props["volumes"]]
+        assert not any(f.startswith(p) for f in grafana for p in volume_paths)  # nothing lands in the volume
     return run_program(stack).ready().apply(check)
