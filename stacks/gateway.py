@@ -130,4 +130,4 @@ def _secret_env(plain: dict[str, str], secrets: dict[str, pulumi.Output[str]]) -
     """The whole env list as one secret: the docker provider keeps env in the state."""
     names = sorted(secrets)
     return pulumi.Output.secret(pulumi.Output.all(*(secrets[n] for n in names)).apply(
-        lambda values: containers.env_list({**plain, **dict(zip(names, values))})))
+        lambda values: containers.env_list({**plain, **dict(zip(names, values, strict=True))})))

@@ -70,7 +70,8 @@ class Grafana(pulumi.ComponentResource):
         self.provisioning = provisioning_files(args.prometheus_url, DASHBOARDS_DIR)
 
         uploads = [containers.secret_file(PASSWORD_FILE, self.admin_password)]
-        uploads += [containers.text_file(f"{GRAFANA_CONFIG_DIR}/{path}", text) for path, text in self.provisioning.items()]
+        uploads += [containers.text_file(f"{GRAFANA_CONFIG_DIR}/{path}", text)
+                    for path, text in self.provisioning.items()]
         uploads += [containers.text_file(f"{DASHBOARDS_DIR}/{file}", text) for file, text in self.dashboards.items()]
         env = {
             "GF_SECURITY_ADMIN_USER": ADMIN_USER,

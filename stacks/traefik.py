@@ -33,13 +33,15 @@ class TraefikArgs:
 
 
 def host_ports(edge: EdgeSettings) -> list[docker.ContainerPortArgs]:
+    def port(entry_point: str, external: int, ip: str) -> docker.ContainerPortArgs:
+        return docker.ContainerPortArgs(internal=static.PORTS[entry_point], external=external, ip=ip)
+
     ports = []
     if edge.publish:
-        ports += [docker.ContainerPortArgs(internal=static.PORTS[static.WEB], external=edge.http_port, ip=edge.bind_address),
-                  docker.ContainerPortArgs(internal=static.PORTS[static.WEBSECURE], external=edge.https_port,
-                                           ip=edge.bind_address)]
-    if edge.ops_port:
-        ports.append(docker.ContainerPortArgs(internal=static.PORTS[static.OPS], external=edge.ops_port, ip="127.0.0.1"))
+        ports += [port(static.WEB, edge.http_port, edge.bind_address),
+                  port(static.WEBSECURE, edge.https_port, edge.bind_address)]
+    if edge.ops_port:  # loopback only: reach it through an SSH tunnel
+        ports.append(port(static.OPS, edge.ops_port, "127.0.0.1"))
     return ports
 
 
@@ -72,7 +74,8 @@ class Traefik(pulumi.ComponentResource):
         volumes = [docker.ContainerVolumeArgs(host_path=static.DOCKER_SOCKET, container_path=static.DOCKER_SOCKET,
                                               read_only=True)]
         if args.acme_volume is not None:
-            volumes.append(docker.ContainerVolumeArgs(volume_name=args.acme_volume.name, container_path=static.ACME_DIR))
+            volumes.append(docker.ContainerVolumeArgs(volume_name=args.acme_volume.name,
+                                                      container_path=static.ACME_DIR))
 
         self.container = docker.Container(
             name,

@@ -27,7 +27,8 @@ NODES = {
     "dev": ("dev", {}),
     "prod": ("prod", {}),
     "prod-tunnel": ("prod", {"overrides": {"tunnel": {"enabled": True}},
-                             "secrets": {"tunnel_token": f"{MOCK_SECRET_MARK}-eyJhIjoiMTIzNDU2Nzg5MDEyMzQ1Njc4OTAifQ"}}),
+                             "secrets": {"tunnel_token": f"{MOCK_SECRET_MARK}-eyJhIjoiMTIzNDU2Nzg5MDEyMzQ1Njc4OTAifQ"}}
+                    ),
 }
 
 Node = list[rules.Resource]
@@ -44,7 +45,8 @@ def violations(policy_name: str, node: Node, config: dict[str, Any] | None = Non
     found: list[str] = []
     report = lambda message, urn=None: found.append(message)  # noqa: E731
     if isinstance(policy, StackValidationPolicy):
-        resources = [PolicyResource(r.type, r.props, f"urn:{r.name}", r.name, _opts(), None, None, [], {}) for r in node]
+        resources = [PolicyResource(r.type, r.props, f"urn:{r.name}", r.name, _opts(), None, None, [], {})
+                     for r in node]
         policy.validate(StackValidationArgs(resources, config), report)
     else:
         assert isinstance(policy, ResourceValidationPolicy)
@@ -197,7 +199,8 @@ def test_no_plain_secrets_catches_violations():
 
 def _traefik_static(node: Node) -> dict:
     traefik = next(r for r in node if r.name == "traefik" and r.type == rules.CONTAINER)
-    return yaml.safe_load(next(u["content"] for u in traefik.props["uploads"] if u["file"] == "/etc/traefik/traefik.yml"))
+    return yaml.safe_load(next(u["content"] for u in traefik.props["uploads"]
+                               if u["file"] == "/etc/traefik/traefik.yml"))
 
 
 @pulumi.runtime.test

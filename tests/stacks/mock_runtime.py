@@ -31,6 +31,7 @@ PROGRAM = ROOT / "stacks" / "__main__.py"
 SECRET_SIG = rpc._special_secret_sig
 SIG_KEY = rpc._special_sig_key
 MOCK_SECRET_MARK = "MOCKSECRET"  # every generated password / test secret contains it
+MOCKSECRET_PREFIX = f"{MOCK_SECRET_MARK}-"
 
 CONTAINER = "docker:index/container:Container"
 NETWORK = "docker:index/network:Network"
@@ -114,8 +115,6 @@ class RecordingMocks(pulumi.runtime.Mocks):
     def call(self, args: pulumi.runtime.MockCallArgs):
         return {}
 
-
-MOCKSECRET_PREFIX = f"{MOCK_SECRET_MARK}-"
 
 
 @dataclass

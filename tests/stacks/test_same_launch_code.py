@@ -55,7 +55,7 @@ def test_engine_argv_and_env_are_identical_but_for_locations():
         relocated = dataclasses.replace(node_engine, model=stack_engine.model, host=stack_engine.host,
                                         port=stack_engine.port, lora_modules=stack_engine.lora_modules)
         assert engine_args(relocated) == command
-        differing = [(a, b) for a, b in zip(dev_argv[3:], command) if a != b]
+        differing = [(a, b) for a, b in zip(dev_argv[3:], command, strict=True) if a != b]
         assert {a for a, _ in differing} == {node_engine.model, node_engine.host, str(node_engine.port)}
 
         # The engine env: launch.py's, in both (the container adds only where it finds files).

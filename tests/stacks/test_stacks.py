@@ -10,11 +10,11 @@ from __future__ import annotations
 import pulumi
 import pytest
 
-from services.launch import GATEWAY_SECRET_ENV, engine_args, engine_env
+from services.launch import GATEWAY_SECRET_ENV
 from stacks.config import load_stack_settings
 from stacks.images import is_pinned
-from tests.stacks.mock_runtime import (CONTAINER, MOCK_SECRET_MARK, NETWORK, PASSWORD, VOLUME, Deployment,
-                                       is_secret_value, plain_parts, run_program)
+from tests.stacks.mock_runtime import (MOCK_SECRET_MARK, PASSWORD, VOLUME, Deployment,
+                                       plain_parts, run_program)
 from traefik import routing
 
 TUNNEL_TOKEN = f"{MOCK_SECRET_MARK}-tunnel-token"
@@ -176,7 +176,8 @@ def test_vllm_command_carries_every_engine_setting(stack):
         assert _flag_value(command, "--max-lora-rank") == str(engine["max_lora_rank"])
         assert _flag_value(command, "--max-loras") == str(engine["max_loras"])
         assert "--enable-lora" in command
-        assert ("--enable-prefix-caching" if engine["enable_prefix_caching"] else "--no-enable-prefix-caching") in command
+        prefix_caching = engine["enable_prefix_caching"]
+        assert ("--enable-prefix-caching" if prefix_caching else "--no-enable-prefix-caching") in command
         modules = command[command.index("--lora-modules") + 1: command.index("--lora-modules") + 1 + len(adapters)]
         assert modules == [f"{name}=/run/llm-node/adapters/{name}" for name in sorted(adapters)]
         assert command[-2:] == ["--seed", "7"]
@@ -202,14 +203,14 @@ def test_vllm_command_carries_every_engine_setting(stack):
     return run.ready().apply(check)
 
 
-@pytest.mark.parametrize("stack,variant", [("dev", {}), ("prod", WITH_TUNNEL),
-                                           ("prod", {"overrides": {"edge": {"tls_mode": "provided", "acme_email": None}},
-                                                     "secrets": {"tls_private_key": f"{MOCK_SECRET_MARK}-tls-key"}})])
+PROVIDED_TLS = {"overrides": {"edge": {"tls_mode": "provided", "acme_email": None},
+                               "tls_certificate": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"},
+                "secrets": {"tls_private_key": f"{MOCK_SECRET_MARK}-tls-key"}}
+
+
+@pytest.mark.parametrize("stack,variant", [("dev", {}), ("prod", WITH_TUNNEL), ("prod", PROVIDED_TLS)])
 @pulumi.runtime.test
 def test_passwords_and_tokens_are_secret(stack, variant):
-    if "tls_private_key" in variant.get("secrets", {}):
-        variant = {**variant, "overrides": {**variant["overrides"],
-                                            "tls_certificate": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"}}
     run = run_program(stack, **variant)
 
     def check(d: Deployment):
@@ -262,7 +263,7 @@ def test_traefik_labels_route_only_the_gateway(stack, variant):
         assert set(enabled) == {"gateway", "grafana", "traefik"}
         public_routers = {}
         for service, labels in enabled.items():
-            for router, target in routing.routed_services(labels).items():
+            for router in routing.routed_services(labels):
                 entry_points = labels.get(f"traefik.http.routers.{router}.entryPoints")
                 assert entry_points, f"{service} router {router} has no entryPoints (it would listen on all)"
                 if {"web", "websecure"} & set(entry_points.split(",")):
