@@ -674,14 +674,15 @@ def _stack_config_keys() -> set[str]:
 def load_node_config() -> NodeConfig:
     """Read and validate the current stack's configuration (inside a Pulumi program)."""
     import pulumi
-    from pulumi.runtime import is_config_secret
+    from pulumi.runtime import get_config_secret_keys_env, is_config_secret
 
     config = pulumi.Config(NAMESPACE)
     values: dict[str, Any] = {}
     present = []
     for key in sorted(_stack_config_keys()):
         if key in SECRET_KEYS:
-            if not is_config_secret(f"{NAMESPACE}:{key}"):
+            full_key = f"{NAMESPACE}:{key}"
+            if not (is_config_secret(full_key) or full_key in get_config_secret_keys_env()):
                 raise ConfigError(key, f"is stored in plain text; store it encrypted: "
                                        f"pulumi config set --secret {key} <value>")
             present.append(key)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import runpy
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,14 +189,24 @@ def engine_config(values: Mapping[str, Any], secrets: Mapping[str, str], plainte
 
 def run_program(stack: str, *, overrides: Mapping[str, Any] | None = None, secrets: Mapping[str, str] | None = None,
                 preview: bool = False, exit_codes: Mapping[str, int] | None = None,
-                plaintext_secrets: bool = False) -> Deployment:
-    """Run stacks/__main__.py for ``stack`` (its yaml plus ``overrides``) under fresh mocks."""
+                plaintext_secrets: bool = False, config_via_env: bool = False) -> Deployment:
+    """Run stacks/__main__.py for ``stack`` (its yaml plus ``overrides``) under fresh mocks.
+
+    ``config_via_env`` hands the config over as the language host does for a real run
+    (PULUMI_CONFIG / PULUMI_CONFIG_SECRET_KEYS) instead of through the SDK's config store.
+    """
     values = deep_merge({k: v for k, v in read_stack_values(stack).items() if k not in SECRET_KEYS},
                         overrides or {})
     config, secret_keys = engine_config(values, secrets or {}, plaintext_secrets)
 
     runtime_settings.ROOT.set(None)  # a new root stack resource for this run
-    pulumi.runtime.set_all_config(config, secret_keys)
+    environment = {"PULUMI_CONFIG": json.dumps(config), "PULUMI_CONFIG_SECRET_KEYS": json.dumps(secret_keys)}
+    saved = {name: os.environ.get(name) for name in environment}
+    if config_via_env:
+        pulumi.runtime.set_all_config({}, [])
+        os.environ.update(environment)
+    else:
+        pulumi.runtime.set_all_config(config, secret_keys)
     mocks = RecordingMocks(exit_codes)
     pulumi.runtime.set_mocks(mocks, project="llm-node", stack=stack, preview=preview)
 
@@ -208,7 +219,14 @@ def run_program(stack: str, *, overrides: Mapping[str, Any] | None = None, secre
         return None
 
     pulumi.runtime.register_stack_transformation(record)
-    runpy.run_path(str(PROGRAM), run_name="__main__")
+    try:
+        runpy.run_path(str(PROGRAM), run_name="__main__")  # reads all configuration up front
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     root = runtime_settings.get_root_resource()
     return Deployment(stack=stack, values=values, declared=mocks.declared, options=options, resources=resources,
                       outputs=dict(getattr(root, "outputs", {}) or {}))

@@ -131,3 +131,26 @@ def test_quantize_schemes_are_the_jobs():
     finally:
         sys.path.remove(str(ROOT_DIR / "services" / "quantize"))
     assert set(QUANTIZE_SCHEMES) == set(SCHEMES)
+
+
+@pytest.mark.parametrize("stored_encrypted", [True, False])
+def test_config_from_the_language_host_environment(stored_encrypted):
+    """A real run passes config as PULUMI_CONFIG / PULUMI_CONFIG_SECRET_KEYS; typos and plain-text secrets still fail."""
+    secrets = {"tunnel_token": f"{MOCK_SECRET_MARK}-t"}
+
+    @pulumi.runtime.test
+    def deploy(overrides):
+        run = run_program("prod", overrides=overrides, secrets=secrets, plaintext_secrets=not stored_encrypted,
+                          config_via_env=True)
+        def check(d):
+            assert d.container("cloudflared").is_secret("uploads")
+            assert any(u["content"] == secrets["tunnel_token"] for u in d.container("cloudflared").props["uploads"])
+        return run.ready().apply(check)
+
+    if stored_encrypted:
+        deploy({"tunnel": {"enabled": True}})
+        with pytest.raises(ConfigError, match="^llm-node:edge.tls_mod: unknown setting"):
+            deploy({"tunnel": {"enabled": True}, "edge": {"tls_mod": "acme"}})
+    else:
+        with pytest.raises(ConfigError, match="^llm-node:tunnel_token: is stored in plain text"):
+            deploy({"tunnel": {"enabled": True}})
