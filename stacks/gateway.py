@@ -39,7 +39,8 @@ class GatewayArgs:
     internal_placement: containers.Placement  # for the migration job (database only)
     database_url: pulumi.Output[str]
     redis_url: pulumi.Output[str]
-    depends_on: Sequence[pulumi.Resource] = ()  # PostgreSQL, Redis, every engine
+    database: pulumi.Resource  # the PostgreSQL container the migrations run against
+    depends_on: Sequence[pulumi.Resource] = ()  # Redis, every engine
 
 
 def traefik_labels(spec: GatewaySpec, domain: str, edge: EdgeSettings, network: pulumi.Input[str]
@@ -82,7 +83,8 @@ class Gateway(pulumi.ComponentResource):
         }
         self.env = gateway_env(args.spec)
 
-        # Migrations first: a one-shot job with only the database URL.
+        # Migrations first: a one-shot job with only the database URL. It needs only PostgreSQL,
+        # so it runs while the engines are still loading the model.
         self.migrate = docker.Container(
             f"{name}-migrate",
             name=args.internal_placement.name("gateway-migrate"),
@@ -95,7 +97,7 @@ class Gateway(pulumi.ComponentResource):
             log_opts=containers.LOG_OPTIONS,
             labels=containers.labels(args.internal_placement, "gateway-migrate"),
             **containers.JOB_ARGS,
-            opts=containers.service_options(self, [self.image, *args.depends_on]),
+            opts=containers.service_options(self, [self.image, args.database]),
         )
         migrated = containers.job_succeeded(self.migrate, args.internal_placement.name("gateway-migrate"))
 
@@ -119,7 +121,7 @@ class Gateway(pulumi.ComponentResource):
             wait=True,
             wait_timeout=120,
             labels=containers.labels(args.placement, "gateway", labels),
-            opts=containers.service_options(self, [self.image, self.migrate, *args.depends_on]),
+            opts=containers.service_options(self, [self.image, self.migrate, args.database, *args.depends_on]),
         )
         self.url = f"http://{naming.GATEWAY}:{args.spec.port}"
         self.metrics_url = f"http://{naming.GATEWAY}:{args.spec.metrics_port}/metrics"

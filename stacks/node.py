@@ -119,8 +119,8 @@ class Node(pulumi.ComponentResource):
             placement=placement(self.edge_network, self.internal_network, alias=naming.GATEWAY),
             edge_network=self.edge_network,
             internal_placement=placement(self.internal_network, alias="gateway-migrate"),
-            database_url=self.postgres.database_url, redis_url=self.redis.url,
-            depends_on=[self.postgres.container, self.redis.container, *self.engine.containers]), opts=child)
+            database_url=self.postgres.database_url, redis_url=self.redis.url, database=self.postgres.container,
+            depends_on=[self.redis.container, *self.engine.containers]), opts=child)
 
         # -- edge ----------------------------------------------------------------------------
         self.traefik = Traefik("traefik", TraefikArgs(
