@@ -277,6 +277,15 @@ class EngineDeployment:
     def urls(self) -> list[str]:
         return [naming.engine_url(i) for i in range(self.replicas)]
 
+    def replica_gpus(self, index: int) -> list[str]:
+        """The GPU ids of one replica (``"0,1"`` is a tensor-parallel replica on GPUs 0 and 1)."""
+        return [device.strip() for device in self.gpu_ids[index].split(",")] if self.gpu_ids else []
+
+    @property
+    def gpu_devices(self) -> tuple[str, ...]:
+        """Every GPU id the engines use, one per GPU (what the host must have)."""
+        return tuple(device for index in range(len(self.gpu_ids)) for device in self.replica_gpus(index))
+
 
 def _engine_deployment(engine: Mapping[str, Any] | None) -> EngineDeployment:
     spec = engine_spec_from_config(engine)

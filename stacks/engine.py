@@ -94,8 +94,7 @@ class Engine(pulumi.ComponentResource):
                                                     container_path=naming.ADAPTERS_SOURCE_DIR, read_only=True)],
                 networks_advanced=containers.attach(networks),
                 device_requests=[docker.ContainerDeviceRequestArgs(
-                    driver="nvidia", device_ids=deployment.gpu_ids[index].replace(" ", "").split(","),
-                    capabilities=["gpu"])] if gpu else None,
+                    driver="nvidia", device_ids=deployment.replica_gpus(index), capabilities=["gpu"])] if gpu else None,
                 # vLLM's workers share tensors through /dev/shm (instead of the host's IPC namespace).
                 shm_size=deployment.shm_size_mb,
                 capabilities=None if gpu else docker.ContainerCapabilitiesArgs(adds=["SYS_NICE"]),  # CPU thread pinning

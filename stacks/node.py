@@ -100,7 +100,7 @@ class Node(pulumi.ComponentResource):
             self.quantize = QuantizeJob("quantize", QuantizeArgs(
                 spec=settings.quantize, placement=placement(), models_volume=self.volumes["models"],
                 adapters_volume=self.volumes["adapters"],
-                gpu_id=settings.engine.gpu_ids[0].split(",")[0] if settings.engine.gpu_ids else None), opts=child)
+                gpu_id=settings.engine.gpu_devices[0] if settings.engine.gpu_devices else None), opts=child)
             engine_after.append(self.quantize.container)
             gate = self.quantize.succeeded
         engine_networks = [self.internal_network] + ([self.egress_network] if self.egress_network else [])

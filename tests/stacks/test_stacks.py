@@ -137,6 +137,7 @@ def test_tensor_parallel_replica_spans_its_gpus():
         assert d.container("engine-0").props["deviceRequests"][0]["deviceIds"] == ["0", "1"]
         assert d.container("engine-1").props["deviceRequests"][0]["deviceIds"] == ["2", "3"]
         assert d.container("engine-1").props["command"][-2:] == ["--tensor-parallel-size", "2"]
+        assert d.container("quantize").props["deviceRequests"][0]["deviceIds"] == ["0"]
     return run_program("prod", overrides={"engine": {"replicas": 2, "gpu_ids": ["0,1", "2,3"],
                                                      "extra_args": ["--tensor-parallel-size", "2"]}}
                        ).ready().apply(check)
