@@ -16,9 +16,13 @@ def client(gateway, make_key) -> openai.OpenAI:
     return openai.OpenAI(base_url=gateway.url + "/v1", api_key=make_key(tier="standard"), max_retries=0)
 
 
+# vLLM's own extension: generate exactly max_tokens (the random tiny model may emit EOS early).
+EXACT = {"ignore_eos": True}
+
+
 def test_chat_completion_not_streaming(client, engine):
     result = client.chat.completions.create(model=engine.model, messages=[{"role": "user", "content": "Hello"}],
-                                            max_tokens=5)
+                                            max_tokens=5, extra_body=EXACT)
     assert result.choices[0].message.role == "assistant"
     assert result.usage.completion_tokens == 5
     assert result.usage.prompt_tokens > 0
@@ -26,7 +30,7 @@ def test_chat_completion_not_streaming(client, engine):
 
 def test_chat_completion_streaming_without_usage(client, engine):
     chunks = list(client.chat.completions.create(model=engine.model, messages=[{"role": "user", "content": "Hi"}],
-                                                 max_tokens=6, stream=True))
+                                                 max_tokens=6, stream=True, extra_body=EXACT))
     # The gateway asks vLLM for the usage chunk (to reconcile the limiter) but the client did
     # not: it must not see it -- every chunk has a choice, none carries usage.
     assert chunks and all(chunk.choices for chunk in chunks)
@@ -38,15 +42,17 @@ def test_chat_completion_streaming_without_usage(client, engine):
 
 def test_chat_completion_streaming_with_usage_when_asked(client, engine):
     chunks = list(client.chat.completions.create(model=engine.model, messages=[{"role": "user", "content": "Hi"}],
-                                                 max_tokens=6, stream=True, stream_options={"include_usage": True}))
+                                                 max_tokens=6, stream=True, stream_options={"include_usage": True},
+                                                 extra_body=EXACT))
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
     assert chunks[-1].choices == []
 
 
 def test_text_completion_streaming_and_not(client, engine):
-    result = client.completions.create(model=engine.model, prompt="Once upon", max_tokens=3)
+    result = client.completions.create(model=engine.model, prompt="Once upon", max_tokens=3, extra_body=EXACT)
     assert result.usage.completion_tokens == 3 and result.choices[0].text
-    chunks = list(client.completions.create(model=engine.model, prompt="Once upon", max_tokens=3, stream=True))
+    chunks = list(client.completions.create(model=engine.model, prompt="Once upon", max_tokens=3, stream=True,
+                                            extra_body=EXACT))
     assert len(chunks) >= 3 and all(c.choices for c in chunks)
 
 

@@ -71,8 +71,8 @@ def test_readyz_reports_each_dependency(gateway):
 async def test_usage_of_every_request_is_recorded_from_the_engines_usage(gateway, make_key, engine,
                                                                          migrated_database_url):
     key = make_key(tier="premium")
-    plain = post(gateway, CHAT, key, chat_body(engine.model, max_tokens=3))
-    streamed = post(gateway, CHAT, key, chat_body(engine.model, max_tokens=4, stream=True))
+    plain = post(gateway, CHAT, key, chat_body(engine.model, max_tokens=3, ignore_eos=True))
+    streamed = post(gateway, CHAT, key, chat_body(engine.model, max_tokens=4, stream=True, ignore_eos=True))
     expected = {plain.headers["x-request-id"]: (plain.json()["usage"]["prompt_tokens"], 3),
                 streamed.headers["x-request-id"]: (plain.json()["usage"]["prompt_tokens"], 4)}
     deadline = time.monotonic() + 10

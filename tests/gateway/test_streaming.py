@@ -30,7 +30,7 @@ def test_client_disconnect_mid_stream_aborts_the_engine_request(gateway, make_ke
     assert engine.metric("vllm:num_requests_running") == 0 or _wait_idle(engine, 30)
     sock = _raw_stream_request(gateway, make_key(), {
         "model": engine.model, "messages": [{"role": "user", "content": "Write a long story"}],
-        "max_tokens": 1900, "stream": True})
+        "max_tokens": 1900, "ignore_eos": True, "stream": True})
     received = b""
     while received.count(b"data: ") < 5:       # the engine is generating
         received += sock.recv(65536)
@@ -103,7 +103,7 @@ def test_stream_options_are_requested_upstream_and_usage_hidden_unless_asked(gat
 
 
 def test_stream_through_the_real_engine_ends_with_done(gateway, make_key, engine):
-    body = {"model": engine.model, "prompt": "Once", "max_tokens": 8, "stream": True}
+    body = {"model": engine.model, "prompt": "Once", "max_tokens": 8, "ignore_eos": True, "stream": True}
     response = requests.post(gateway.url + COMPLETIONS, json=body, headers=auth(make_key()), timeout=60)
     data = sse_data(response.text)
     assert data[-1] == "[DONE]"

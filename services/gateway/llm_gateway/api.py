@@ -12,7 +12,8 @@ from __future__ import annotations
 import time
 
 import orjson
-from fastapi import APIRouter, Request
+from starlette.requests import Request
+from starlette.routing import Route
 from starlette.responses import Response
 
 from . import proxy
@@ -21,15 +22,10 @@ from .observe import Observation
 from .runtime import Runtime
 from .validation import CHAT, COMPLETION, read_json_body
 
-router = APIRouter()
-
-
-@router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
     return await _complete(request, CHAT, "/v1/chat/completions")
 
 
-@router.post("/v1/completions")
 async def completions(request: Request) -> Response:
     return await _complete(request, COMPLETION, "/v1/completions")
 
@@ -76,7 +72,6 @@ async def _complete(request: Request, kind: str, path: str) -> Response:
         raise
 
 
-@router.get("/v1/models")
 async def list_models(request: Request) -> Response:
     rt: Runtime = request.state.runtime
     obs: Observation = request.state.obs
@@ -84,3 +79,12 @@ async def list_models(request: Request) -> Response:
     obs.key_id, obs.tier = key.id, key.tier
     cards = [served.card for served in rt.catalog.all() if key.allows(served.id)]
     return Response(orjson.dumps({"object": "list", "data": cards}), media_type="application/json")
+
+
+# Plain Starlette routes: FastAPI's per-route machinery (dependency solving, body models)
+# costs ~100 us a request and these routes use none of it.
+routes = [
+    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    Route("/v1/completions", completions, methods=["POST"]),
+    Route("/v1/models", list_models, methods=["GET"]),
+]

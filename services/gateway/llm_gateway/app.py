@@ -47,9 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.info("gateway worker stopped")
 
     app = FastAPI(title="llm-gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.include_router(api.router)
-    app.include_router(readiness.router)
-    app.include_router(lora_admin.router)
+    app.router.routes.extend([*api.routes, *readiness.routes, *lora_admin.routes])
     app.add_exception_handler(GatewayError, _gateway_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)

@@ -20,24 +20,21 @@ import hmac
 
 import aiohttp
 import orjson
-from fastapi import APIRouter, Request
+from starlette.requests import Request
+from starlette.routing import Route
 from starlette.responses import Response
 
 from .errors import AuthenticationError, InvalidRequest, NotFound, PermissionDenied
 from .runtime import Runtime
 from .validation import read_json_body
 
-router = APIRouter(prefix="/admin/v1/lora")
-
 _ADAPTER_BODY_LIMIT = 16_384
 
 
-@router.post("/load")
 async def load_adapter(request: Request) -> Response:
     return await _forward(request, "/v1/load_lora_adapter", ("lora_name", "lora_path"))
 
 
-@router.post("/unload")
 async def unload_adapter(request: Request) -> Response:
     return await _forward(request, "/v1/unload_lora_adapter", ("lora_name",))
 
@@ -56,6 +53,10 @@ async def _forward(request: Request, engine_path: str, fields: tuple[str, ...]) 
     ok = all(result["status"] == 200 for result in results)
     answer = {"lora_name": body["lora_name"], "ok": ok, "engines": engines}
     return Response(orjson.dumps(answer), status_code=200 if ok else 502, media_type="application/json")
+
+
+routes = [Route("/admin/v1/lora/load", load_adapter, methods=["POST"]),
+          Route("/admin/v1/lora/unload", unload_adapter, methods=["POST"])]
 
 
 def _check_admin(rt: Runtime, authorization: str | None) -> None:

@@ -13,22 +13,19 @@ from __future__ import annotations
 import asyncio
 
 import orjson
-from fastapi import APIRouter, Request
+from starlette.requests import Request
+from starlette.routing import Route
 from starlette.responses import Response
 
 from .runtime import Runtime
 
-router = APIRouter()
-
 _OK = orjson.dumps({"status": "ok"})
 
 
-@router.get("/healthz")
-async def healthz() -> Response:
+async def healthz(request: Request) -> Response:
     return Response(_OK, media_type="application/json")
 
 
-@router.get("/readyz")
 async def readyz(request: Request) -> Response:
     rt: Runtime = request.state.runtime
     postgres, redis = await asyncio.gather(rt.check_postgres(), rt.limiter.ping())
@@ -42,3 +39,6 @@ async def readyz(request: Request) -> Response:
     ready = postgres and (redis or not redis_required) and bool(engines)
     body = {"status": "ready" if ready else "not ready", "checks": checks}
     return Response(orjson.dumps(body), status_code=200 if ready else 503, media_type="application/json")
+
+
+routes = [Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"])]
