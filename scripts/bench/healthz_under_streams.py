@@ -42,6 +42,7 @@ async def measure(gateway_url: str, key: str, model: str, streams: int, probes: 
         first_byte = 0
         statuses: dict[int, int] = {}
         refusals: dict[int, str] = {}
+        ended_early: list[bytes] = []
         stop = asyncio.Event()
         body = chat_body(model, max_tokens=1800, stream=True, ignore_eos=True)
 
@@ -60,13 +61,16 @@ async def measure(gateway_url: str, key: str, model: str, streams: int, probes: 
                         return
                     opened += 1
                     got_byte = False
+                    last = b""
                     while not stop.is_set():
                         try:
                             chunk = await asyncio.wait_for(r.content.readany(), 0.5)
                         except asyncio.TimeoutError:
                             continue
                         if not chunk:
+                            ended_early.append(last[-160:])  # the server ended it before we did
                             return
+                        last = chunk
                         if not got_byte:
                             got_byte, first_byte = True, first_byte + 1
                     return
@@ -83,6 +87,7 @@ async def measure(gateway_url: str, key: str, model: str, streams: int, probes: 
         await asyncio.gather(*tasks, return_exceptions=True)
         result["statuses"] = statuses
         result["refusals"] = refusals
+        result["ended_early"] = ended_early
     return result
 
 
@@ -105,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"{got['streaming']}; still open after the probes: {got['open_after']}; answers {got['statuses']} "
                      "(refused streams retried, up to 10 times)",
                      *(f"first {status} answer: {text}" for status, text in got["refusals"].items()),
+                     f"streams the server ended before the client: {len(got['ended_early'])}"
+                     + (f"; last bytes of one: {got['ended_early'][0]!r}" if got["ended_early"] else ""),
                      "streams: max_tokens=1800, ignore_eos (vLLM runs max_num_seqs of them, queues the rest)",
                      f"probes: sequential GET /healthz, 10 ms apart; gateway workers: {gateway.spec.workers}"])
     return 0
