@@ -40,7 +40,7 @@ class StackNeeds:
     gpu: bool
     vllm_image: str
     quantization: str | None
-    gpu_ids: tuple[str, ...]  # one GPU per engine replica
+    gpu_ids: tuple[str, ...]  # every GPU the engine replicas use (tensor-parallel replicas use several)
     host_ports: tuple[int, ...]  # Traefik publishes these; nothing else is published
     disk_gb: float  # images + model + headroom on Docker's data root
     docker_host: str  # where the stack deploys (its llm-node:docker_host)
@@ -67,7 +67,7 @@ def stack_needs(stack: str) -> StackNeeds:
         gpu=spec.device == "cuda",
         vllm_image=settings.images["vllm_gpu" if spec.device == "cuda" else "vllm_cpu"],
         quantization=spec.quantization,
-        gpu_ids=settings.engine.gpu_ids,
+        gpu_ids=settings.engine.gpu_devices,
         host_ports=tuple(ports),
         disk_gb=DISK_GB[spec.device],
         docker_host=settings.docker_host,
@@ -98,6 +98,7 @@ class Options:
     disk_path: str | None = None
     disk_gb: float | None = None
     gpu: bool | None = None  # None: as the stack says
+    gpu_ids: tuple[str, ...] | None = None  # None: the stack's engine.gpu_ids
 
     _needs: StackNeeds | None = None
 
@@ -109,7 +110,7 @@ class Options:
                 gpu=base.gpu if self.gpu is None else self.gpu,
                 vllm_image=self.vllm_image or base.vllm_image,
                 quantization=self.quantization if self.quantization is not None else base.quantization,
-                gpu_ids=base.gpu_ids if base.gpu_ids or not self.gpu else ("0",),
+                gpu_ids=self.gpu_ids or (base.gpu_ids if base.gpu_ids or not self.gpu else ("0",)),
                 host_ports=self.ports if self.ports is not None else base.host_ports,
                 disk_gb=self.disk_gb if self.disk_gb is not None else base.disk_gb,
                 docker_host=base.docker_host,
@@ -233,7 +234,7 @@ class Preflight:
         present = {str(g.index) for g in gpus}
         missing = [i for i in self.options.needs.gpu_ids if i not in present]
         if missing:
-            return Result(name, FAIL, f"the stack puts engine replicas on GPUs {', '.join(self.options.needs.gpu_ids)}; "
+            return Result(name, FAIL, f"the stack runs its engines on GPUs {', '.join(self.options.needs.gpu_ids)}; "
                                       f"this host has GPU(s) {', '.join(sorted(present))}; {verdict.detail}")
         return Result(name, PASS if verdict.ok else FAIL, verdict.detail)
 
@@ -325,6 +326,7 @@ def parse_args(argv: list[str]) -> tuple[Options, bool]:
     gpu_group = parser.add_mutually_exclusive_group()
     gpu_group.add_argument("--gpu", dest="gpu", action="store_true", default=None, help="check the GPU stack")
     gpu_group.add_argument("--no-gpu", dest="gpu", action="store_false", help="skip the GPU checks")
+    parser.add_argument("--gpu-ids", help="comma-separated GPU indexes the engines use (default: the stack's)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
     ports = None
@@ -335,7 +337,8 @@ def parse_args(argv: list[str]) -> tuple[Options, bool]:
             parser.error(f"--ports: {args.ports!r} is not a comma-separated list of numbers")
     options = Options(stack=args.stack, host=args.host, docker_host=args.docker_host, vllm_image=args.vllm_image,
                       cuda_version=args.cuda_version, quantization=args.quantization, ports=ports,
-                      disk_path=args.disk_path, disk_gb=args.disk_gb, gpu=args.gpu)
+                      disk_path=args.disk_path, disk_gb=args.disk_gb, gpu=args.gpu,
+                      gpu_ids=tuple(i.strip() for i in args.gpu_ids.split(",") if i.strip()) if args.gpu_ids else None)
     return options, args.json
 
 

@@ -168,3 +168,14 @@ def test_bad_arguments_are_a_usage_error():
     assert "--ports: '80,https' is not a comma-separated list of numbers" in proc.stderr
     unknown = run_preflight("--stack", "staging")
     assert unknown.returncode == 2 and "invalid choice: 'staging'" in unknown.stderr
+
+
+def test_a_stack_wanting_more_gpus_than_the_host_has_fails(tmp_path):
+    """prod with two replicas on GPUs 0 and 1; the (injected) host has only GPU 0."""
+    proc = run_preflight("--stack", "prod", "--json", "--cuda-version", "12.2", "--gpu-ids", "0,1",
+                         *valid_here(tmp_path), env=fake_nvidia_smi(tmp_path))
+    got = results(proc)
+    assert got["nvidia driver"]["status"] == "PASS", got["nvidia driver"]
+    check = got["cuda capability"]
+    assert check["status"] == "FAIL"
+    assert "the stack runs its engines on GPUs 0, 1; this host has GPU(s) 0" in check["detail"]
