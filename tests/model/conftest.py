@@ -37,7 +37,7 @@ def run_quantize(spec: QuantizeSpec, *extra: str) -> QuantizeRun:
 def quantized(out_root: Path, scheme: str, name: str, merge_lora: Path | None = None) -> QuantizeRun:
     run = run_quantize(QuantizeSpec(
         source_model=str(TINY_MODEL_DIR), output_dir=str(out_root / name),
-        calibration_file=str(CALIBRATION_FILE), scheme=scheme, num_calibration_samples=64,
+        calibration_file=str(CALIBRATION_FILE), scheme=scheme, num_calibration_samples=32,
         max_seq_length=128, merge_lora_adapter=str(merge_lora) if merge_lora else None,
     ))
     assert run.returncode == 0, run.stderr[-4000:]

@@ -41,6 +41,13 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def _fingerprint(directory: Path) -> str:
+    """Names, sizes and modification times of a directory's files: cheap for a 100 GB model,
+    and any rewrite of the weights changes it."""
+    entries = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in directory.iterdir() if p.is_file())
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
+
+
 def build_inputs(args: JobArgs) -> dict:
     """What determines the output; equal inputs mean the existing output is current."""
     if args.scheme not in SCHEMES:
@@ -49,10 +56,14 @@ def build_inputs(args: JobArgs) -> dict:
         raise FileNotFoundError(f"--model: {args.model} is not a Hugging Face model directory (no config.json)")
     inputs = {
         "model": str(args.model.resolve()),
-        "model_config_sha256": _sha256(args.model / "config.json"),
+        "model_files": _fingerprint(args.model),
         "scheme": args.scheme,
         "merge_lora": str(args.merge_lora.resolve()) if args.merge_lora else None,
     }
+    if args.merge_lora:
+        if not (args.merge_lora / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"--merge-lora: {args.merge_lora} has no adapter_config.json")
+        inputs["merge_lora_files"] = _fingerprint(args.merge_lora)
     if SCHEMES[args.scheme].needs_calibration:
         if not args.calibration_file.is_file():
             raise FileNotFoundError(f"--calibration-file: {args.calibration_file} does not exist")
