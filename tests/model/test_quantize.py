@@ -10,13 +10,14 @@ original), and the served-quantized-output proof on the CPU is the W8A8 model.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from services.launch import EngineSpec, QuantizeSpec, engine_env, engine_process_argv
+from services.launch import EngineSpec, QuantizeSpec, engine_env, engine_process_argv, quantize_process_argv
 from tests.model.conftest import CALIBRATION_FILE, QuantizeRun, quantized, run_quantize
 from tests.model.helpers.safetensors_header import read_header, tensor_bytes
 from tests.support.adapters import QUANTIZE_PYTHON, REPO, TINY_MODEL_DIR
@@ -173,3 +174,14 @@ def test_bad_inputs_fail_with_a_message_not_a_traceback(tmp_path, spec_changes, 
     assert run.returncode == 2
     assert message in run.stderr and "Traceback" not in run.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_job_image_runs_the_same_entry_point_with_the_same_pins():
+    context = REPO / "services" / "quantize"
+    dockerfile = (context / "Dockerfile").read_text()
+    for source in re.findall(r"^COPY (\S+) ", dockerfile, re.M):
+        assert (context / source).exists(), f"COPY {source}: missing from the build context"
+    assert "requirements-cpu.txt" in re.findall(r"^COPY (\S+) ", dockerfile, re.M)
+    entrypoint = json.loads(re.search(r"^ENTRYPOINT (\[.*\])$", dockerfile, re.M).group(1))
+    argv = quantize_process_argv(QuantizeSpec(source_model="m", output_dir="o", calibration_file="c"), "python")
+    assert entrypoint == argv[:3]  # python -m llm_node_quantize; the stack passes quantize_args as the command
