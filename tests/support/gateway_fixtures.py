@@ -5,7 +5,8 @@
                             fields: tier="standard", models=(), rpm, tpm, max_concurrent,
                             max_tokens, expires_at (datetime), name
     gateway                 session gateway: real `python -m llm_gateway` (2 workers) in front
-                            of the session `engine`, shared Redis, admin token ADMIN_TOKEN
+                            of the session `engine`, shared Redis, admin token ADMIN_TOKEN,
+                            key cache TTL 2 s, model list refreshed every 5 s
     gateway_factory(**kw)   -> Gateway: a private gateway for one test, stopped at its end.
                             kw: any services.launch.GatewaySpec field (engines default to
                             [engine.url], workers default to 1, key cache TTL to 1 s), plus
@@ -175,6 +176,7 @@ def gateway_factory(log_dir, migrated_database_url, redis_url, engine):
 @pytest.fixture(scope="session")
 def gateway(log_dir, migrated_database_url, redis_url, engine) -> Gateway:
     started = start_gateway(log_dir, name="gateway-session", engines=[engine.url], key_cache_ttl_seconds=2.0,
-                            shutdown_grace_seconds=10.0, database_url=migrated_database_url, redis_url=redis_url)
+                            model_refresh_seconds=5.0, shutdown_grace_seconds=10.0,
+                            database_url=migrated_database_url, redis_url=redis_url)
     yield started
     started.stop()

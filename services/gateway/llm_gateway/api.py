@@ -53,6 +53,8 @@ async def _complete(request: Request, kind: str, path: str) -> Response:
         upstream = await proxy.send(rt.http, books.engine, path, body, rt.upstream_timeout)
         obs.upstream_seconds = time.perf_counter() - sent_at
         books.reached = True
+        if upstream.status == 404:
+            rt.catalog.refresh_soon()   # the engine no longer serves it (e.g. adapter unloaded elsewhere)
 
         if plan.stream and upstream.status == 200:
             return proxy.streaming_response(upstream, books, reservation.headers,

@@ -4,7 +4,7 @@ vLLM lists each served name with its `max_model_len` (the context window the val
 checks against) and, for a LoRA adapter, its `parent` base model. The catalog is refreshed
 periodically, when an engine comes back, after an adapter is loaded or unloaded, and when a
 request names a model the catalog does not know (at most once per `miss_refresh_seconds`,
-so a flood of unknown names costs no more than one refresh per second).
+0.25 s: a flood of unknown names costs at most four cheap /v1/models reads a second).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class ServedModel:
 
 
 class ModelCatalog:
-    def __init__(self, pool: EnginePool, session: aiohttp.ClientSession, miss_refresh_seconds: float = 1.0):
+    def __init__(self, pool: EnginePool, session: aiohttp.ClientSession, miss_refresh_seconds: float = 0.25):
         self._pool = pool
         self._session = session
         self._miss_refresh_seconds = miss_refresh_seconds
@@ -59,9 +59,14 @@ class ModelCatalog:
 
     async def refresh(self) -> None:
         """Re-read /v1/models from every healthy engine; concurrent callers share one refresh."""
+        await asyncio.shield(self.refresh_soon())
+
+    def refresh_soon(self) -> asyncio.Task:
+        """Start a refresh without waiting for it (e.g. an engine said 404 for a model we list:
+        an adapter was unloaded through another worker or replica)."""
         if self._refreshing is None or self._refreshing.done():
             self._refreshing = asyncio.create_task(self._refresh())
-        await asyncio.shield(self._refreshing)
+        return self._refreshing
 
     async def _refresh(self) -> None:
         engines = self._pool.engines
