@@ -65,10 +65,13 @@ class Runtime:
         redis = create_redis(settings.redis_url.get_secret_value())
         # One pooled client for every engine call: keep-alive connections, enough of them for
         # every admitted request (streams hold theirs for the whole answer) plus health checks.
+        # Idle connections are dropped after 4 s, before vLLM's server drops them (uvicorn: 5 s),
+        # so a request is never written into a connection the engine is closing. No
+        # Accept-Encoding: answers are relayed byte for byte, never compressed.
         http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, limit_per_host=settings.max_in_flight + 16,
-                                           keepalive_timeout=30, ttl_dns_cache=300),
-            auto_decompress=False, skip_auto_headers=("User-Agent",))
+                                           keepalive_timeout=4, ttl_dns_cache=300),
+            auto_decompress=False, skip_auto_headers=("User-Agent", "Accept-Encoding"))
         engines = EnginePool(settings.engines, http, failure_threshold=settings.circuit_failure_threshold,
                              open_seconds=settings.circuit_open_seconds,
                              health_interval=settings.health_check_interval_seconds)
