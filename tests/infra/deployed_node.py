@@ -12,7 +12,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import requests
 
@@ -22,6 +22,9 @@ from stacks.config import NodeSettings, load_stack_settings
 from stacks.node import DATA_VOLUMES
 
 from .node import Listener, Service
+
+if TYPE_CHECKING:
+    import testinfra
 
 
 @dataclass(frozen=True)
