@@ -1,14 +1,16 @@
 """Checks a Docker host before `pulumi up`: run as ``scripts/preflight``.
 
-Built on testinfra, so the same checks run on this machine (``--host local://``, the
-default) or on the node over SSH (``--host ssh://user@node``). Each check gives PASS, FAIL
-or SKIP with a reason; the table is printed and the exit code is 1 when anything failed.
+Built on testinfra, so the same checks run on this machine (``--host local://``) or on the
+node over SSH (``--host ssh://user@node``; the default is the stack's own ``docker_host``
+when that is ssh://, else this machine). Each check gives PASS, FAIL or SKIP with a reason;
+the table is printed and the exit code is 1 when anything failed.
 
 What is needed comes from the stack file (``stacks/Pulumi.<stack>.yaml``, read with the
 same code as the Pulumi program): CPU or GPU engine, the vLLM image (and so its CUDA
-version), the quantization, the GPU per replica, the published ports and the Docker host.
+version), the quantization, the GPUs of the engine replicas, the published ports and the
+Docker host.
 
-    scripts/preflight --stack prod            # checks the stack's docker_host (ssh://...) 
+    scripts/preflight --stack prod                   # the stack's docker_host (ssh://...)
     scripts/preflight --stack prod --host local://   # on the GPU node itself
     scripts/preflight --stack dev --ports 80,443
 """
