@@ -88,9 +88,8 @@ def test_circuit_opens_after_consecutive_failures_then_recovers_half_open(gatewa
 
 def test_least_outstanding_requests_goes_to_the_idle_engine(gateway_factory, make_key):
     with FlakyUpstream() as busy, FlakyUpstream() as idle:
-        busy.mode = idle.mode = "slow"
-        busy.events, busy.event_interval = 40, 0.1
-        idle.events, idle.event_interval = 1, 0.0
+        for upstream in (busy, idle):   # streams are slow; plain answers come at once
+            upstream.mode, upstream.events, upstream.event_interval = "slow", 40, 0.1
         gw = gateway_factory(engines=[busy.url, idle.url])
         key = make_key()
         # Occupy one engine with a long stream (whichever it gets, the other is then "idle").
