@@ -17,8 +17,8 @@ scanner probing random paths cannot grow the metrics' label sets.
 from __future__ import annotations
 
 import logging
+import os
 import time
-import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -123,4 +123,4 @@ def _request_id(scope: Scope) -> str:
             if 0 < len(value) <= _MAX_REQUEST_ID and value.isascii() and value.decode().isprintable():
                 return value.decode()
             break
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()   # 128 random bits, as a uuid4 has, without building a UUID
