@@ -40,6 +40,14 @@ from .errors import RateLimited, ServiceUnavailable
 from .keys import ApiKey
 from .local_limiter import ALLOWED, OVER_CONCURRENCY, OVER_RPM, OVER_TPM, LocalLimiter
 
+try:
+    # redis-py >= 7 asks every new connection to enable "maintenance notifications" (a managed
+    # Redis feature): one more round trip per connection, which open-source Redis refuses anyway.
+    from redis.maint_notifications import MaintNotificationsConfig
+    _CONNECTION_OPTIONS: dict = {"maint_notifications_config": MaintNotificationsConfig(enabled=False)}
+except ImportError:  # older redis-py: nothing to turn off
+    _CONNECTION_OPTIONS = {}
+
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "rl:v1:"     # carried by every Redis key limiter_v1*.lua touches
@@ -59,7 +67,7 @@ def create_redis(url: str, *, socket_timeout: float = 1.0, max_connections: int 
     pool = aioredis.BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=max(1.0, 2 * socket_timeout),
         socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
-        retry=Retry(NoBackoff(), 0), retry_on_timeout=False)
+        retry=Retry(NoBackoff(), 0), retry_on_timeout=False, **_CONNECTION_OPTIONS)
     return aioredis.Redis.from_pool(pool)
 
 
@@ -174,19 +182,23 @@ class RateLimiter:
         probe = self._redis_up is False
         if probe:
             self._probing = True      # one request tests a recovering Redis; the others fall back
+        # Shielded: a client that goes away mid-call must not tear the call down halfway (Redis may
+        # already be granting the reservation, and a half-used connection would be dropped);
+        # the call completes and whatever it granted is handed back (_abandoned).
+        call = asyncio.ensure_future(self._reserve(
+            keys=(f"{KEY_PREFIX}{{{key.id}}}:b", f"{KEY_PREFIX}{{{key.id}}}:c"),
+            args=(rpm, tpm, max_concurrent, tokens, lease_id, self._lease_ms)))
         try:
-            result = tuple(await self._reserve(
-                keys=(f"{KEY_PREFIX}{{{key.id}}}:b", f"{KEY_PREFIX}{{{key.id}}}:c"),
-                args=(rpm, tpm, max_concurrent, tokens, lease_id, self._lease_ms)))
+            result = tuple(await asyncio.shield(call))
         except _REDIS_FAILURES as exc:
             self._redis_failed(exc)
             return self._fallback(key, request_id, tokens, lease_id)
+        except Exception as exc:  # noqa: BLE001 - a client bug is still "no answer from Redis", never a 500
+            log.exception("rate limiter: unexpected error from the Redis client")
+            self._redis_failed(exc)
+            return self._fallback(key, request_id, tokens, lease_id)
         except asyncio.CancelledError:
-            # The client went away mid-call; Redis may already have granted the lease. Free it
-            # now rather than leaving the slot taken until the lease lapses.
-            if lease_id:
-                self._in_background(self._settle(keys=(f"{KEY_PREFIX}{{{key.id}}}:b", f"{KEY_PREFIX}{{{key.id}}}:c"),
-                                                 args=(0, 0, lease_id)))
+            call.add_done_callback(lambda done: self._abandoned(done, key.id, tpm, tokens, lease_id))
             raise
         finally:
             if probe:
@@ -205,6 +217,15 @@ class RateLimiter:
             self._in_flight[lease_id] = reservation
         return reservation
 
+    def _abandoned(self, call: asyncio.Future, key_id: str, tpm: int, tokens: int, lease_id: str) -> None:
+        """The caller of a reserve() went away; if Redis admitted it, give everything back."""
+        if call.cancelled() or call.exception() is not None or call.result()[0] != ALLOWED:
+            return
+        if lease_id or tpm:
+            self._in_background(self._settle(
+                keys=(f"{KEY_PREFIX}{{{key_id}}}:b", f"{KEY_PREFIX}{{{key_id}}}:c"),
+                args=(tpm if tokens else 0, tokens, lease_id)))
+
     def _in_background(self, coro) -> None:
         task = asyncio.ensure_future(coro)
         self._background.add(task)                       # held, so it is not collected mid-flight
@@ -213,7 +234,7 @@ class RateLimiter:
     def _background_done(self, task: asyncio.Task) -> None:
         self._background.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.debug("rate limiter: background release failed: %r", task.exception())
+            log.debug("rate limiter: background task failed: %r", task.exception())
 
     def _fallback(self, key: ApiKey, request_id: str, tokens: int, lease_id: str) -> Reservation:
         if self._failure_mode == "closed":
@@ -344,7 +365,7 @@ class RateLimiter:
     async def ping(self) -> bool:
         try:
             await self._redis.ping()
-        except _REDIS_FAILURES as exc:
+        except Exception as exc:  # noqa: BLE001 - a probe answers, it never raises
             self._redis_failed(exc)
             return False
         if self._redis_up is not True:
