@@ -198,6 +198,8 @@ class RateLimiter:
             self._redis_failed(exc)
             return self._fallback(key, request_id, tokens, lease_id)
         except asyncio.CancelledError:
+            self._background.add(call)                  # held until it completes
+            call.add_done_callback(self._background.discard)
             call.add_done_callback(lambda done: self._abandoned(done, key.id, tpm, tokens, lease_id))
             raise
         finally:
