@@ -32,8 +32,8 @@ class UsageRecorder:
         self._pool = pool
         self._batch_size = max(1, batch_size)
         self._interval = flush_interval_seconds
-        # Bounded so a very long PostgreSQL outage cannot exhaust memory; beyond it the oldest
-        # records are dropped, and counted in the log.
+        # Bounded so a very long PostgreSQL outage cannot exhaust memory; beyond it new records
+        # are dropped (not old ones: a batch being written is the queue's head) and counted in the log.
         self._queue: deque[tuple] = deque()
         self._max_queued = max_queued
         self._dropped = 0
@@ -51,8 +51,8 @@ class UsageRecorder:
         """Queue one request's usage. O(1), never blocks, never raises."""
         try:
             if len(self._queue) >= self._max_queued:
-                self._queue.popleft()
                 self._dropped += 1
+                return
             self._queue.append((request_id, key_id, tier, model, prompt_tokens, completion_tokens, status,
                                 time.time()))
             if len(self._queue) == self._batch_size:
