@@ -103,6 +103,16 @@ async def test_two_replicas_share_the_limit(redis, redis_url):
         await other_client.aclose()
 
 
+async def test_a_burst_larger_than_the_connection_pool_waits_its_turn(limiter):
+    # 300 requests at once, more than create_redis()'s pool has connections: all are decided by
+    # Redis (none mistaken for an outage), the exact limit still holds.
+    key = make_key(rpm=250, max_concurrent=1000)
+    results = await outcomes(limiter, key, 300)
+    assert not [r for r in results if isinstance(r, ServiceUnavailable)]
+    assert sum(not isinstance(r, BaseException) for r in results) == 250
+    assert all(r.mode == "redis" for r in results if not isinstance(r, BaseException))
+
+
 async def test_requests_refill_continuously(limiter):
     key = make_key(rpm=60)               # one request per second
     results = await outcomes(limiter, key, 61)

@@ -56,19 +56,25 @@ _REASONS = {OVER_RPM: "rpm", OVER_TPM: "tpm", OVER_CONCURRENCY: "concurrency"}
 _RENEW_BATCH = 500
 
 
+# The limiter keeps at most this many Redis calls in flight per process; the pool created by
+# create_redis() has room for them plus readiness probes, so a burst of requests queues here
+# (cheaply) instead of opening a storm of new connections or failing for want of one.
+MAX_CONCURRENT_CALLS = 48
+
+
 def create_redis(url: str, *, socket_timeout: float = 1.0, max_connections: int = 64) -> aioredis.Redis:
-    """The Redis client the limiter expects: small timeouts, no client-side retries, a blocking pool.
+    """The Redis client the limiter expects: small timeouts and no client-side retries.
 
     redis-py retries a failed command up to 10 times with back-off by default; with Redis
     down that would hold every request for seconds, so retries are off (the limiter has its
-    own back-off). The pool is a blocking one: with more concurrent requests than
-    connections a request briefly waits for a connection instead of failing.
+    own back-off). max_connections must exceed the limiter's MAX_CONCURRENT_CALLS. (A plain
+    pool plus the limiter's semaphore costs about a quarter less CPU per call than redis-py's
+    BlockingConnectionPool.)
     """
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=max(1.0, 2 * socket_timeout),
+    return aioredis.Redis.from_url(
+        url, max_connections=max(max_connections, MAX_CONCURRENT_CALLS + 8),
         socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
         retry=Retry(NoBackoff(), 0), retry_on_timeout=False, **_CONNECTION_OPTIONS)
-    return aioredis.Redis.from_pool(pool)
 
 
 def _script(name: str) -> str:
@@ -141,6 +147,7 @@ class RateLimiter:
         self._backoff = backoff_initial_seconds
         self._probing = False
         self._background: set[asyncio.Task] = set()
+        self._calls = asyncio.Semaphore(MAX_CONCURRENT_CALLS)
         self._allowed = metrics.LIMITER_DECISIONS.labels("allowed", "ok")
         self._allowed_local = metrics.LIMITER_DECISIONS.labels("allowed", "local_fallback")
         self._rejected = {verdict: metrics.LIMITER_DECISIONS.labels("rejected", reason)
@@ -185,8 +192,8 @@ class RateLimiter:
         # Shielded: a client that goes away mid-call must not tear the call down halfway (Redis may
         # already be granting the reservation, and a half-used connection would be dropped);
         # the call completes and whatever it granted is handed back (_abandoned).
-        call = asyncio.ensure_future(self._reserve(
-            keys=(f"{KEY_PREFIX}{{{key.id}}}:b", f"{KEY_PREFIX}{{{key.id}}}:c"),
+        call = asyncio.ensure_future(self._call(
+            self._reserve, keys=(f"{KEY_PREFIX}{{{key.id}}}:b", f"{KEY_PREFIX}{{{key.id}}}:c"),
             args=(rpm, tpm, max_concurrent, tokens, lease_id, self._lease_ms)))
         try:
             result = tuple(await asyncio.shield(call))
@@ -219,13 +226,17 @@ class RateLimiter:
             self._in_flight[lease_id] = reservation
         return reservation
 
+    async def _call(self, script, keys, args):
+        async with self._calls:
+            return await script(keys=keys, args=args)
+
     def _abandoned(self, call: asyncio.Future, key_id: str, tpm: int, tokens: int, lease_id: str) -> None:
         """The caller of a reserve() went away; if Redis admitted it, give everything back."""
         if call.cancelled() or call.exception() is not None or call.result()[0] != ALLOWED:
             return
         if lease_id or tpm:
-            self._in_background(self._settle(
-                keys=(f"{KEY_PREFIX}{{{key_id}}}:b", f"{KEY_PREFIX}{{{key_id}}}:c"),
+            self._in_background(self._call(
+                self._settle, keys=(f"{KEY_PREFIX}{{{key_id}}}:b", f"{KEY_PREFIX}{{{key_id}}}:c"),
                 args=(tpm if tokens else 0, tokens, lease_id)))
 
     def _in_background(self, coro) -> None:
@@ -332,8 +343,9 @@ class RateLimiter:
                 if lease_id:
                     self._local.release(res.key_id, lease_id)
             elif res.mode == "redis":
-                await self._settle(keys=(f"{KEY_PREFIX}{{{res.key_id}}}:b", f"{KEY_PREFIX}{{{res.key_id}}}:c"),
-                                   args=(res.tpm if delta else 0, delta, lease_id))
+                await self._call(self._settle,
+                                 keys=(f"{KEY_PREFIX}{{{res.key_id}}}:b", f"{KEY_PREFIX}{{{res.key_id}}}:c"),
+                                 args=(res.tpm if delta else 0, delta, lease_id))
         except _REDIS_FAILURES as exc:
             # A lease not freed here lapses by itself; tokens not given back are a small overcharge.
             self._redis_failed(exc)
@@ -355,8 +367,8 @@ class RateLimiter:
         try:
             for start in range(0, len(leases), _RENEW_BATCH):
                 batch = leases[start:start + _RENEW_BATCH]
-                await self._renew(keys=[f"{KEY_PREFIX}{{{r.key_id}}}:c" for r in batch],
-                                  args=[self._lease_ms, *(r.lease_id for r in batch)])
+                await self._call(self._renew, keys=[f"{KEY_PREFIX}{{{r.key_id}}}:c" for r in batch],
+                                 args=[self._lease_ms, *(r.lease_id for r in batch)])
         except _REDIS_FAILURES as exc:
             self._redis_failed(exc)
         except Exception:  # noqa: BLE001
