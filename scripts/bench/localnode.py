@@ -27,7 +27,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import psutil
-from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
@@ -36,6 +35,7 @@ if str(ROOT) not in sys.path:
 from services.launch import GATEWAY_SECRET_ENV, GatewaySpec, gateway_env, gateway_process_argv  # noqa: E402
 from tests.support.engine import SERVED_MODEL, Engine, start_engine  # noqa: E402
 from tests.support.procs import ManagedProcess, free_port, http_ok  # noqa: E402
+from tests.support.scrape import metric_sum, scrape  # noqa: E402
 from tests.support.services import ensure_shared_postgres, ensure_shared_redis, shared_postgres_admin_dsn  # noqa: E402
 
 # Environment variable naming an engine that is already running (skips a ~1 min start).
@@ -81,17 +81,11 @@ class Gateway:
         return total
 
     def metrics_text(self) -> str:
-        with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
-            return response.read().decode()
+        return scrape(self.metrics_url)
 
     def metric(self, name: str, **labels: str) -> float:
         """Sum of the samples named ``name`` whose labels include ``labels`` (0.0 if none)."""
-        total = 0.0
-        for family in text_string_to_metric_families(self.metrics_text()):
-            for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                    total += sample.value
-        return total
+        return metric_sum(self.metrics_text(), name, **labels)
 
     def stop(self) -> None:
         self.proc.stop(timeout=40)

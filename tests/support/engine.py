@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import os
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from prometheus_client.parser import text_string_to_metric_families
 
 from services.launch import EngineSpec, engine_env, engine_process_argv
 
 from .procs import ManagedProcess, free_port, http_ok
+from .scrape import metric_sum, scrape
 
 CACHE = Path(os.environ.get("LLM_NODE_CACHE", Path.home() / ".cache" / "llm-node"))
 ENGINE_PYTHON = Path(os.environ.get("ENGINE_VENV", CACHE / "venv-engine")) / "bin" / "python"
@@ -44,17 +43,11 @@ class Engine:
     proc: ManagedProcess | None = None
 
     def metrics_text(self) -> str:
-        with urllib.request.urlopen(self.url + "/metrics", timeout=5) as response:
-            return response.read().decode()
+        return scrape(self.url + "/metrics")
 
     def metric(self, name: str, **labels: str) -> float:
         """Sum of the samples named ``name`` whose labels include ``labels`` (0.0 if none)."""
-        total = 0.0
-        for family in text_string_to_metric_families(self.metrics_text()):
-            for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                    total += sample.value
-        return total
+        return metric_sum(self.metrics_text(), name, **labels)
 
 
 def start_engine(log_dir: Path, lora_modules: Mapping[str, str] | None = None) -> Engine:

@@ -24,7 +24,6 @@ import asyncio
 import concurrent.futures
 import secrets
 import sys
-import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -32,10 +31,10 @@ from typing import Iterable
 
 import pytest
 import pytest_asyncio
-from prometheus_client.parser import text_string_to_metric_families
 
 from services.launch import GATEWAY_SECRET_ENV, GatewaySpec, gateway_env, gateway_process_argv
 from tests.support.procs import ManagedProcess, free_port, http_ok
+from tests.support.scrape import metric_sum, scrape
 
 ADMIN_TOKEN = "test-admin-" + secrets.token_hex(8)
 
@@ -103,17 +102,11 @@ class Gateway:
         self.metrics_url = f"http://127.0.0.1:{self.spec.metrics_port}/metrics"
 
     def metrics_text(self) -> str:
-        with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
-            return response.read().decode()
+        return scrape(self.metrics_url)
 
     def metric(self, name: str, **labels: str) -> float:
-        """Sum of the samples named `name` whose labels include `labels` (0.0 if none)."""
-        total = 0.0
-        for family in text_string_to_metric_families(self.metrics_text()):
-            for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                    total += sample.value
-        return total
+        """Sum of the samples named ``name`` whose labels include ``labels`` (0.0 if none)."""
+        return metric_sum(self.metrics_text(), name, **labels)
 
     def log_tail(self, lines: int = 60) -> str:
         return self.proc.log_tail(lines)

@@ -12,19 +12,13 @@ from contextlib import closing
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from scripts.devnode.local_services import port_open  # noqa: F401  (re-exported for the tests)
+
 
 def free_port() -> int:
     with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def http_ok(url: str, timeout: float = 2.0) -> bool:

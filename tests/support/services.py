@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -87,6 +88,13 @@ class ThrowawayPostgres:
 
     def stop(self) -> None:
         if self.proc:
+            # SIGINT is PostgreSQL's "fast" shutdown: it disconnects clients. SIGTERM ("smart",
+            # what ManagedProcess sends) waits for them, and a restart may then find a stale pid file.
+            self.proc.signal(signal.SIGINT)
+            try:
+                self.proc.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                pass
             self.proc.stop()
             self.proc = None
 
