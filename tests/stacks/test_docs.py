@@ -24,3 +24,9 @@ def test_documented_image_defaults_are_the_table():
 def test_every_policy_is_documented():
     for policy in POLICIES:
         assert f"| `{policy.name}` |" in DOC, policy.name
+
+
+def test_every_config_key_is_in_the_readme():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    missing = [key for key in all_keys() if f"| `{key}` |" not in readme]
+    assert missing == [], f"list these keys in the README's 'Stack configuration keys': {missing}"
