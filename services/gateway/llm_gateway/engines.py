@@ -3,7 +3,9 @@
 - Choice: least outstanding requests among the engines that serve the model, passed their
   last health check and whose circuit breaker lets a request through.
 - Health: GET /health on every engine every `health_check_interval_seconds`, off the
-  request path (a background task of each worker process).
+  request path (a background task of each worker process). A refused connection marks an
+  engine down at once; a slow or failed answer only after SLOW_PROBES_TO_DOWN in a row, since
+  a busy engine (a CPU one above all) can miss one probe's deadline while serving fine.
 - Circuit breaker per engine (breaker.py): request outcomes open it; a dead engine then
   costs a client a fast 503 with Retry-After instead of a connect timeout.
 """
@@ -23,6 +25,8 @@ from .errors import ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
+SLOW_PROBES_TO_DOWN = 2
+
 
 @dataclass(eq=False)
 class Engine:
@@ -30,6 +34,7 @@ class Engine:
     breaker: CircuitBreaker
     healthy: bool = False
     outstanding: int = 0
+    failed_probes: int = 0   # consecutive health probes that timed out or answered non-200
     _errors: dict = field(default_factory=dict)  # kind -> metric child, created on first use
 
     def count_error(self, kind: str) -> None:
@@ -104,20 +109,32 @@ class EnginePool:
         """Probe every engine once; returns the engines that just came back (healthy again)."""
         results = await asyncio.gather(*(self._probe(e) for e in self.engines))
         recovered = []
-        for engine, ok in zip(self.engines, results):
-            if ok and not engine.healthy:
-                recovered.append(engine)
-            self._set_health(engine, ok)
-        metrics.DEPENDENCY_UP.labels("engine").set(1 if any(results) else 0)
+        for engine, result in zip(self.engines, results):
+            if result == "ok":
+                engine.failed_probes = 0
+                if not engine.healthy:
+                    recovered.append(engine)
+                self._set_health(engine, True)
+            elif result == "refused":
+                engine.failed_probes = SLOW_PROBES_TO_DOWN
+                self._set_health(engine, False)
+            else:
+                engine.failed_probes += 1
+                if engine.failed_probes >= SLOW_PROBES_TO_DOWN:
+                    self._set_health(engine, False)
+        metrics.DEPENDENCY_UP.labels("engine").set(1 if any(e.healthy for e in self.engines) else 0)
         return recovered
 
-    async def _probe(self, engine: Engine) -> bool:
+    async def _probe(self, engine: Engine) -> str:
+        """"ok", "refused" (nothing listens: down for sure) or "failed" (slow or not 200)."""
         try:
             async with self._session.get(engine.url + "/health", timeout=self._health_timeout) as response:
                 await response.read()
-                return response.status == 200
+                return "ok" if response.status == 200 else "failed"
+        except aiohttp.ClientConnectorError:
+            return "refused"
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
-            return False
+            return "failed"
 
     def _set_health(self, engine: Engine, healthy: bool) -> None:
         if healthy != engine.healthy:
