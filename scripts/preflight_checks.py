@@ -356,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         host = testinfra.get_host(options.target)
         host.run("true")  # connects: an unreachable SSH host fails here, once
     except Exception as error:
-        results = [Result("host reachable", FAIL, f"{options.target}: {type(error).__name__}: {error}")]
+        results = [Result("host reachable", FAIL, f"{options.target}: {_connection_error(error)}")]
     else:
         preflight = Preflight(host, options)
         results = preflight.run()
@@ -366,6 +366,16 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(render(results, options, wsl))
     return 1 if any(r.status == FAIL for r in results) else 0
+
+
+def _connection_error(error: Exception) -> str:
+    """What went wrong reaching the host, in the transport's own words (testinfra wraps an
+    ssh failure in a RuntimeError whose text is a CommandResult repr)."""
+    result = error.args[0] if error.args else None
+    stderr = getattr(result, "stderr", None)
+    if isinstance(stderr, str) and stderr.strip():
+        return stderr.strip()
+    return f"{type(error).__name__}: {error}"
 
 
 if __name__ == "__main__":

@@ -158,7 +158,9 @@ def test_unreachable_ssh_host_is_one_clear_failure():
     got = results(proc)
     assert list(got) == ["host reachable"]
     assert got["host reachable"]["status"] == "FAIL"
-    assert "ssh://nobody@127.0.0.1:1" in got["host reachable"]["detail"]
+    detail = got["host reachable"]["detail"]
+    assert "ssh://nobody@127.0.0.1:1" in detail
+    assert "Connection refused" in detail and "CommandResult(" not in detail  # ssh's own words
     assert proc.returncode == 1
 
 
