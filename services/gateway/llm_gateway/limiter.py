@@ -33,7 +33,7 @@ from typing import Literal
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from . import metrics
 from .errors import RateLimited, ServiceUnavailable
@@ -79,6 +79,43 @@ def create_redis(url: str, *, socket_timeout: float = 1.0, max_connections: int 
 
 def _script(name: str) -> str:
     return resources.files("llm_gateway").joinpath(name).read_text(encoding="utf-8")
+
+
+class _ScriptRunner:
+    """Runs the limiter's Lua scripts over connections it keeps checked out of the client's pool.
+
+    redis-py's per-command path (pool lock and connection check, health and re-auth hooks,
+    retry wrapper, connection metrics, a task per write to time it out) cost more CPU than the
+    round trip itself, and the limiter needs none of it: it caps its own calls (the caller holds
+    RateLimiter._calls, so at most MAX_CONCURRENT_CALLS connections are used), has its own
+    back-off, and redis-py drops a connection on any failure (the next call reconnects).
+    The connections stay in the pool's books, so closing the client closes them too.
+    """
+
+    def __init__(self, redis: aioredis.Redis):
+        self._pool = redis.connection_pool
+        # One deadline over the whole call (asyncio.timeout: no task) instead of redis-py's own.
+        self._timeout = self._pool.connection_kwargs.get("socket_timeout")
+        self._idle: list = []
+
+    async def run(self, script, keys, args):
+        if self._idle:
+            conn = self._idle.pop()
+        else:
+            conn = self._pool.get_available_connection()   # never connects; the first send does
+            conn.socket_timeout = None                      # timed out below, around send and read
+        try:
+            async with asyncio.timeout(self._timeout):
+                try:
+                    await conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args, check_health=False)
+                    return await conn.read_response()
+                except NoScriptError:   # a restarted or flushed Redis: EVAL sends (and caches) the script
+                    await conn.send_command("EVAL", script.script, len(keys), *keys, *args, check_health=False)
+                    return await conn.read_response()
+        finally:
+            # Reusable whatever happened: an error reply leaves it in step, anything else has
+            # already disconnected it (redis-py does so on every failed send or read).
+            self._idle.append(conn)
 
 
 def format_duration(ms: float) -> str:
@@ -131,6 +168,7 @@ class RateLimiter:
         self._failure_mode = failure_mode
         self._lease_ms = max(1, int(concurrency_lease_seconds * 1000))
         self._max_hold = max_hold_seconds
+        self._scripts = _ScriptRunner(redis)
         self._reserve = redis.register_script(_script("limiter_v1.lua"))
         self._settle = redis.register_script(_script("limiter_v1_settle.lua"))
         self._renew = redis.register_script(_script("limiter_v1_renew.lua"))
@@ -228,7 +266,7 @@ class RateLimiter:
 
     async def _call(self, script, keys, args):
         async with self._calls:
-            return await script(keys=keys, args=args)
+            return await self._scripts.run(script, keys, args)
 
     def _abandoned(self, call: asyncio.Future, key_id: str, tpm: int, tokens: int, lease_id: str) -> None:
         """The caller of a reserve() went away; if Redis admitted it, give everything back."""
