@@ -55,6 +55,8 @@ def main() -> int:
         host=settings.host, port=settings.port, workers=settings.workers,
         loop="uvloop", http="httptools", lifespan="on",
         log_config=None, access_log=False, server_header=False,
+        # The gateway never uses client addresses: skip uvicorn's X-Forwarded-* rewriting per request.
+        proxy_headers=False,
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
         # Longer than the edge proxy's idle timeout, so the edge never reuses a connection we just closed.
         timeout_keep_alive=120, backlog=4096,
