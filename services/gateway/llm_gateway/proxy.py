@@ -99,14 +99,24 @@ async def buffered_response(upstream: aiohttp.ClientResponse, books: Books, rece
         watcher.cancel()
     if upstream.status >= 500:
         raise _engine_error(upstream.status, payload)
-    usage = None
-    if upstream.status == 200:
-        try:
-            usage = orjson.loads(payload).get("usage")
-        except (orjson.JSONDecodeError, AttributeError):
-            usage = None
     return Response(payload, upstream.status, headers=headers, media_type="application/json",
-                    background=BackgroundTask(books.close, upstream.status, usage=usage))
+                    background=BackgroundTask(_close_after_sending, books, upstream.status, payload))
+
+
+async def _close_after_sending(books: Books, status: int, payload: bytes) -> None:
+    try:
+        # uvloop writes to sockets at the end of a loop iteration: yielding once first lets the
+        # answer leave before its usage is read and the books are closed, instead of after.
+        await asyncio.sleep(0)
+    finally:
+        await books.close(status, usage=_usage(payload) if status == 200 else None)
+
+
+def _usage(payload: bytes) -> dict | None:
+    try:
+        return orjson.loads(payload).get("usage")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
 
 
 async def _close_on_disconnect(receive: Receive, upstream: aiohttp.ClientResponse) -> None:
