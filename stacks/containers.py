@@ -13,6 +13,7 @@ from typing import Mapping, Sequence
 
 import pulumi
 import pulumi_docker as docker
+import pulumi_random as random
 
 RESTART = "unless-stopped"
 JOB_RESTART = "no"
@@ -77,6 +78,26 @@ def env_list(env: Mapping[str, str]) -> list[str]:
 
 def service_options(parent: pulumi.Resource, depends_on: Sequence[pulumi.Resource] = ()) -> pulumi.ResourceOptions:
     return pulumi.ResourceOptions(parent=parent, delete_before_replace=True, depends_on=list(depends_on))
+
+
+def generated_secret(resource_name: str, parent: pulumi.Resource, length: int = 32) -> pulumi.Output[str]:
+    """A generated password, kept as a Pulumi secret (letters and digits: safe in URLs and config files)."""
+    password = random.RandomPassword(resource_name, length=length, special=False,
+                                     opts=pulumi.ResourceOptions(parent=parent))
+    return pulumi.Output.secret(password.result)
+
+
+def built_image(resource_name: str, image_name: str, context: str, dockerfile: str, parent: pulumi.Resource,
+                build_args: Mapping[str, pulumi.Input[str]] | None = None) -> docker.Image:
+    """An image built from this repository on the Docker host itself; nothing to push."""
+    return docker.Image(
+        resource_name,
+        image_name=image_name,
+        build=docker.DockerBuildArgs(context=context, dockerfile=dockerfile, args=build_args,
+                                     platform="linux/amd64"),
+        skip_push=True,
+        opts=pulumi.ResourceOptions(parent=parent),
+    )
 
 
 def pulled_image(resource_name: str, reference: str, parent: pulumi.Resource) -> docker.RemoteImage:

@@ -67,14 +67,8 @@ class Engine(pulumi.ComponentResource):
         gpu = spec.device == "cuda"
 
         self.image_name = built_image_name(f"engine-{spec.device}", REPO_ROOT / CONTEXT, args.base_image)
-        self.image = docker.Image(
-            f"{name}-image",
-            image_name=self.image_name,
-            build=docker.DockerBuildArgs(context=CONTEXT, dockerfile=DOCKERFILE,
-                                         args={BASE_IMAGE_ARG: args.base_image}, platform="linux/amd64"),
-            skip_push=True,  # built on the Docker host itself; nothing to push
-            opts=pulumi.ResourceOptions(parent=self),
-        )
+        self.image = containers.built_image(f"{name}-image", self.image_name, CONTEXT, DOCKERFILE, self,
+                                            build_args={BASE_IMAGE_ARG: args.base_image})
         self.command = engine_args(spec)
         start_period = deployment.health_start_period_seconds
         gate = {"llm-node.after": args.gate} if args.gate is not None else {}

@@ -14,7 +14,6 @@ from typing import Sequence
 
 import pulumi
 import pulumi_docker as docker
-import pulumi_random as random
 
 from services.launch import GATEWAY_SECRET_ENV, GatewaySpec, gateway_env, gateway_process_argv
 from stacks import containers, naming
@@ -64,18 +63,10 @@ def traefik_labels(spec: GatewaySpec, domain: str, edge: EdgeSettings, network: 
 class Gateway(pulumi.ComponentResource):
     def __init__(self, name: str, args: GatewayArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("llm-node:index:Gateway", name, None, opts)
-        token = random.RandomPassword(f"{name}-admin-token", length=48, special=False,
-                                      opts=pulumi.ResourceOptions(parent=self))
-        self.admin_token = pulumi.Output.secret(token.result)
+        self.admin_token = containers.generated_secret(f"{name}-admin-token", self, length=48)
 
         self.image_name = built_image_name("gateway", REPO_ROOT / CONTEXT)
-        self.image = docker.Image(
-            f"{name}-image",
-            image_name=self.image_name,
-            build=docker.DockerBuildArgs(context=CONTEXT, dockerfile=DOCKERFILE, platform="linux/amd64"),
-            skip_push=True,
-            opts=pulumi.ResourceOptions(parent=self),
-        )
+        self.image = containers.built_image(f"{name}-image", self.image_name, CONTEXT, DOCKERFILE, self)
         secrets = {
             GATEWAY_SECRET_ENV["database_url"]: args.database_url,
             GATEWAY_SECRET_ENV["redis_url"]: args.redis_url,

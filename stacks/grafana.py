@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import pulumi
 import pulumi_docker as docker
-import pulumi_random as random
 
 from grafana.render import GRAFANA_CONFIG_DIR, provisioning_files, render_dashboards
 from stacks import containers, naming
@@ -61,9 +60,7 @@ def route_labels(domain: str, edge: EdgeSettings, public: bool, network: pulumi.
 class Grafana(pulumi.ComponentResource):
     def __init__(self, name: str, args: GrafanaArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("llm-node:index:Grafana", name, None, opts)
-        password = random.RandomPassword(f"{name}-admin-password", length=32, special=False,
-                                         opts=pulumi.ResourceOptions(parent=self))
-        self.admin_password = pulumi.Output.secret(password.result)
+        self.admin_password = containers.generated_secret(f"{name}-admin-password", self)
         image = containers.pulled_image(f"{name}-image", args.image, self)
         self.url = public_url(args.domain, args.edge, args.public)
         self.dashboards = render_dashboards()  # grafanalib runs here, at deploy time

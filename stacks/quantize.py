@@ -34,13 +34,7 @@ class QuantizeJob(pulumi.ComponentResource):
     def __init__(self, name: str, args: QuantizeArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("llm-node:index:QuantizeJob", name, None, opts)
         self.image_name = built_image_name("quantize", REPO_ROOT / CONTEXT)
-        self.image = docker.Image(
-            f"{name}-image",
-            image_name=self.image_name,
-            build=docker.DockerBuildArgs(context=CONTEXT, dockerfile=DOCKERFILE, platform="linux/amd64"),
-            skip_push=True,
-            opts=pulumi.ResourceOptions(parent=self),
-        )
+        self.image = containers.built_image(f"{name}-image", self.image_name, CONTEXT, DOCKERFILE, self)
         self.command = quantize_args(args.spec)
         self.container = docker.Container(
             name,

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import pulumi
 import pulumi_docker as docker
-import pulumi_random as random
 
 from stacks import containers, naming
 
@@ -37,9 +36,7 @@ class RedisArgs:
 class Redis(pulumi.ComponentResource):
     def __init__(self, name: str, args: RedisArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("llm-node:index:Redis", name, None, opts)
-        password = random.RandomPassword(f"{name}-password", length=32, special=False,
-                                         opts=pulumi.ResourceOptions(parent=self))
-        self.password = pulumi.Output.secret(password.result)
+        self.password = containers.generated_secret(f"{name}-password", self)
         image = containers.pulled_image(f"{name}-image", args.image, self)
 
         self.container = docker.Container(
