@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import re
 import uuid
 
@@ -478,3 +479,33 @@ async def test_a_request_cancelled_while_reserving_frees_its_slot(throwaway_redi
     finally:
         await client.aclose()
         await other.aclose()
+
+
+async def test_one_stalled_call_does_not_mark_redis_down_but_a_stall_in_a_row_does(throwaway_redis):
+    """A timeout while Redis has been answering may be the gateway's own stall (a saturated
+    host): that request fails as configured, the next ones still ask Redis. Redis is frozen
+    with SIGSTOP, so calls hang until the deadline as they would against a hung server."""
+    client = create_redis(throwaway_redis.url, socket_timeout=0.3)
+    limiter = RateLimiter(client, failure_mode="closed")
+    key = make_key(rpm=1000)
+    try:
+        assert (await limiter.reserve(key, "up", 1)).mode == "redis"
+
+        throwaway_redis.proc.signal(signal.SIGSTOP)
+        with pytest.raises(ServiceUnavailable):
+            await limiter.reserve(key, "stalled", 1)
+        throwaway_redis.proc.signal(signal.SIGCONT)
+        assert (await limiter.reserve(key, "right-after", 1)).mode == "redis"   # not backing off
+        assert redis_up() == 1
+
+        throwaway_redis.proc.signal(signal.SIGSTOP)
+        for i in range(2):   # TIMEOUTS_TO_DOWN in a row
+            with pytest.raises(ServiceUnavailable):
+                await limiter.reserve(key, f"stalled-{i}", 1)
+        throwaway_redis.proc.signal(signal.SIGCONT)
+        with pytest.raises(ServiceUnavailable):   # now considered down: backing off, Redis not asked
+            await limiter.reserve(key, "backing-off", 1)
+        assert redis_up() == 0
+    finally:
+        throwaway_redis.proc.signal(signal.SIGCONT)
+        await client.aclose()
