@@ -54,11 +54,16 @@ class ClientGone(Exception):
 
 async def send(session: aiohttp.ClientSession, engine: Engine, path: str, body: dict,
                timeout: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
+    data = orjson.dumps(body)
     try:
         # The request id is not forwarded: vLLM would adopt it as its own, and two clients
         # reusing one X-Request-ID would then collide inside the engine.
-        return await session.post(engine.url + path, data=orjson.dumps(body), headers=_JSON_HEADERS,
-                                  timeout=timeout)
+        try:
+            return await session.post(engine.url + path, data=data, headers=_JSON_HEADERS, timeout=timeout)
+        except aiohttp.ServerDisconnectedError:
+            # The keep-alive race: the engine closed an idle pooled connection just as this
+            # request went out on it, so the engine never read it. Once more, on a new connection.
+            return await session.post(engine.url + path, data=data, headers=_JSON_HEADERS, timeout=timeout)
     except aiohttp.ClientConnectorError:
         raise EngineFailure("The inference engine is unreachable; retry shortly.", kind="connect", status=503,
                             code="engine_unavailable", headers={"Retry-After": "1"}) from None

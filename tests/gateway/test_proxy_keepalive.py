@@ -1,0 +1,53 @@
+"""The keep-alive race (proxy.send): an engine that closes an idle pooled connection just as
+the gateway sends on it must not cost the client a 502. A raw asyncio server plays the
+engine: it answers the first request of every connection, and closes the connection without
+answering when a second request arrives on it (what a server whose keep-alive timer fired
+does). Failure injection only: vLLM cannot be made to do this on demand."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import aiohttp
+
+from llm_gateway import proxy
+from tests.support.procs import free_port
+
+ANSWER = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n"
+          b"connection: keep-alive\r\n\r\n{}")
+
+
+async def _one_request_per_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    served = 0
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            await reader.readexactly(length)
+            if served:
+                break                   # keep-alive expired: close without answering
+            writer.write(ANSWER)
+            await writer.drain()
+            served += 1
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+
+
+async def test_a_request_on_a_connection_the_engine_just_closed_is_sent_again():
+    port = free_port()
+    server = await asyncio.start_server(_one_request_per_connection, "127.0.0.1", port)
+    engine = SimpleNamespace(url=f"http://127.0.0.1:{port}")
+    timeout = aiohttp.ClientTimeout(total=5)
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
+            for _ in range(4):   # each one after the first goes out on the pooled connection first
+                response = await proxy.send(session, engine, "/v1/completions", {"prompt": "x"}, timeout)
+                assert response.status == 200
+                assert await response.read() == b"{}"
+    finally:
+        server.close()
+        await server.wait_closed()
