@@ -509,3 +509,17 @@ async def test_one_stalled_call_does_not_mark_redis_down_but_a_stall_in_a_row_do
     finally:
         throwaway_redis.proc.signal(signal.SIGCONT)
         await client.aclose()
+
+
+async def test_warm_up_opens_the_burst_connections_before_traffic(throwaway_redis):
+    from llm_gateway.limiter import MAX_CONCURRENT_CALLS
+
+    client = create_redis(throwaway_redis.url)
+    admin = redis_client(throwaway_redis.url)
+    try:
+        before = (await admin.info("clients"))["connected_clients"]
+        assert await RateLimiter(client, failure_mode="closed").warm_up() == MAX_CONCURRENT_CALLS
+        assert (await admin.info("clients"))["connected_clients"] == before + MAX_CONCURRENT_CALLS
+    finally:
+        await client.aclose()
+        await admin.aclose()

@@ -110,6 +110,23 @@ class _ScriptRunner:
         self._timeout = self._pool.connection_kwargs.get("socket_timeout")
         self._idle: list = []
 
+    async def warm(self, count: int) -> int:
+        """Open `count` connections now, so a burst of traffic does not open them all at once
+        (a connect storm on a saturated host stalled some connects for seconds). Best effort."""
+        opened = 0
+        for _ in range(count):
+            conn = self._pool.get_available_connection()
+            conn.socket_timeout = None
+            try:
+                await conn.connect()
+            except _REDIS_FAILURES:
+                await conn.disconnect()
+                self._idle.append(conn)
+                break
+            self._idle.append(conn)
+            opened += 1
+        return opened
+
     async def run(self, script, keys, args):
         if self._idle:
             conn = self._idle.pop()
@@ -205,6 +222,10 @@ class RateLimiter:
                           for verdict, reason in _REASONS.items()}
         self._rejected_unavailable = metrics.LIMITER_DECISIONS.labels("rejected", "redis_unavailable")
         self._redis_gauge = metrics.DEPENDENCY_UP.labels("redis")
+
+    async def warm_up(self) -> int:
+        """Open the connections a burst will use (MAX_CONCURRENT_CALLS) before traffic arrives."""
+        return await self._scripts.warm(MAX_CONCURRENT_CALLS)
 
     @property
     def lease_seconds(self) -> float:

@@ -86,6 +86,7 @@ class Runtime:
                  accounting=Accounting(limiter, admission, engines, usage),
                  upstream_timeout=aiohttp.ClientTimeout(total=settings.request_timeout_seconds, sock_connect=5))
         await usage.start()
+        await limiter.warm_up()
         # Know the engines and their models before the first request.
         await engines.check_health()
         await catalog.refresh()
