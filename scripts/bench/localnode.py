@@ -23,7 +23,7 @@ import time
 import urllib.request
 import uuid
 from contextlib import ExitStack
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -32,10 +32,9 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from services.launch import GATEWAY_SECRET_ENV, GatewaySpec, gateway_env, gateway_process_argv  # noqa: E402
+from services.launch import GATEWAY_SECRET_ENV  # noqa: E402
+from tests.support import gateway_fixtures as fixtures  # noqa: E402
 from tests.support.engine import SERVED_MODEL, Engine, start_engine  # noqa: E402
-from tests.support.procs import ManagedProcess, free_port, http_ok  # noqa: E402
-from tests.support.scrape import metric_sum, scrape  # noqa: E402
 from tests.support.services import ensure_shared_postgres, ensure_shared_redis, shared_postgres_admin_dsn  # noqa: E402
 
 # Environment variable naming an engine that is already running (skips a ~1 min start).
@@ -59,12 +58,8 @@ def engine_url_from_env() -> str | None:
     return os.environ.get(ENGINE_URL_ENV) or os.environ.get("LLM_NODE_TEST_ENGINE_URL") or None
 
 
-@dataclass
-class Gateway:
-    url: str
-    metrics_url: str
-    proc: ManagedProcess
-    spec: GatewaySpec
+class Gateway(fixtures.Gateway):
+    """The test suite's gateway process, plus what the benchmarks read about it."""
 
     def processes(self) -> list[psutil.Process]:
         """The gateway's supervisor and its workers."""
@@ -80,15 +75,8 @@ class Gateway:
                 pass
         return total
 
-    def metrics_text(self) -> str:
-        return scrape(self.metrics_url)
-
-    def metric(self, name: str, **labels: str) -> float:
-        """Sum of the samples named ``name`` whose labels include ``labels`` (0.0 if none)."""
-        return metric_sum(self.metrics_text(), name, **labels)
-
-    def stop(self) -> None:
-        self.proc.stop(timeout=40)
+    def stop(self, timeout: float = 40.0) -> int | None:
+        return super().stop(timeout)
 
 
 @dataclass
@@ -138,26 +126,14 @@ class LocalNode:
         self.close()
 
     # -- the gateway -------------------------------------------------------------------------
-    def secret_env(self) -> dict[str, str]:
-        return {
-            GATEWAY_SECRET_ENV["database_url"]: self.database_url,
-            GATEWAY_SECRET_ENV["redis_url"]: self.redis_url,
-            GATEWAY_SECRET_ENV["admin_token"]: self.admin_token,
-        }
-
-    def start_gateway(self, engines: list[str] | None = None, name: str = "gateway",
-                      extra_env: dict[str, str] | None = None, **spec_overrides) -> Gateway:
+    def start_gateway(self, engines: list[str] | None = None, **spec_overrides) -> Gateway:
         """A ``python -m llm_gateway`` process on free ports; stopped when the node closes."""
-        spec = replace(GatewaySpec(engines=engines or [self.engine.url]), host="127.0.0.1",
-                       port=free_port(), metrics_port=free_port(), log_level="warning")
-        spec = replace(spec, **spec_overrides)
-        env = gateway_env(spec) | self.secret_env() | (extra_env or {})
-        proc = ManagedProcess(f"{name}-{spec.port}", gateway_process_argv(sys.executable), self.log_dir,
-                              env=env, cwd=ROOT)
-        gateway = Gateway(url=f"http://127.0.0.1:{spec.port}", metrics_url=f"http://127.0.0.1:{spec.metrics_port}/metrics",
-                          proc=proc, spec=spec)
+        spec_overrides.setdefault("log_level", "warning")
+        started = fixtures.start_gateway(self.log_dir, database_url=self.database_url, redis_url=self.redis_url,
+                                         admin_token=self.admin_token, engines=engines or [self.engine.url],
+                                         **spec_overrides)
+        gateway = Gateway(started.spec, started.proc, started.admin_token, started.database_url, started.redis_url)
         self._cleanup.callback(gateway.stop)
-        proc.wait_until(lambda: http_ok(gateway.url + "/readyz"), 120, "ready")
         return gateway
 
     # -- keys --------------------------------------------------------------------------------
