@@ -42,7 +42,7 @@ if str(ROOT) not in sys.path:
 import aiohttp  # noqa: E402
 
 from scripts.bench.nginx_upstream import NginxUpstream  # noqa: E402
-from scripts.bench.report import percentile, print_table  # noqa: E402
+from scripts.bench.report import ms, percentile, print_table  # noqa: E402
 from scripts.bench.stack_floor import StackFloor  # noqa: E402
 from tests.support.gateway_fixtures import start_gateway  # noqa: E402
 from tests.support.services import ensure_shared_postgres, ensure_shared_redis, shared_postgres_admin_dsn  # noqa: E402
@@ -93,10 +93,6 @@ async def fixed_rate(url: str, headers: dict, body: bytes, rate: float, duration
 
 def _medians(rounds: list[tuple[float, float, int]]) -> tuple[float, float]:
     return statistics.median(r[0] for r in rounds), statistics.median(r[1] for r in rounds)
-
-
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:.2f}"
 
 
 def wrk(url: str, headers: dict, body: bytes, connections: int, duration: int, threads: int = 1) -> dict:
@@ -167,9 +163,9 @@ def main(argv: list[str] | None = None) -> int:
                    "floor": (floor.url, json_headers), "gateway": (gateway.url, gw_headers)}
         rows, floor_rows = [], []
         for rate in rates:
-            # Interleaved rounds (direct, bare proxy, floor, gateway, then the next round), each summarised by its
-            # p50/p99; the medians over rounds are reported, so a noisy minute on a shared machine
-            # moves all three alike instead of skewing one of them.
+            # Interleaved rounds (direct, bare proxy, floor, gateway, then the next round), each
+            # summarised by its p50/p99; the medians over rounds are reported, so a noisy minute on a
+            # shared machine moves all four alike instead of skewing one of them.
             per_round: dict[str, list[tuple[float, float, int]]] = {name: [] for name in targets}
             for _ in range(args.rounds):
                 for name, (url, headers) in targets.items():
@@ -181,12 +177,10 @@ def main(argv: list[str] | None = None) -> int:
             g50, g99 = _medians(per_round["gateway"])
             added50 = [g[0] - d[0] for g, d in zip(per_round["gateway"], per_round["direct"])]
             errors = sum(r[2] for rounds_ in per_round.values() for r in rounds_)
-            rows.append([f"{rate:g}", errors, _ms(d50), _ms(d99), _ms(g50), _ms(g99), _ms(g50 - d50), _ms(g99 - d99),
-                         f"{_ms(min(added50))}-{_ms(max(added50))}"])
-            floor_rows.append([f"{rate:g}", _ms(b50 - d50), _ms(f50 - b50), _ms(f50 - d50), _ms(f99 - d99),
-                               _ms(g50 - f50)])
-        for stopped in floors:
-            stopped.stop()
+            rows.append([f"{rate:g}", errors, ms(d50), ms(d99), ms(g50), ms(g99), ms(g50 - d50), ms(g99 - d99),
+                         f"{ms(min(added50))}-{ms(max(added50))}"])
+            floor_rows.append([f"{rate:g}", ms(b50 - d50), ms(f50 - b50), ms(f50 - d50), ms(f99 - d99),
+                               ms(g50 - f50)])
         print_table("gateway overhead at fixed rates (open loop, chat completion, auth + Redis limiter on)",
                     ["req/s", "errors", "direct p50 ms", "direct p99 ms", "gateway p50 ms", "gateway p99 ms",
                      "added p50 ms", "added p99 ms", "added p50 range"], rows,
