@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import time
 
 import pytest
@@ -12,6 +13,7 @@ import requests
 
 from tests.gateway.api_helpers import CHAT, COMPLETIONS, auth, sse_data
 from tests.support.flaky_upstream import FlakyUpstream
+from tests.support.gateway_fixtures import key_id_of
 
 pytestmark = pytest.mark.engine
 
@@ -28,7 +30,8 @@ def _raw_stream_request(gateway, key: str, body: dict) -> socket.socket:
 
 def test_client_disconnect_mid_stream_aborts_the_engine_request(gateway, make_key, engine):
     assert engine.metric("vllm:num_requests_running") == 0 or _wait_idle(engine, 30)
-    sock = _raw_stream_request(gateway, make_key(), {
+    key = make_key()
+    sock = _raw_stream_request(gateway, key, {
         "model": engine.model, "messages": [{"role": "user", "content": "Write a long story"}],
         "max_tokens": 1900, "ignore_eos": True, "stream": True})
     received = b""
@@ -41,6 +44,20 @@ def test_client_disconnect_mid_stream_aborts_the_engine_request(gateway, make_ke
     while engine.metric("vllm:num_requests_running") != 0:
         assert time.monotonic() - hung_up < 1.0, "vLLM still runs the request 1 s after the client left"
         time.sleep(0.05)
+    # And the gateway saw the hang-up (the gauge alone could be read between two updates): the
+    # request is recorded as 499 with the prompt estimate, not as a completed 200.
+    deadline = time.monotonic() + 10
+    while not (rows := _usage_rows(gateway, key_id_of(key))):
+        assert time.monotonic() < deadline, "no usage record for the abandoned stream"
+        time.sleep(0.2)
+    assert [(status, prompt > 0) for status, prompt in rows] == [(499, True)]
+
+
+def _usage_rows(gateway, key_id: str) -> list[tuple[int, int]]:
+    out = subprocess.run(["psql", gateway.database_url, "-AtF,", "-c",
+                          f"SELECT status, prompt_tokens FROM usage_records WHERE key_id = '{key_id}'"],
+                         capture_output=True, text=True, check=True).stdout
+    return [tuple(int(v) for v in line.split(",")) for line in out.splitlines() if line]
 
 
 def _wait_idle(engine, timeout: float) -> bool:
