@@ -12,9 +12,8 @@ failure -- and:
 
 Tokens when the engine reported no usage: a request that never reached an engine, or that
 the engine refused (4xx), used none, so its reservation is given back in full. One cut short
-(client gone -- even before the engine answered, since it was already working on it --, engine
-failed) keeps its reservation, and its usage record carries estimates: the prompt estimate and
-one completion token per streamed event.
+(client gone, engine failed) keeps its reservation, and its usage record carries estimates:
+the prompt estimate and one completion token per streamed event.
 """
 
 from __future__ import annotations
@@ -112,12 +111,11 @@ class Books:
                 prompt, completion = _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens"))
                 actual = prompt + completion
                 acc.count_tokens(self.key.tier, prompt, completion)
-            elif failure is None and status != 499 and (not self.reached or 400 <= status < 500):
+            elif failure is None and (not self.reached or (400 <= status < 500 and status != 499)):
                 prompt = completion = actual = 0
             else:
                 prompt, completion, actual = self.plan.prompt_tokens, chunks, None
-            # 499: the client left after the request was sent, maybe before the engine answered.
-            if self.reached or failure is not None or status == 499:
+            if self.reached or failure is not None:
                 acc.usage.record(request_id=self.request_id, key_id=self.key.id, tier=self.key.tier,
                                  model=self.plan.served.id, prompt_tokens=prompt, completion_tokens=completion,
                                  status=status)
