@@ -2,9 +2,10 @@
 
 - `send()` posts the (validated, edited) body and returns once the engine's response
   headers are in. A refused connection is a fast 503 with Retry-After, a timeout a 504.
-- `buffered_response()` relays a non-streaming answer. If the client hangs up while the
-  engine is still generating, the upstream connection is closed at once (vLLM aborts a
-  request whose client is gone) instead of generating for nobody.
+- `buffered_response()` relays a non-streaming answer; if the client hangs up while its body
+  is read, the upstream connection is closed. vLLM sends a non-streaming answer's headers only
+  when all is generated, so a hang-up during generation itself is NOT seen (send() is not
+  watched): vLLM finishes the answer (known gap, docs/gateway.md).
 - `streaming_response()` relays Server-Sent Events as they arrive: every complete event is
   passed on the moment it is read, in the bytes the engine sent (event-aligned: a partial
   event waits for its end, so events are never split or merged differently than upstream
