@@ -8,10 +8,13 @@ import time
 
 import aiohttp
 import pytest
+import redis
 import requests
 
+from llm_gateway.limiter import KEY_PREFIX
 from tests.gateway.api_helpers import CHAT, COMPLETIONS, assert_openai_error, auth, chat_body, post
 from tests.support.flaky_upstream import FlakyUpstream
+from tests.support.gateway_fixtures import key_id_of
 
 pytestmark = pytest.mark.engine
 
@@ -48,7 +51,7 @@ async def test_small_rpm_limit_admits_exactly_the_limit_under_concurrency(gatewa
 @pytest.mark.parametrize("stream", [False, True])
 def test_tokens_bucket_is_reconciled_from_the_real_usage(gateway, make_key, engine, stream):
     tpm = 6000
-    key = make_key(tpm=tpm)
+    key = make_key(tpm=tpm, max_concurrent=4)   # the lease shows when the books are closed
     # A generous max_tokens (reserved up front) but stop strings that end the answer within a
     # few tokens: reconciliation must give back what was reserved and not used.
     body = {"model": engine.model, "prompt": "Tell me a story", "max_tokens": 600,
@@ -66,6 +69,10 @@ def test_tokens_bucket_is_reconciled_from_the_real_usage(gateway, make_key, engi
     assert used < 100
     # The first answer's headers show the reservation (600 max_tokens at least)...
     assert int(first.headers["x-ratelimit-remaining-tokens"]) <= tpm - 600
+    # A non-streaming answer's books are closed just after it is sent (the client is not kept
+    # waiting for Redis), so wait for that: the one settle call that returns the unused tokens
+    # also frees the request's concurrency lease.
+    _wait_until_settled(gateway, key_id_of(key))
     # ...the next request sees the bucket with only the real usage (and its own small
     # reservation) taken out. Unreconciled, it would be 600 lower (refill is 0.1 token/ms).
     second = post(gateway, COMPLETIONS, key, {"model": engine.model, "prompt": "x", "max_tokens": 1})
@@ -74,6 +81,17 @@ def test_tokens_bucket_is_reconciled_from_the_real_usage(gateway, make_key, engi
     assert refill < 200
     assert tpm - used - 50 <= remaining <= tpm - used + refill
     assert second.headers["x-ratelimit-limit-tokens"] == str(tpm)
+
+
+def _wait_until_settled(gateway, key_id: str, timeout: float = 5.0) -> None:
+    client = redis.Redis.from_url(gateway.redis_url)
+    try:
+        deadline = time.monotonic() + timeout
+        while client.zcard(f"{KEY_PREFIX}{{{key_id}}}:c"):
+            assert time.monotonic() < deadline, "the first request's books were never closed"
+            time.sleep(0.005)
+    finally:
+        client.close()
 
 
 def test_a_request_larger_than_the_tokens_limit_is_429(gateway, make_key, engine):
