@@ -31,26 +31,58 @@ def _raw_stream_request(gateway, key: str, body: dict) -> socket.socket:
 def test_client_disconnect_mid_stream_aborts_the_engine_request(gateway, make_key, engine):
     assert engine.metric("vllm:num_requests_running") == 0 or _wait_idle(engine, 30)
     key = make_key()
-    sock = _raw_stream_request(gateway, key, {
-        "model": engine.model, "messages": [{"role": "user", "content": "Write a long story"}],
-        "max_tokens": 1900, "ignore_eos": True, "stream": True})
-    received = b""
-    while received.count(b"data: ") < 5:       # the engine is generating
-        received += sock.recv(65536)
-    assert b" 200 OK" in received.split(b"\r\n")[0]
-    assert engine.metric("vllm:num_requests_running") >= 1
+    body = {"model": engine.model, "messages": [{"role": "user", "content": "Write a long story"}],
+            "max_tokens": 1900, "ignore_eos": True, "stream": True}
+    for attempt in range(_ATTEMPTS):
+        sock = _raw_stream_request(gateway, key, body)
+        received = b""
+        while received.count(b"data: ") < 5:       # the engine is generating
+            received += sock.recv(65536)
+        assert b" 200 OK" in received.split(b"\r\n")[0]
+        if received.count(b"data: ") <= _STREAMED_EVENTS:
+            break
+        # vLLM held this stream's events back and let them go in one flood (a stall inside the
+        # engine: see the note on _STREAMED_EVENTS), so the answer may be complete already and
+        # there may be no "mid-stream" left to hang up in. Read it to the end; try a new request.
+        _read_to_the_end(sock)
+        _wait_idle(engine, 30)
+    else:
+        pytest.fail(f"vLLM never streamed in {_ATTEMPTS} attempts: each answer arrived in one flood")
+    # Hang up at once: the engine is 5 tokens into a 1,900-token answer. (Nothing in between: even
+    # reading vLLM's gauge can take seconds when its API server stalls, and the answer goes on.)
     sock.close()
     hung_up = time.monotonic()
     while engine.metric("vllm:num_requests_running") != 0:
         assert time.monotonic() - hung_up < 1.0, "vLLM still runs the request 1 s after the client left"
         time.sleep(0.05)
     # And the gateway saw the hang-up (the gauge alone could be read between two updates): the
-    # request is recorded as 499 with the prompt estimate, not as a completed 200.
+    # request is recorded as 499 with the prompt estimate, not as a completed 200. The attempts
+    # before it (if any) were read to the end: 200.
     deadline = time.monotonic() + 10
-    while not (rows := _usage_rows(gateway, key_id_of(key))):
+    while len(rows := _usage_rows(gateway, key_id_of(key))) < attempt + 1:
         assert time.monotonic() < deadline, "no usage record for the abandoned stream"
         time.sleep(0.2)
-    assert [(status, prompt > 0) for status, prompt in rows] == [(499, True)]
+    assert sorted((status, prompt > 0) for status, prompt in rows) == [(200, True)] * attempt + [(499, True)]
+
+
+# A streaming engine sends a few events per read here (~170 tokens/s on the CPU). The CPU vLLM
+# sometimes stalls instead: its API server sits idle with the request's work pending (py-spy:
+# event loop waiting, engine core waiting for input) until other traffic wakes it, and then sends
+# hundreds of events at once. Measured with vLLM alone, no gateway in between: after bursts of
+# requests, 3 to 9 of 12 streams held back their first event for 0.2 s or more, some until the end.
+_STREAMED_EVENTS = 50
+_ATTEMPTS = 6
+
+
+def _read_to_the_end(sock: socket.socket) -> None:
+    """Read until the gateway ends the chunked body, which it does once the books are closed."""
+    tail = b""
+    while chunk := sock.recv(65536):
+        window = tail + chunk
+        if window.endswith(b"\r\n0\r\n\r\n"):
+            break
+        tail = window[-16:]
+    sock.close()
 
 
 def _usage_rows(gateway, key_id: str) -> list[tuple[int, int]]:
