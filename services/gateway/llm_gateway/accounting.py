@@ -12,8 +12,9 @@ failure -- and:
 
 Tokens when the engine reported no usage: a request that never reached an engine, or that
 the engine refused (4xx), used none, so its reservation is given back in full. One cut short
-(client gone, engine failed) keeps its reservation, and its usage record carries estimates:
-the prompt estimate and one completion token per streamed event.
+(client gone -- even before the engine answered, since it was already working on it --, engine
+failed) keeps its reservation, and its usage record carries estimates: the prompt estimate and
+one completion token per streamed event.
 """
 
 from __future__ import annotations
@@ -111,11 +112,12 @@ class Books:
                 prompt, completion = _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens"))
                 actual = prompt + completion
                 acc.count_tokens(self.key.tier, prompt, completion)
-            elif failure is None and (not self.reached or (400 <= status < 500 and status != 499)):
+            elif failure is None and status != 499 and (not self.reached or 400 <= status < 500):
                 prompt = completion = actual = 0
             else:
                 prompt, completion, actual = self.plan.prompt_tokens, chunks, None
-            if self.reached or failure is not None:
+            # 499: the client left after the request was sent, maybe before the engine answered.
+            if self.reached or failure is not None or status == 499:
                 acc.usage.record(request_id=self.request_id, key_id=self.key.id, tier=self.key.tier,
                                  model=self.plan.served.id, prompt_tokens=prompt, completion_tokens=completion,
                                  status=status)

@@ -50,16 +50,21 @@ async def _complete(request: Request, kind: str, path: str) -> Response:
 
         books.engine = rt.engines.pick(plan.served.engines)
         sent_at = time.perf_counter()
-        upstream = await proxy.send(rt.http, books.engine, path, body, rt.upstream_timeout)
-        obs.upstream_seconds = time.perf_counter() - sent_at
-        books.reached = True
+        if plan.stream:
+            upstream = await proxy.send(rt.http, books.engine, path, body, rt.upstream_timeout)
+            obs.upstream_seconds = time.perf_counter() - sent_at
+            books.reached = True
+            if upstream.status == 200:
+                return proxy.streaming_response(upstream, books, reservation.headers,
+                                                strip_usage=not plan.client_wants_usage, set_outcome=obs.set_outcome)
+            response = await proxy.buffered_response(upstream, books, reservation.headers)   # an error answer
+        else:
+            with proxy.ClientWatch(request.receive):     # a hang-up while vLLM generates ends the wait
+                upstream = await proxy.send(rt.http, books.engine, path, body, rt.upstream_timeout)
+                books.reached = True
+                response = await proxy.buffered_response(upstream, books, reservation.headers)
         if upstream.status == 404:
             rt.catalog.refresh_soon()   # the engine no longer serves it (e.g. adapter unloaded elsewhere)
-
-        if plan.stream and upstream.status == 200:
-            return proxy.streaming_response(upstream, books, reservation.headers,
-                                            strip_usage=not plan.client_wants_usage, set_outcome=obs.set_outcome)
-        response = await proxy.buffered_response(upstream, books, request.receive, reservation.headers)
         obs.upstream_seconds = time.perf_counter() - sent_at
         return response
     except proxy.ClientGone:

@@ -2,10 +2,11 @@
 
 - `send()` posts the (validated, edited) body and returns once the engine's response
   headers are in. A refused connection is a fast 503 with Retry-After, a timeout a 504.
-- `buffered_response()` relays a non-streaming answer; if the client hangs up while its body
-  is read, the upstream connection is closed. vLLM sends a non-streaming answer's headers only
-  when all is generated, so a hang-up during generation itself is NOT seen (send() is not
-  watched): vLLM finishes the answer (known gap, docs/gateway.md).
+- `ClientWatch` covers a non-streaming request's wait (in `send()`, where vLLM keeps it
+  until all is generated, and in `buffered_response()`): if the client hangs up, the
+  upstream connection is closed at once (vLLM aborts a request whose client is gone)
+  instead of generating for nobody.
+- `buffered_response()` relays a non-streaming answer once it is complete.
 - `streaming_response()` relays Server-Sent Events as they arrive: every complete event is
   passed on the moment it is read, in the bytes the engine sent (event-aligned: a partial
   event waits for its end, so events are never split or merged differently than upstream
@@ -87,10 +88,53 @@ def _engine_error(upstream_status: int, payload: bytes) -> EngineFailure:
     return EngineFailure(f"The inference engine failed: {detail}", kind="status_5xx")
 
 
-async def buffered_response(upstream: aiohttp.ClientResponse, books: Books, receive: Receive,
-                            headers: dict[str, str]) -> Response:
+class ClientWatch:
+    """For a non-streaming request: watches for the client hanging up while the gateway waits.
+
+    vLLM sends a non-streaming answer's headers only once it has generated all of it, so such
+    a request spends its life waiting in `send()`. If the client goes away meanwhile, the wait
+    is cancelled (aiohttp closes the upstream connection, so vLLM aborts the request) and the
+    block ends in ClientGone. (Streams are watched by their relay instead.)
+
+        with ClientWatch(request.receive):
+            upstream = await send(...)
+            response = await buffered_response(...)
+    """
+
+    __slots__ = ("_receive", "_task", "_watcher", "_active", "gone")
+
+    def __init__(self, receive: Receive):
+        self._receive = receive
+        self._task: asyncio.Task | None = None
+        self._watcher: asyncio.Task | None = None
+        self._active = False
+        self.gone = False
+
+    def __enter__(self) -> "ClientWatch":
+        self._task = asyncio.current_task()
+        self._active = True
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        return self
+
+    async def _watch(self) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+        self.gone = True
+        # Only while the block runs: then the request's task is suspended on one of the block's
+        # awaits, and that is where the cancellation lands.
+        if self._active:
+            self._task.cancel()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._active = False
+        self._watcher.cancel()
+        if exc_type is asyncio.CancelledError and self.gone:
+            self._task.uncancel()      # our own cancellation, consumed here
+            raise ClientGone() from None
+
+
+async def buffered_response(upstream: aiohttp.ClientResponse, books: Books, headers: dict[str, str]) -> Response:
     """The engine's whole answer, relayed once complete; closes the books after it is sent."""
-    watcher = asyncio.get_running_loop().create_task(_close_on_disconnect(receive, upstream))
     try:
         payload = await upstream.read()
     except asyncio.TimeoutError:
@@ -98,11 +142,10 @@ async def buffered_response(upstream: aiohttp.ClientResponse, books: Books, rece
         raise _timeout() from None
     except (aiohttp.ClientError, OSError):
         upstream.close()
-        if watcher.done():
-            raise ClientGone() from None
         raise EngineFailure("The inference engine closed the connection.", kind="stream_broken") from None
-    finally:
-        watcher.cancel()
+    except asyncio.CancelledError:
+        upstream.close()            # the client left (ClientWatch): the engine must see it too
+        raise
     if upstream.status >= 500:
         raise _engine_error(upstream.status, payload)
     return Response(payload, upstream.status, headers=headers, media_type="application/json",
@@ -123,12 +166,6 @@ def _usage(payload: bytes) -> dict | None:
         return orjson.loads(payload).get("usage")
     except (orjson.JSONDecodeError, AttributeError):
         return None
-
-
-async def _close_on_disconnect(receive: Receive, upstream: aiohttp.ClientResponse) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    upstream.close()
 
 
 class _RelayResponse(StreamingResponse):
