@@ -59,7 +59,7 @@ async def _complete(request: Request, kind: str, path: str) -> Response:
                                                 strip_usage=not plan.client_wants_usage, set_outcome=obs.set_outcome)
             response = await proxy.buffered_response(upstream, books, reservation.headers)   # an error answer
         else:
-            with proxy.ClientWatch(request.receive):     # a hang-up while vLLM generates ends the wait
+            with rt.hangups.watch(request.receive):     # a hang-up while vLLM generates ends the wait
                 upstream = await proxy.send(rt.http, books.engine, path, body, rt.upstream_timeout)
                 books.reached = True
                 response = await proxy.buffered_response(upstream, books, reservation.headers)

@@ -8,7 +8,9 @@ Background loops (off the request path):
 - every `health_check_interval_seconds`: engine health, PostgreSQL and Redis reachability
   (the gateway_dependency_up gauges); the model catalog every `model_refresh_seconds` and as
   soon as an engine comes back;
-- every lease_seconds / 3: renew the concurrency leases of this process's requests in Redis.
+- every lease_seconds / 3: renew the concurrency leases of this process's requests in Redis;
+- every 0.1 s: watch the clients of non-streaming requests that have waited that long for a
+  hang-up (proxy.HangUpWatch).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from . import db, metrics
+from .proxy import HangUpWatch
 from .accounting import Accounting
 from .admission import Admission
 from .catalog import ModelCatalog
@@ -57,6 +60,7 @@ class Runtime:
     admission: Admission
     accounting: Accounting
     upstream_timeout: aiohttp.ClientTimeout
+    hangups: HangUpWatch = field(default_factory=HangUpWatch)
     _tasks: list[asyncio.Task] = field(default_factory=list)
 
     @classmethod
@@ -92,7 +96,8 @@ class Runtime:
         await catalog.refresh()
         await limiter.ping()
         rt._tasks = [asyncio.create_task(rt._watch(), name="watch-dependencies"),
-                     asyncio.create_task(rt._renew_leases(), name="renew-leases")]
+                     asyncio.create_task(rt._renew_leases(), name="renew-leases"),
+                     asyncio.create_task(rt.hangups.run(), name="watch-hang-ups")]
         return rt
 
     async def close(self) -> None:
