@@ -22,9 +22,11 @@ from pathlib import Path
 from .localnode import ENGINE_URL_ENV, ROOT, engine_url_from_env
 
 # (module, full-size arguments, quick arguments). gateway_overhead is the gateway
-# engineer's benchmark (direct vs gateway at fixed rates, maximum sustained rate).
+# engineer's benchmark (direct vs gateway at fixed rates, maximum sustained rate);
+# hop_costs breaks its floor down (one call on each hop, after an idle pause and busy).
 BENCHMARKS: list[tuple[str, list[str], list[str]]] = [
     ("gateway_overhead", [], ["--rates", "50,200", "--duration", "3", "--rounds", "2", "--max-duration", "5"]),
+    ("hop_costs", [], ["--calls", "200"]),
     ("streaming_ttft", ["--requests", "100", "--concurrency", "1,8"], ["--requests", "10", "--concurrency", "1,4"]),
     ("disconnect_abort", ["--trials", "20"], ["--trials", "3"]),
     ("limiter_accuracy", ["--clients", "150"], ["--clients", "150", "--rpm-limits", "10,60", "--concurrency-limits", "4"]),
