@@ -15,10 +15,20 @@ from typing import Mapping, Sequence
 from scripts.devnode.local_services import port_open  # noqa: F401  (re-exported for the tests)
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free on 127.0.0.1 now, and never one this process handed out before: the kernel
+    may offer a just-released port again, and two asked for in a row (a gateway's API and
+    metrics ports) once came back equal."""
+    while True:
+        with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def http_ok(url: str, timeout: float = 2.0) -> bool:
