@@ -97,7 +97,7 @@ class HangUpWatch:
     is cancelled (aiohttp closes the upstream connection, so vLLM aborts the request) and the
     block ends in ClientGone. (Streams are watched by their relay instead.)
 
-    Watching takes a task per request, which cost 7 % of the maximum rate on a 2-core machine
+    Watching takes a task per request, which cost 5-7 % of the maximum rate on a 2-core machine
     for answers that arrive before a hang-up could matter. So a request only registers on
     entry, and `run()` (a background loop) starts the watcher of every request that has been
     waiting for `grace_seconds`: a generating vLLM request. A hang-up is noticed at most twice

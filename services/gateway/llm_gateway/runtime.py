@@ -25,7 +25,6 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from . import db, metrics
-from .proxy import HangUpWatch
 from .accounting import Accounting
 from .admission import Admission
 from .catalog import ModelCatalog
@@ -33,6 +32,7 @@ from .engines import EnginePool
 from .keys import KeyStore
 from .limiter import RateLimiter, create_redis
 from .priority import TierPriorities
+from .proxy import HangUpWatch
 from .settings import Settings
 from .tokens import TokenCounter
 from .usage import UsageRecorder
