@@ -59,10 +59,7 @@ def test_client_disconnect_mid_stream_aborts_the_engine_request(gateway, make_ke
     # And the gateway saw the hang-up (the gauge alone could be read between two updates): the
     # request is recorded as 499 with the prompt estimate, not as a completed 200. The attempts
     # before it (if any) were read to the end: 200.
-    deadline = time.monotonic() + 10
-    while len(rows := _usage_rows(gateway, key_id_of(key))) < attempt + 1:
-        assert time.monotonic() < deadline, "no usage record for the abandoned stream"
-        time.sleep(0.2)
+    rows = _wait_for_usage_rows(gateway, key, attempt + 1, "no usage record for the abandoned stream")
     assert sorted((status, prompt > 0) for status, prompt in rows) == [(200, True)] * attempt + [(499, True)]
 
 
@@ -100,15 +97,21 @@ def test_client_disconnect_while_a_non_streaming_answer_is_generated_aborts_it(g
     time.sleep(1.5)
     sock.close()
     hung_up = time.monotonic()
-    deadline = hung_up + 10
-    while not (rows := _usage_rows(gateway, key_id_of(key))):
-        assert time.monotonic() < deadline, "no usage record for the abandoned request"
-        time.sleep(0.2)
+    rows = _wait_for_usage_rows(gateway, key, 1, "no usage record for the abandoned request")
     assert [(status, prompt > 0) for status, prompt in rows] == [(499, True)]   # charged: the engine worked
     # vLLM aborted it: had it gone on, it would have generated all 1,900 tokens by now.
     time.sleep(max(0.0, hung_up + 12 - time.monotonic()))
     assert _wait_idle(engine, 30)
     assert engine.metric("vllm:generation_tokens_total") - before < 1900, "vLLM generated the whole answer"
+
+
+def _wait_for_usage_rows(gateway, key: str, count: int, failure: str, timeout: float = 10) -> list[tuple[int, int]]:
+    """The key's usage records once there are `count` of them (usage is written in batches)."""
+    deadline = time.monotonic() + timeout
+    while len(rows := _usage_rows(gateway, key_id_of(key))) < count:
+        assert time.monotonic() < deadline, failure
+        time.sleep(0.2)
+    return rows
 
 
 def _usage_rows(gateway, key_id: str) -> list[tuple[int, int]]:
