@@ -63,14 +63,6 @@ class _OneReply(asyncio.Protocol):
         return await self.reply
 
 
-def _resp_command(*parts) -> bytes:
-    out = [b"*%d\r\n" % len(parts)]
-    for part in parts:
-        data = part if isinstance(part, bytes) else str(part).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
-
-
 async def _timed(call: Callable[[], Awaitable], calls: int, pause: float) -> float:
     for _ in range(20):          # warm-up: connections open, code imported
         await call()
@@ -106,7 +98,9 @@ async def measure(upstream_url: str, upstream_port: int, redis_url: str, calls: 
     await runner.run(reserve, KEYS, ARGS)       # loads the script (EVAL on NOSCRIPT)
     host, port = redis.connection_pool.connection_kwargs["host"], redis.connection_pool.connection_kwargs["port"]
     _, raw_redis = await loop.create_connection(_OneReply, host, port)
-    evalsha = _resp_command(b"EVALSHA", reserve.sha, len(KEYS), *KEYS, *ARGS)
+    # The command's bytes as redis-py encodes them (its packer; no connection is opened).
+    evalsha = b"".join(redis.connection_pool.make_connection().pack_command(
+        "EVALSHA", reserve.sha, len(KEYS), *KEYS, *ARGS))
 
     pairs = [("engine call (HTTP POST to nginx)", lambda: raw_http.call(http_request), aiohttp_post, "aiohttp"),
              ("limiter call (EVALSHA limiter_v1.lua)", lambda: raw_redis.call(evalsha),
