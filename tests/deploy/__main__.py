@@ -1,0 +1,5 @@
+import sys
+
+from tests.deploy.local import main
+
+sys.exit(main(sys.argv))

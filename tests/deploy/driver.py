@@ -1,0 +1,595 @@
+"""Apply the Pulumi program to a real Docker engine, without the Pulumi CLI (a test harness).
+
+``deploy()`` runs stacks/__main__.py under Pulumi's own Python runtime with a resource monitor
+(``pulumi.runtime.set_mocks``) whose ``new_resource`` hook creates each declared resource for
+real through the Docker Engine API (the ``docker`` SDK) and returns its real id and outputs.
+The SDK sends a registration only once the resource's inputs and its ``depends_on`` resources
+are resolved (pulumi/runtime/rpc.py ``_add_dependency`` awaits each dependency's URN, which the
+monitor answers after ``new_resource`` returned), so resources are created in dependency order,
+independent ones in parallel (the monitor runs in the SDK's executor threads).
+
+What each resource does follows the providers' source (kreuzwerker/terraform-provider-docker
+internal/provider/resource_docker_container_funcs.go, which pulumi-docker bridges for
+Container/Network/Volume/RemoteImage, and pulumi/pulumi-docker provider/image.go for Image):
+
+  Container   create -> connect networks_advanced -> upload files (a tar per file, extracted
+              at "/") -> start -> ``wait``: poll until healthy within ``wait_timeout``
+              (an error if no healthcheck) -> ``attach``: wait for the exit -> ``exit_code``
+  Image       build ``build.context`` with ``build.dockerfile`` (both relative to the program's
+              working directory, as the provider resolves them) and ``build.args``
+  RemoteImage must already exist on the engine (no registry here: the stand-ins, tests/deploy)
+  Network, Volume, RandomPassword, the docker provider, component resources
+
+Deliberate differences from the real providers, all forced by this machine and listed in
+docs/verification.md: the daemon is the private one (the provider's ``host`` is not used);
+builds use the legacy builder with host networking (no BuildKit, no bridge to build on);
+a container is created on its first network instead of the default bridge (the daemon has
+none) and then joins the others; a ``wait`` fails as soon as the container has exited.
+
+Any resource type, input field or resource option this module does not implement is refused
+with ``NotImplementedByDriver`` before anything is created, so the declaration cannot silently
+outgrow the harness. ``destroy()`` removes what a deployment created, in reverse order, and
+keeps what the program marks ``retain_on_delete`` (the data volumes) and the images.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import runpy
+import secrets as secrets_module
+import string
+import tarfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import pulumi
+from pulumi.runtime import settings as runtime_settings
+from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.sync_await import _sync_await
+
+from stacks.config import NAMESPACE  # noqa: F401  (the program's config namespace, via engine_config)
+from tests.stacks.mock_runtime import engine_config, unwrap
+
+ROOT = Path(__file__).resolve().parents[2]
+PROGRAM = ROOT / "stacks" / "__main__.py"
+PROGRAM_DIR = PROGRAM.parent  # Pulumi.yaml main: stacks/ -> the program's working directory
+
+PROVIDER = "pulumi:providers:docker"
+CONTAINER = "docker:index/container:Container"
+NETWORK = "docker:index/network:Network"
+VOLUME = "docker:index/volume:Volume"
+REMOTE_IMAGE = "docker:index/remoteImage:RemoteImage"
+BUILT_IMAGE = "docker:index/image:Image"
+PASSWORD = "random:index/randomPassword:RandomPassword"
+
+
+class NotImplementedByDriver(Exception):
+    """The program declares something this harness cannot apply faithfully."""
+
+
+class DeployError(RuntimeError):
+    """A resource could not be created (the message says which and why)."""
+
+
+# -- what is implemented -------------------------------------------------------------------------
+# Input name -> None (a scalar or a list of scalars) or a dict (an object, or a list of objects,
+# with these fields). Names as the SDK sends them (camelCase). Anything else is refused.
+_LABEL = {"label": None, "value": None}
+SCHEMAS: dict[str, dict[str, Any]] = {
+    PROVIDER: {"host": None, "version": None},
+    NETWORK: {"name": None, "driver": None, "internal": None, "labels": _LABEL},
+    VOLUME: {"name": None, "labels": _LABEL, "driver": None},
+    REMOTE_IMAGE: {"name": None, "keepLocally": None},
+    BUILT_IMAGE: {"imageName": None, "skipPush": None, "buildOnPreview": None,
+                  "build": {"context": None, "dockerfile": None, "args": "map", "platform": None}},
+    PASSWORD: {"length": None, "special": None, "upper": None, "lower": None, "numeric": None},
+    CONTAINER: {
+        "name": None, "image": None, "command": None, "entrypoints": None, "envs": None,
+        "labels": _LABEL, "restart": None, "logDriver": None, "logOpts": "map",
+        "uploads": {"file": None, "content": None, "contentBase64": None, "permissions": None,
+                    "executable": None},
+        "volumes": {"containerPath": None, "hostPath": None, "volumeName": None, "readOnly": None},
+        "networksAdvanced": {"name": None, "aliases": None},
+        "networkMode": None,
+        "healthcheck": {"tests": None, "interval": None, "timeout": None, "retries": None,
+                        "startPeriod": None, "startInterval": None},
+        "wait": None, "waitTimeout": None, "mustRun": None, "attach": None,
+        "shmSize": None, "capabilities": {"adds": None, "drops": None}, "securityOpts": None,
+        "deviceRequests": {"driver": None, "deviceIds": None, "capabilities": None, "count": None},
+        "ports": {"internal": None, "external": None, "ip": None, "protocol": None},
+        "stopSignal": None, "stopTimeout": None, "destroyGraceSeconds": None,
+        "tmpfs": "map", "user": None, "workingDir": None,
+    },
+}
+# Resource options honoured (or meaningless for a create-only apply); any other one is refused.
+OPTIONS_UNDERSTOOD = {"parent", "depends_on", "provider", "providers", "retain_on_delete",
+                      "delete_before_replace", "custom_timeouts", "version", "plugin_download_url",
+                      "additional_secret_outputs", "aliases"}  # set by the SDKs themselves (secret result, type renames)
+
+
+def check_inputs(type_: str, name: str, inputs: Mapping[str, Any]) -> None:
+    if type_ not in SCHEMAS:
+        raise NotImplementedByDriver(f"{type_} {name!r}: resource type not implemented by tests/deploy/driver.py")
+
+    def walk(value: Any, schema: Any, path: str) -> None:
+        if value is None or schema is None or schema == "map":
+            if schema is None and isinstance(value, dict):
+                raise NotImplementedByDriver(f"{type_} {name!r}: input {path} is an object, not implemented")
+            return
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            if not isinstance(item, dict):
+                raise NotImplementedByDriver(f"{type_} {name!r}: input {path} has an unexpected shape")
+            for key, sub in item.items():
+                if key not in schema:
+                    raise NotImplementedByDriver(
+                        f"{type_} {name!r}: input {path}.{key} is not implemented by tests/deploy/driver.py")
+                walk(sub, schema[key], f"{path}.{key}")
+
+    walk(dict(inputs), SCHEMAS[type_], name)
+
+
+def check_options(type_: str, name: str, opts: pulumi.ResourceOptions | None) -> None:
+    if opts is None:
+        return
+    for key, value in vars(opts).items():
+        if _empty(value) or key in OPTIONS_UNDERSTOOD:
+            continue
+        raise NotImplementedByDriver(f"{type_} {name!r}: resource option {key}={value!r} is not implemented")
+
+
+def _empty(value: Any) -> bool:
+    if value is None or value is False or value == [] or value == {}:
+        return True
+    fields = getattr(value, "__dict__", None)  # e.g. an empty ResourceHookBinding
+    return bool(fields is not None and not isinstance(value, pulumi.Resource) and all(map(_empty, fields.values())))
+
+
+# -- small conversions -----------------------------------------------------------------------------
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_UNIT_NS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60 * 10**9, "h": 3600 * 10**9}
+
+
+def duration_ns(text: str | None) -> int:
+    """Go's time.ParseDuration (what the provider applies to healthcheck durations)."""
+    if not text:
+        return 0
+    parts = _DURATION.findall(text)
+    if "".join(n + u for n, u in parts) != text:
+        raise NotImplementedByDriver(f"duration {text!r} is not a Go duration")
+    return int(sum(float(n) * _UNIT_NS[u] for n, u in parts))
+
+
+def _int(value: Any) -> int:
+    return int(value) if value is not None else 0
+
+
+@dataclass
+class Created:
+    type: str
+    name: str
+    id: str
+    retain: bool = False
+    destroy_grace: int = 0
+    attach: bool = False
+
+
+@dataclass
+class Deployment:
+    """What a run created, and the stack's outputs."""
+
+    stack: str
+    created: list[Created] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    omitted: dict[str, str] = field(default_factory=dict)  # container name -> why it was not created
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"stack": self.stack, "created": [vars(c) for c in self.created]}, indent=1))
+
+    @classmethod
+    def load(cls, path: Path) -> "Deployment":
+        data = json.loads(path.read_text())
+        return cls(stack=data["stack"], created=[Created(**c) for c in data["created"]])
+
+
+class DockerResources(pulumi.runtime.Mocks):
+    """The resource monitor's hooks: each registration becomes the real Docker object."""
+
+    def __init__(self, client, deployment: Deployment, options: dict, *, omit: Mapping[str, str],
+                 drop_start_interval: bool, build_hook: Callable[[str, dict], None] | None, log: Callable[[str], None]):
+        self.client = client
+        self.api = client.api
+        self.deployment = deployment
+        self.options = options  # (type, name) -> ResourceOptions, recorded by a stack transformation
+        self.omit = dict(omit)  # llm-node.service label -> reason: not created (Traefik, Grafana, cloudflared)
+        self.drop_start_interval = drop_start_interval
+        self.build_hook = build_hook
+        self.log = log
+        self.lock = threading.Lock()
+        self.api_version = tuple(int(p) for p in self.api.version()["ApiVersion"].split("."))
+        self.errors: list[Exception] = []
+        self.omitted_images: tuple[str, ...] = ()  # images of omitted services: not looked for
+
+    # -- the hooks ---------------------------------------------------------------------------
+    def call(self, args: pulumi.runtime.MockCallArgs):
+        raise NotImplementedByDriver(f"function {args.token} is not implemented by tests/deploy/driver.py")
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs):
+        inputs = unwrap(args.inputs)
+        if not args.custom and args.typ != PROVIDER and not args.typ.startswith("pulumi:providers:"):
+            return args.name, inputs  # a component resource: nothing to create
+        try:
+            check_inputs(args.typ, args.name, inputs)
+            check_options(args.typ, args.name, self.options.get((args.typ, args.name)))
+            handler = {PROVIDER: self._provider, NETWORK: self._network, VOLUME: self._volume,
+                       REMOTE_IMAGE: self._remote_image, BUILT_IMAGE: self._built_image, PASSWORD: self._password,
+                       CONTAINER: self._container}[args.typ]
+            return handler(args.name, inputs, self.options.get((args.typ, args.name)))
+        except Exception as error:  # noqa: BLE001  recorded, then re-raised into the SDK
+            self.log(f"FAILED {args.typ} {args.name}: {error}")
+            with self.lock:
+                self.errors.append(error)
+            raise
+
+    def _record(self, created: Created) -> None:
+        with self.lock:
+            self.deployment.created.append(created)
+
+    # -- simple resources --------------------------------------------------------------------
+    def _provider(self, name, inputs, opts):
+        # The program names its Docker host; the harness always applies to the private daemon.
+        return f"{name}-provider", inputs
+
+    def _password(self, name, inputs, opts):
+        alphabet = ""
+        if inputs.get("upper", True):
+            alphabet += string.ascii_uppercase
+        if inputs.get("lower", True):
+            alphabet += string.ascii_lowercase
+        if inputs.get("numeric", True):
+            alphabet += string.digits
+        if inputs.get("special", True):
+            alphabet += "!@#$%&*()-_=+[]{}<>:?"
+        result = "".join(secrets_module.choice(alphabet) for _ in range(_int(inputs["length"])))
+        return f"{name}-id", {**inputs, "result": result}
+
+    def _network(self, name, inputs, opts):
+        labels = {item["label"]: item["value"] for item in inputs.get("labels") or []}
+        network = self.api.create_network(inputs["name"], driver=inputs.get("driver") or "bridge",
+                                          internal=bool(inputs.get("internal")), labels=labels,
+                                          check_duplicate=True)
+        self._record(Created(NETWORK, inputs["name"], network["Id"], retain=_retain(opts)))
+        self.log(f"network {inputs['name']}{' (internal)' if inputs.get('internal') else ''}")
+        return network["Id"], inputs
+
+    def _volume(self, name, inputs, opts):
+        labels = {item["label"]: item["value"] for item in inputs.get("labels") or []}
+        volume = self.api.create_volume(inputs["name"], driver=inputs.get("driver") or "local", labels=labels)
+        self._record(Created(VOLUME, inputs["name"], volume["Name"], retain=_retain(opts)))
+        return volume["Name"], inputs
+
+    def _remote_image(self, name, inputs, opts):
+        reference = inputs["name"]
+        if self._omitted_image(reference):
+            return f"{name}-omitted", {**inputs, "imageId": "", "repoDigest": ""}
+        try:
+            image = self.api.inspect_image(reference)
+        except Exception as error:
+            raise DeployError(f"image {reference} is not on the engine and no registry is reachable: "
+                              f"select a stand-in in the stack's images (tests/deploy/standins.py): {error}") from error
+        return image["Id"], {**inputs, "imageId": image["Id"], "repoDigest": (image.get("RepoDigests") or [""])[0]}
+
+    def _omitted_image(self, reference: str) -> bool:
+        return reference in self.omitted_images
+
+    def _built_image(self, name, inputs, opts):
+        build = inputs.get("build") or {}
+        context = (PROGRAM_DIR / (build.get("context") or ".")).resolve()
+        dockerfile = (PROGRAM_DIR / (build.get("dockerfile") or Path(build.get("context") or ".") / "Dockerfile")).resolve()
+        if not context.is_dir():
+            raise DeployError(f"{name}: build context {build.get('context')!r} does not exist relative to the "
+                              f"program's working directory {PROGRAM_DIR} (resolved: {context})")
+        if not dockerfile.is_file():
+            raise DeployError(f"{name}: Dockerfile {build.get('dockerfile')!r} not found (resolved: {dockerfile})")
+        if context not in dockerfile.parents:
+            raise NotImplementedByDriver(f"{name}: a Dockerfile outside its build context is not implemented")
+        if self.build_hook is not None:
+            self.build_hook(name, inputs)
+        started = time.monotonic()
+        image_name = inputs["imageName"]
+        args = {k: str(v) for k, v in (build.get("args") or {}).items()}
+        _, log = _build(self.client, context, str(dockerfile.relative_to(context)), image_name, args,
+                        build.get("platform"))
+        took = time.monotonic() - started
+        with self.lock:
+            self.deployment.timings[f"build {image_name}"] = took
+        self.log(f"built {image_name} in {took:.0f}s")
+        image = self.api.inspect_image(image_name)
+        return image["Id"], {**inputs, "baseImageName": image_name, "repoDigest": "", "registryServer": "",
+                             "context": build.get("context"), "dockerfile": build.get("dockerfile"),
+                             "platform": build.get("platform")}
+
+    # -- containers --------------------------------------------------------------------------
+    def _container(self, name, inputs, opts):
+        labels = {item["label"]: item["value"] for item in inputs.get("labels") or []}
+        service = labels.get("llm-node.service", "")
+        if service in self.omit:
+            with self.lock:
+                self.deployment.omitted[inputs["name"]] = self.omit[service]
+            self.log(f"NOT deployed: {inputs['name']} ({self.omit[service]})")
+            return f"{name}-omitted", {**inputs, "exitCode": None}
+        if inputs.get("deviceRequests"):
+            raise DeployError(f"{inputs['name']}: declares GPU device requests; the local engine has no GPU runtime "
+                              "(deploy a cpu stack)")
+        started = time.monotonic()
+        created = self._create_container(inputs, labels, opts)
+        took = time.monotonic() - started
+        with self.lock:
+            self.deployment.timings[f"container {inputs['name']}"] = took
+        exit_code = created.get("exit_code")
+        self.log(f"container {inputs['name']} " + (f"exited {exit_code}" if inputs.get("attach") else
+                                                    "healthy" if inputs.get("wait") else "started") + f" ({took:.0f}s)")
+        state = {**inputs}
+        if exit_code is not None:
+            state["exitCode"] = exit_code
+        return created["id"], state
+
+    def _create_container(self, inputs, labels, opts) -> dict:
+        api = self.api
+        name = inputs["name"]
+        env = inputs.get("envs") or []
+        config: dict[str, Any] = {"Image": inputs["image"], "Env": list(env), "Labels": labels}
+        if inputs.get("command") is not None:
+            config["Cmd"] = list(inputs["command"])
+        if inputs.get("entrypoints") is not None:
+            config["Entrypoint"] = list(inputs["entrypoints"])
+        if inputs.get("user"):
+            config["User"] = inputs["user"]
+        if inputs.get("workingDir"):
+            config["WorkingDir"] = inputs["workingDir"]
+        if inputs.get("stopSignal"):
+            config["StopSignal"] = inputs["stopSignal"]
+        if inputs.get("stopTimeout") is not None:
+            config["StopTimeout"] = _int(inputs["stopTimeout"])
+        health = inputs.get("healthcheck")
+        if health:
+            config["Healthcheck"] = {"Test": list(health.get("tests") or []),
+                                     "Interval": duration_ns(health.get("interval")),
+                                     "Timeout": duration_ns(health.get("timeout")),
+                                     "StartPeriod": duration_ns(health.get("startPeriod")),
+                                     "Retries": _int(health.get("retries"))}
+            start_interval = duration_ns(health.get("startInterval"))
+            if start_interval:
+                if self.api_version >= (1, 44):
+                    config["Healthcheck"]["StartInterval"] = start_interval
+                elif not self.drop_start_interval:
+                    # What the provider's Docker client (moby client ContainerCreate) does.
+                    raise DeployError(f"{name}: \"specify health-check start interval\" requires API version 1.44, "
+                                      f"but the Docker daemon API version is {'.'.join(map(str, self.api_version))}")
+        host: dict[str, Any] = {
+            "RestartPolicy": {"Name": inputs.get("restart") or "no"},
+            "LogConfig": {"Type": inputs.get("logDriver") or "json-file", "Config": dict(inputs.get("logOpts") or {})},
+        }
+        binds = []
+        for volume in inputs.get("volumes") or []:
+            source = volume.get("hostPath") or volume.get("volumeName")
+            if not source or not volume.get("containerPath"):
+                raise NotImplementedByDriver(f"{name}: a volume entry without a source and a container path")
+            binds.append(f"{source}:{volume['containerPath']}:{'ro' if volume.get('readOnly') else 'rw'}")
+        if binds:
+            host["Binds"] = binds
+        if inputs.get("shmSize"):
+            host["ShmSize"] = _int(inputs["shmSize"]) * 1024 * 1024  # the provider's unit is MB
+        caps = inputs.get("capabilities") or {}
+        if caps.get("adds"):
+            host["CapAdd"] = list(caps["adds"])
+        if caps.get("drops"):
+            host["CapDrop"] = list(caps["drops"])
+        if inputs.get("securityOpts"):
+            host["SecurityOpt"] = list(inputs["securityOpts"])
+        if inputs.get("tmpfs"):
+            host["Tmpfs"] = dict(inputs["tmpfs"])
+        if inputs.get("ports"):
+            exposed, bindings = {}, {}
+            for port in inputs["ports"]:
+                key = f"{_int(port['internal'])}/{port.get('protocol') or 'tcp'}"
+                exposed[key] = {}
+                bindings.setdefault(key, []).append({"HostIp": port.get("ip") or "0.0.0.0",
+                                                     "HostPort": str(_int(port.get("external")) or "")})
+            config["ExposedPorts"], host["PortBindings"] = exposed, bindings
+        networks = inputs.get("networksAdvanced") or []
+        if networks:
+            first = networks[0]
+            host["NetworkMode"] = first["name"]
+            networking = {"EndpointsConfig": {first["name"]: {"Aliases": list(first.get("aliases") or [])}}}
+        elif inputs.get("networkMode"):
+            host["NetworkMode"] = inputs["networkMode"]
+            networking = None
+        else:
+            raise NotImplementedByDriver(f"{name}: no networks_advanced and no network_mode (the private daemon "
+                                         "has no default bridge)")
+        config["HostConfig"] = host
+        if networking:
+            config["NetworkingConfig"] = networking
+        response = api._post_json(api._url("/containers/create"), data=config, params={"name": name})
+        container_id = api._result(response, True)["Id"]
+        destroy_grace = _int(inputs.get("destroyGraceSeconds"))
+        self._record(Created(CONTAINER, name, container_id, destroy_grace=destroy_grace,
+                             attach=bool(inputs.get("attach"))))
+        for extra in networks[1:]:
+            api.connect_container_to_network(container_id, extra["name"], aliases=list(extra.get("aliases") or []))
+        for upload in inputs.get("uploads") or []:
+            api.put_archive(container_id, "/", _upload_tar(upload))
+        deadline = _create_deadline(opts)
+        api.start(container_id)
+        result: dict[str, Any] = {"id": container_id}
+        if inputs.get("wait"):
+            self._wait_healthy(container_id, name, _int(inputs.get("waitTimeout") or 60), deadline)
+        if inputs.get("attach"):
+            timeout = None if deadline is None else max(1, deadline - time.monotonic())
+            result["exit_code"] = api.wait(container_id, timeout=timeout)["StatusCode"]
+        return result
+
+    def _wait_healthy(self, container_id: str, name: str, timeout: int, deadline: float | None) -> None:
+        end = time.monotonic() + timeout
+        if deadline is not None:
+            end = min(end, deadline)
+        while True:
+            state = self.api.inspect_container(container_id)["State"]
+            health = state.get("Health")
+            if health is None:
+                raise DeployError(f"{name}: you have supplied a 'wait' argument, but the container does not have a "
+                                  "healthcheck defined")
+            if health.get("Status") == "healthy":
+                return
+            if not state.get("Running") and not state.get("Restarting"):
+                raise DeployError(f"{name} exited ({state.get('ExitCode')}) while waiting for it to be healthy:\n"
+                                  + _logs_tail(self.api, container_id))
+            if time.monotonic() > end:
+                last = (health.get("Log") or [{}])[-1].get("Output", "")
+                raise DeployError(f"{name}: container failed to be in healthy state in {timeout}s "
+                                  f"(health {health.get('Status')}; last check: {last.strip()[:300]})\n"
+                                  + _logs_tail(self.api, container_id))
+            time.sleep(1)
+
+
+def _retain(opts: pulumi.ResourceOptions | None) -> bool:
+    return bool(opts and opts.retain_on_delete)
+
+
+def _create_deadline(opts: pulumi.ResourceOptions | None) -> float | None:
+    timeouts = opts.custom_timeouts if opts else None
+    if timeouts is None or not timeouts.create:
+        return None
+    return time.monotonic() + duration_ns(timeouts.create) / 1e9
+
+
+def _upload_tar(upload: Mapping[str, Any]) -> bytes:
+    """One file per archive, named by its absolute path, extracted at "/" (as the provider does)."""
+    import base64
+
+    if upload.get("content") is not None:
+        data = str(upload["content"]).encode()
+    elif upload.get("contentBase64") is not None:
+        data = base64.b64decode(upload["contentBase64"])
+    else:
+        raise NotImplementedByDriver(f"upload {upload.get('file')}: only content and content_base64 are implemented")
+    if upload.get("permissions"):
+        mode = int(upload["permissions"], 8)
+    else:
+        mode = 0o744 if upload.get("executable") else 0o644
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        info = tarfile.TarInfo(upload["file"])
+        info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+        tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _logs_tail(api, container_id: str, lines: int = 40) -> str:
+    try:
+        return api.logs(container_id, tail=lines).decode(errors="replace")
+    except Exception as error:  # noqa: BLE001
+        return f"(no logs: {error})"
+
+
+def _build(client, context: Path, dockerfile: str, tag: str, args: Mapping[str, str], platform: str | None,
+           labels: Mapping[str, str] | None = None) -> tuple[str, list[str]]:
+    """The legacy builder with host networking (no BuildKit here, and no bridge to build on)."""
+    log: list[str] = []
+    image_id = None
+    for chunk in client.api.build(path=str(context), dockerfile=dockerfile, tag=tag, buildargs=dict(args),
+                                  platform=platform, network_mode="host", rm=True, forcerm=True, decode=True,
+                                  labels=dict(labels or {})):
+        if "stream" in chunk:
+            log.append(chunk["stream"])
+        if "error" in chunk:
+            raise DeployError(f"building {tag} from {context} failed: {chunk['error']}\n" + "".join(log[-40:]))
+        if "aux" in chunk and "ID" in chunk["aux"]:
+            image_id = chunk["aux"]["ID"]
+    if image_id is None:
+        raise DeployError(f"building {tag} gave no image:\n" + "".join(log[-40:]))
+    return image_id, log
+
+
+def deploy(client, stack: str, values: Mapping[str, Any], *, omit: Mapping[str, str] | None = None,
+           omitted_images: tuple[str, ...] = (), drop_start_interval: bool = False,
+           state_file: Path | None = None, build_hook=None, log: Callable[[str], None] = print) -> Deployment:
+    """Run the program for ``stack`` with the stack values ``values`` and apply it to ``client``'s engine."""
+    deployment = Deployment(stack=stack)
+    config, secret_keys = engine_config(values, {})
+    options: dict[tuple[str, str], pulumi.ResourceOptions] = {}
+    hooks = DockerResources(client, deployment, options, omit=omit or {}, drop_start_interval=drop_start_interval,
+                            build_hook=build_hook, log=log)
+    hooks.omitted_images = tuple(omitted_images)
+
+    runtime_settings.ROOT.set(None)
+    pulumi.runtime.set_all_config(config, secret_keys)
+    pulumi.runtime.set_mocks(hooks, project="llm-node", stack=stack, preview=False)
+    runtime_settings.SETTINGS.rpc_manager.clear()
+    runtime_settings.SETTINGS.outputs.clear()
+
+    def record(args: pulumi.ResourceTransformationArgs):
+        options[(args.type_, args.name)] = args.opts
+        return None
+
+    pulumi.runtime.register_stack_transformation(record)
+    cwd = os.getcwd()
+    started = time.monotonic()
+    try:
+        os.chdir(PROGRAM_DIR)  # Pulumi runs the program in its main directory
+        _sync_await(run_pulumi_func(lambda: runpy.run_path(str(PROGRAM), run_name="__main__")))
+    except Exception as error:
+        if hooks.errors:
+            raise DeployError("deployment failed: " + "; ".join(str(e) for e in hooks.errors)) from error
+        raise
+    finally:
+        os.chdir(cwd)
+        deployment.timings["deploy total"] = time.monotonic() - started
+        if state_file is not None:
+            deployment.save(state_file)
+    if hooks.errors:
+        raise DeployError("deployment failed: " + "; ".join(str(e) for e in hooks.errors))
+    root = runtime_settings.get_root_resource()
+    outputs = dict(getattr(root, "outputs", {}) or {})
+    deployment.outputs = {k: _resolved(v) for k, v in outputs.items()}
+    return deployment
+
+
+def _resolved(value: Any) -> Any:
+    if isinstance(value, pulumi.Output):
+        return _resolved(_sync_await(value.future()))
+    if isinstance(value, dict):
+        return {k: _resolved(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolved(v) for v in value]
+    return value
+
+
+def destroy(client, deployment: Deployment, log: Callable[[str], None] = print) -> None:
+    """Remove what ``deployment`` created, newest first; keep retained resources and images."""
+    api = client.api
+    for item in reversed(deployment.created):
+        if item.retain:
+            log(f"kept {item.type.rsplit(':', 1)[-1]} {item.name} (retain_on_delete)")
+            continue
+        try:
+            if item.type == CONTAINER:
+                if not item.attach:  # the provider stops with destroy_grace_seconds (0: killed at once)
+                    api.stop(item.id, timeout=item.destroy_grace)
+                api.remove_container(item.id, force=True, v=True)
+            elif item.type == NETWORK:
+                api.remove_network(item.id)
+            elif item.type == VOLUME:
+                api.remove_volume(item.id)
+        except Exception as error:  # noqa: BLE001
+            if "No such" not in str(error) and "not found" not in str(error):
+                raise

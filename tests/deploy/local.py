@@ -1,0 +1,125 @@
+"""Bring the test deployment up on the private daemon, and take it down.
+
+    .venv/bin/python -m tests.deploy up     # daemon, images, deployment; prints the phases' durations
+    .venv/bin/python -m tests.deploy down   # destroy (volumes kept), stop the daemon
+
+The session fixture of tests/infra (``deployed_node`` without ``--hosts``) calls the same
+functions. What a deployment created is saved in the cache (``deploy/state-<stack>.json``), so
+a session that was killed half-way is cleaned up by the next one before it deploys.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from stacks.config import parse_settings
+
+from . import driver
+from .daemon import PrivateDaemon
+from .images import DEPLOY_CACHE, Builder
+from .stack import BASE_IMAGE_ALIASES, OMITTED, STANDIN_FOR, omitted_images, stack_values
+
+STATE_FILE = DEPLOY_CACHE / "state-local.json"
+
+
+def say(message: str) -> None:
+    print(f"[deploy] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class LocalDeployment:
+    daemon: PrivateDaemon
+    client: Any
+    values: dict
+    deployment: driver.Deployment
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def settings(self):
+        return parse_settings(self.values, driver_stack())
+
+    def summary(self) -> str:
+        lines = [f"local deployment of stack {driver_stack()!r} on {self.daemon.url}"]
+        lines += [f"  NOT deployed: {name}: {why}" for name, why in sorted(self.deployment.omitted.items())]
+        lines += [f"  {what}: {seconds:.1f}s" for what, seconds in self.timings.items()]
+        return "\n".join(lines)
+
+
+def driver_stack() -> str:
+    from .stack import BASE_STACK
+
+    return BASE_STACK
+
+
+def build_images(client, log: Callable[[str], None] = say) -> tuple[dict[str, str], dict[str, float]]:
+    """The base and every stand-in; the aliases for base images not yet passed as build arguments."""
+    timings: dict[str, float] = {}
+    builder = Builder(client, log=log, timings=timings)
+    standins = {name: builder.standin(name) for name in sorted(set(STANDIN_FOR.values()) | set(BASE_IMAGE_ALIASES.values()))}
+    for official, name in BASE_IMAGE_ALIASES.items():
+        repository, tag = official.rsplit(":", 1)
+        client.api.tag(standins[name], repository, tag)
+    return standins, timings
+
+
+def up(daemon: PrivateDaemon | None = None, log: Callable[[str], None] = say) -> LocalDeployment:
+    daemon = daemon or PrivateDaemon().start()
+    client = daemon.client()
+    if STATE_FILE.exists():  # a previous session did not get to destroy its deployment
+        log(f"removing the previous deployment recorded in {STATE_FILE}")
+        driver.destroy(client, driver.Deployment.load(STATE_FILE), log=log)
+        STATE_FILE.unlink()
+    started = time.monotonic()
+    standins, timings = build_images(client, log)
+    timings["build phase (base + stand-ins)"] = time.monotonic() - started
+    values = stack_values(standins)
+    for service, why in OMITTED.items():
+        log(f"{service} will not be deployed: {why}")
+    started = time.monotonic()
+    deployment = driver.deploy(client, driver_stack(), values, omit=OMITTED, omitted_images=omitted_images(values),
+                               drop_start_interval=True, state_file=STATE_FILE, log=log)
+    total = time.monotonic() - started
+    project_builds = sum(v for k, v in deployment.timings.items() if k.startswith("build "))
+    timings["deploy phase (apply, incl. project image builds)"] = total
+    timings["  of which project image builds"] = project_builds
+    local = LocalDeployment(daemon=daemon, client=client, values=values, deployment=deployment, timings=timings)
+    for line in local.summary().splitlines():
+        log(line)
+    return local
+
+
+def down(local: LocalDeployment | None = None, stop_daemon: bool = True, log: Callable[[str], None] = say) -> None:
+    daemon = local.daemon if local else PrivateDaemon()
+    if local is None:
+        if not daemon.answers():
+            daemon.start()
+        client = daemon.client()
+        deployment = driver.Deployment.load(STATE_FILE) if STATE_FILE.exists() else None
+    else:
+        client, deployment = local.client, local.deployment
+    started = time.monotonic()
+    if deployment is not None:
+        driver.destroy(client, deployment, log=log)
+        STATE_FILE.unlink(missing_ok=True)
+    log(f"destroyed in {time.monotonic() - started:.1f}s (volumes kept)")
+    if stop_daemon:
+        daemon.stop()
+
+
+def main(argv: list[str]) -> int:
+    command = argv[1] if len(argv) > 1 else "up"
+    if command == "up":
+        up()
+        return 0
+    if command == "down":
+        down()
+        return 0
+    print(__doc__)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
