@@ -67,14 +67,26 @@ def _tree_digest(directory: Path) -> str:
     return _digest(*parts)
 
 
-def extra_ca_bundle() -> bytes:
-    path = os.environ.get("LLM_NODE_BUILD_CA_BUNDLE")
-    if not path:
-        return b""
-    data = Path(path).read_bytes()
-    if b"BEGIN CERTIFICATE" not in data:
-        raise RuntimeError(f"LLM_NODE_BUILD_CA_BUNDLE={path} holds no PEM certificate")
-    return data
+LOCAL_CA_DIR = Path("/usr/local/share/ca-certificates")  # Debian's place for a machine's own CAs
+
+
+def extra_ca_certificates() -> list[tuple[str, bytes]]:
+    """The build option "extra CA certificates": (file name, PEM) pairs every stand-in trusts.
+
+    ``LLM_NODE_BUILD_CA_BUNDLE`` names a PEM file (one or more certificates); set to an empty
+    value it adds none. Unset, the machine's own local CAs are used (the ``*.crt`` files in
+    /usr/local/share/ca-certificates, what update-ca-certificates adds to the host's bundle):
+    builds then trust what the host trusts, which is what a TLS-inspecting proxy needs.
+    """
+    option = os.environ.get("LLM_NODE_BUILD_CA_BUNDLE")
+    if option is not None:
+        if not option:
+            return []
+        data = Path(option).read_bytes()
+        if b"BEGIN CERTIFICATE" not in data:
+            raise RuntimeError(f"LLM_NODE_BUILD_CA_BUNDLE={option} holds no PEM certificate")
+        return [("llm-node-build-extra.crt", data)]
+    return [(path.name, path.read_bytes()) for path in sorted(LOCAL_CA_DIR.glob("*.crt"))]
 
 
 def torch_cpu_wheel() -> Path:
@@ -118,26 +130,44 @@ class Builder:
         self.log(f"{what}: {took:.0f}s")
 
     # -- the Debian base -------------------------------------------------------------------
-    def base(self) -> str:
-        if "base" in self.built:
-            return self.built["base"]
-        ca = extra_ca_bundle()
-        key = _digest(SUITE, "minbase", MIRROR, str(ROOTFS_RECIPE), ca)
-        tag = f"llm-node-standin/debian:{SUITE}-{key}"
+    def rootfs(self) -> str:
+        """debootstrap minbase, imported; the tarball is cached, keyed on what shapes it."""
+        key = _digest(SUITE, "minbase", MIRROR, str(ROOTFS_RECIPE))
+        tag = f"llm-node-standin/debian-rootfs:{SUITE}-{key}"
         if not self._exists(tag):
             tarball = DEPLOY_CACHE / f"rootfs-{key}.tar"
             if not tarball.exists():
                 started = time.monotonic()
-                self._debootstrap(tarball, ca)
+                self._debootstrap(tarball)
                 self._timed("debootstrap (base root filesystem)", started)
             started = time.monotonic()
             with open(tarball, "rb") as data:
                 self.client.api.import_image_from_data(data.read(), repository=tag.split(":")[0], tag=tag.split(":")[1])
             self._timed("docker import (base)", started)
+        return tag
+
+    def base(self) -> str:
+        """The root filesystem plus the build option's extra CA certificates."""
+        if "base" in self.built:
+            return self.built["base"]
+        rootfs = self.rootfs()
+        certificates = extra_ca_certificates()
+        key = _digest(_tree_digest(STANDINS / "base"), rootfs, *(name + ":" + pem.decode() for name, pem in certificates))
+        tag = f"llm-node-standin/debian:{SUITE}-{key}"
+        if not self._exists(tag):
+            with tempfile.TemporaryDirectory(prefix="llmnode-base-", dir="/var/tmp") as context:
+                shutil.copytree(STANDINS / "base", context, dirs_exist_ok=True)
+                (Path(context) / "extra-ca").mkdir()
+                for name, pem in certificates:
+                    (Path(context) / "extra-ca" / name).write_bytes(pem)
+                started = time.monotonic()
+                _build(self.client, Path(context), "Dockerfile", tag, {"ROOTFS_IMAGE": rootfs}, None)
+                self._timed("build base (extra CA certificates: "
+                            + (", ".join(n for n, _ in certificates) or "none") + ")", started)
         self.built["base"] = tag
         return tag
 
-    def _debootstrap(self, tarball: Path, ca: bytes) -> None:
+    def _debootstrap(self, tarball: Path) -> None:
         if shutil.which("debootstrap") is None:
             raise RuntimeError("debootstrap is not installed: scripts/bootstrap installs it")
         DEPLOY_CACHE.mkdir(parents=True, exist_ok=True)
@@ -155,9 +185,6 @@ class Builder:
                             "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
                             "ca-certificates >/dev/null && apt-get clean && rm -rf /var/lib/apt/lists/*"],
                            check=True, capture_output=True)
-            if ca:
-                (root / "usr/local/share/ca-certificates/llm-node-build-extra.crt").write_bytes(ca)
-                subprocess.run(["chroot", str(root), "update-ca-certificates"], check=True, capture_output=True)
             partial = tarball.with_suffix(".partial")
             subprocess.run(["tar", "-C", str(root), "--numeric-owner", "-cf", str(partial), "."], check=True)
             partial.rename(tarball)
@@ -190,8 +217,7 @@ class Builder:
                 _build(self.client, Path(context), "Dockerfile", build_tag,
                        {"BASE_IMAGE": parent, "PYTHON_IMAGE": parent}, None)
                 self._timed(f"build stand-in {name}", started)
-        version = self.client.containers.run(build_tag, ["-c", version_command], entrypoint=["sh"], user="root",
-                                             network_mode="none", remove=True).decode().strip()
+        version = run_output(self.client, build_tag, version_command)
         if not re.fullmatch(r"\d+\.\d+[0-9A-Za-z.]*", version):
             raise RuntimeError(f"stand-in {name}: unexpected version {version!r}")
         repository, _ = build_tag.split(":")
@@ -199,6 +225,17 @@ class Builder:
         tag = f"{repository}:{version}-standin.{key}"
         self.built[name] = tag
         return tag
+
+
+def run_output(client, image: str, command: str) -> str:
+    """stdout of ``sh -c command`` in a throwaway container (logs read before it is removed)."""
+    container = client.containers.create(image, ["-c", command], entrypoint=["sh"], user="root", network_mode="none")
+    try:
+        container.start()
+        container.wait(timeout=120)
+        return container.logs(stdout=True, stderr=False).decode().strip()
+    finally:
+        container.remove(force=True)
 
 
 def _same_fs(path: Path, directory: str) -> bool:

@@ -1,8 +1,11 @@
 """The node under test for the infra suite.
 
 Without ``--hosts`` the suite checks the local node that ``make test`` starts (real CPU vLLM,
-gateway, PostgreSQL, Redis, Prometheus) and skips the checks that need a Docker host.
-With ``--hosts`` it checks a deployed node and nothing local is started:
+gateway, PostgreSQL, Redis, Prometheus as processes), and the deployed-node checks
+(test_deployed.py) run against the dev stack deployed by ``make test`` itself on a private
+Docker daemon (tests/deploy: the Pulumi program applied for real, with stand-in images;
+Traefik, Grafana and cloudflared are not deployed there, and their checks are skipped with
+that reason). With ``--hosts`` it checks a deployed node and nothing local is started:
 
     pulumi stack output --stack prod --json --show-secrets > /tmp/prod-outputs.json
     LLM_NODE_STACK=prod LLM_NODE_STACK_OUTPUTS=/tmp/prod-outputs.json \
@@ -22,7 +25,10 @@ Environment (deployed mode):
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import subprocess
 
 import pytest
 import testinfra
@@ -66,14 +72,58 @@ def _deployed_node(spec: str, config) -> DeployedNode:
                         api_key=os.environ.get("LLM_NODE_API_KEY", ""))
 
 
+def non_loopback_listeners(host) -> set[int]:
+    ports = set()
+    for spec in host.socket.get_listening_sockets():
+        match = re.match(r"tcp://(.+):(\d+)$", spec)
+        if match and not (match.group(1).startswith("127.") or match.group(1) == "::1"):
+            ports.add(int(match.group(2)))
+    return ports
+
+
+@pytest.fixture(scope="session")
+def local_deployment():
+    """The dev stack deployed on a private Docker daemon by tests/deploy; destroyed afterwards
+    (its volumes are kept, as the program says), and the daemon stopped."""
+    from tests.deploy import local
+
+    host = testinfra.get_host("local://")
+    before = non_loopback_listeners(host)  # this machine's own public listeners (sshd, ...)
+    deployment = local.up()
+    try:
+        yield deployment, before
+    finally:
+        local.down(deployment)
+
+
+def _local_deployed_node(request) -> DeployedNode:
+    deployment, listeners_before = request.getfixturevalue("local_deployment")
+    os.environ["DOCKER_HOST"] = deployment.daemon.url  # the suite's `docker ...` commands go to that daemon
+    extra = set(listeners_before) | {int(p) for p in os.environ.get("LLM_NODE_ALLOWED_PORTS", "22").split(",") if p}
+    os.environ["LLM_NODE_ALLOWED_PORTS"] = ",".join(str(p) for p in sorted(extra))
+    from tests.deploy.stack import OMITTED
+
+    layout = DeployedLayout(deployment.settings, deployment.deployment.outputs, absent=dict(OMITTED))
+    gateway = json.loads(subprocess.run(["docker", "-H", deployment.daemon.url, "inspect", layout.container("gateway")],
+                                        capture_output=True, check=True, text=True).stdout)[0]
+    address = gateway["NetworkSettings"]["Networks"][layout.edge_network]["IPAddress"]
+    # No Traefik here: clients reach the gateway container directly over the edge network's
+    # bridge, on its API port (plain HTTP inside the node).
+    return DeployedNode(host=testinfra.get_host("local://"), api_url=f"http://{address}:{layout.settings.gateway.port}",
+                        layout=layout)
+
+
 @pytest.fixture(scope="session")
 def deployed_node(request):
     specs = deployed_hosts(request.config)
-    if not specs:
-        pytest.skip(NO_DOCKER_HOST)
     if len(specs) > 1:
         pytest.fail("tests/infra checks one node per run: give one --hosts value")
-    node = _deployed_node(specs[0], request.config)
+    if specs:
+        node = _deployed_node(specs[0], request.config)
+    elif os.environ.get("LLM_NODE_LOCAL_DEPLOY", "1") == "0":
+        pytest.skip(NO_DOCKER_HOST)
+    else:
+        node = _local_deployed_node(request)
     if not node.api_key:
         node.create_key()
     models = node.http().get(node.api_url + "/v1/models", headers={"Authorization": f"Bearer {node.api_key}"}, timeout=30)

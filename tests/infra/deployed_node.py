@@ -34,6 +34,10 @@ class DeployedLayout:
 
     settings: NodeSettings
     outputs: Mapping = field(default_factory=dict)
+    # Services of the stack deliberately not deployed on this node -> why (the local deployment
+    # of tests/deploy has no Traefik, Grafana or cloudflared image); their checks are skipped
+    # with that reason, every other check runs.
+    absent: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def load(cls, stack: str, outputs_file: str | None = None) -> "DeployedLayout":
@@ -71,9 +75,17 @@ class DeployedLayout:
                 and not (k == "traefik-acme" and self.settings.edge.tls_mode != "acme")]
         return tuple(f"{self.prefix}-{k}" for k in keys)
 
+    def skip_if_absent(self, service: str) -> None:
+        if service in self.absent:
+            import pytest
+
+            pytest.skip(self.absent[service])
+
     @property
     def published_ports(self) -> dict[int, str]:
         """Host port -> the address it may be bound to (only Traefik publishes)."""
+        if "traefik" in self.absent:
+            return {}
         edge = self.settings.edge
         ports = {edge.http_port: edge.bind_address, edge.https_port: edge.bind_address} if edge.publish else {}
         if edge.ops_port:
@@ -89,7 +101,7 @@ class DeployedLayout:
         gateway = self.settings.gateway
         engines = tuple(Service(naming.engine_alias(i), r"vllm", naming.ENGINE_PORT)
                         for i in range(self.settings.engine.replicas))
-        return engines + (
+        every = engines + (
             Service("gateway", r"llm_gateway", gateway.port),
             Service("postgres", r"postgres", naming.POSTGRES_PORT),
             Service("redis", r"redis-server", naming.REDIS_PORT),
@@ -97,6 +109,7 @@ class DeployedLayout:
             Service("prometheus", r"prometheus", naming.PROMETHEUS_PORT),
             Service("grafana", r"grafana", naming.GRAFANA_PORT),
         ) + ((Service("cloudflared", r"cloudflared", naming.CLOUDFLARED_METRICS_PORT),) if self.tunnel else ())
+        return tuple(service for service in every if service.name not in self.absent)
 
 
 # Runs inside a throwaway container: one HTTP request, the answer as JSON on stdout.
@@ -156,8 +169,14 @@ class DeployedNode:
 
     @property
     def expected_jobs(self) -> frozenset[str]:
-        jobs = {VLLM_JOB, GATEWAY_JOB, TRAEFIK_JOB, PROMETHEUS_JOB}
-        return frozenset(jobs | ({CLOUDFLARED_JOB} if self.tunnel else set()))
+        jobs = {VLLM_JOB, GATEWAY_JOB, TRAEFIK_JOB, PROMETHEUS_JOB} | ({CLOUDFLARED_JOB} if self.tunnel else set())
+        return frozenset(jobs - self.absent_jobs)
+
+    @property
+    def absent_jobs(self) -> frozenset[str]:
+        """Scrape jobs of services not deployed here (their targets cannot be up)."""
+        by_service = {"traefik": TRAEFIK_JOB, "cloudflared": CLOUDFLARED_JOB}
+        return frozenset(job for service, job in by_service.items() if service in self.layout.absent)
 
     def listener(self, service: Service) -> Listener:
         """Ports read from the container's own network namespace (/proc/PID/net/tcp*); when
@@ -206,9 +225,33 @@ class DeployedNode:
         return json.loads(answer["body"])["data"]["activeTargets"]
 
     # -- a key of its own --------------------------------------------------------------------
+    def new_key(self, name: str) -> tuple[str, str]:
+        """A fresh key made with the gateway's admin CLI in its container: (key, id)."""
+        created = json.loads(self.admin_cli("create-key", "--name", name, "--tier", "standard", "--json"))
+        return created["key"], str(created["id"])
+
     def create_key(self) -> None:
-        created = json.loads(self.admin_cli("create-key", "--name", "infra-suite", "--tier", "standard", "--json"))
-        self.api_key, self._created_key_id = created["key"], str(created["id"])
+        self.api_key, self._created_key_id = self.new_key("infra-suite")
+
+    @property
+    def created_key_id(self) -> str | None:
+        return self._created_key_id
+
+    def usage_rows(self, key_id: str) -> list[tuple[str, int, int, int]]:
+        """(model, prompt_tokens, completion_tokens, status) recorded for ``key_id`` in PostgreSQL,
+        read with psql inside the PostgreSQL container (its local socket)."""
+        from stacks.postgres import DATABASE, USER
+
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", key_id):
+            raise ValueError(f"unexpected key id {key_id!r}")
+        out = self.docker("exec %s psql -U %s -d %s -AtF , -c %s", self.layout.container("postgres"), USER, DATABASE,
+                          "SELECT model, prompt_tokens, completion_tokens, status FROM usage_records "
+                          f"WHERE key_id = '{key_id}' ORDER BY id")
+        rows = []
+        for line in out.splitlines():
+            model, prompt, completion, status = line.rsplit(",", 3)
+            rows.append((model, int(prompt), int(completion), int(status)))
+        return rows
 
     def revoke_created_key(self) -> None:
         if self._created_key_id:

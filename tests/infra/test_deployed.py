@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 
 from stacks import naming
+from stacks.containers import LABEL_STACK
+
+from .node import wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -78,12 +81,14 @@ def test_internal_services_are_unreachable_from_the_edge_network(deployed_node, 
 
 def test_traefik_answers_ping(deployed_node):
     node = deployed_node
+    node.layout.skip_if_absent("traefik")
     result = node.host.run("docker exec %s traefik healthcheck --ping", node.layout.container("traefik"))
     assert result.rc == 0, result.stdout + result.stderr
 
 
 def test_readyz_through_traefik_over_tls(deployed_node):
     node = deployed_node
+    node.layout.skip_if_absent("traefik")
     assert node.api_url.startswith("https://")
     ready = node.http().get(node.api_url + "/readyz", timeout=15)
     assert ready.status_code == 200, ready.text
@@ -96,6 +101,7 @@ def test_readyz_through_traefik_over_tls(deployed_node):
 
 def test_grafana_holds_the_provisioned_dashboards(deployed_node):
     node = deployed_node
+    node.layout.skip_if_absent("grafana")
     grafana = node.layout.container("grafana")
     user = node.layout.outputs.get("grafana_admin_user", "admin")
     password = node.layout.outputs.get("grafana_admin_password")
@@ -115,6 +121,7 @@ def test_grafana_holds_the_provisioned_dashboards(deployed_node):
 
 def test_cloudflared_is_connected_when_the_tunnel_is_enabled(deployed_node):
     node = deployed_node
+    node.layout.skip_if_absent("cloudflared")
     if not node.tunnel:
         pytest.skip("the tunnel is not enabled on this stack (tunnel.enabled: false)")
     # cloudflared's /ready answers 200 once it holds at least one connection to Cloudflare.
@@ -129,3 +136,86 @@ def test_data_volumes_are_present(deployed_node):
     volumes = set(node.docker("volume ls --format %s", "{{.Name}}").split())
     missing = set(node.layout.data_volumes) - volumes
     assert not missing, f"missing volumes: {sorted(missing)}"
+
+
+def test_only_the_intended_containers_publish_host_ports(deployed_node):
+    # What Docker itself publishes for the stack's containers: only Traefik's edge and ops ports.
+    node = deployed_node
+    names = node.docker("ps -a --filter %s --format %s", f"label={LABEL_STACK}", "{{.Names}}").split()
+    assert names, "no container of the stack found"
+    published: dict[int, str] = {}
+    for name in names:
+        for bindings in (node.inspect(name)["HostConfig"].get("PortBindings") or {}).values():
+            for binding in bindings or []:
+                published[int(binding["HostPort"])] = f"{binding.get('HostIp') or '0.0.0.0'} ({name})"
+    wanted = node.layout.published_ports
+    unexpected = {port: where for port, where in published.items() if port not in wanted}
+    wrong_address = {port: where for port, where in published.items()
+                     if port in wanted and not where.startswith(wanted[port])}
+    assert not unexpected and not wrong_address, f"unexpected: {unexpected}; wrong address: {wrong_address}"
+    assert set(published) == set(wanted), f"published {sorted(published)}, the stack says {sorted(wanted)}"
+
+
+def test_the_gateway_is_ready_and_refuses_requests_without_a_key(deployed_node):
+    node = deployed_node
+    ready = node.http().get(node.api_url + "/readyz", timeout=15)
+    assert ready.status_code == 200, ready.text
+    refused = node.http().post(node.api_url + "/v1/chat/completions", timeout=15,
+                               json={"model": node.model, "messages": [{"role": "user", "content": "hi"}]})
+    assert refused.status_code == 401, refused.text
+
+
+def _openai_client(node, key: str):
+    import ssl
+
+    import httpx
+    import openai
+
+    verify = node.ca_bundle if isinstance(node.ca_bundle, bool) else ssl.create_default_context(cafile=node.ca_bundle)
+    return openai.OpenAI(base_url=node.api_url + "/v1", api_key=key, max_retries=0, timeout=120,
+                         http_client=httpx.Client(verify=verify))
+
+
+def test_a_fresh_key_completes_plain_and_streamed_with_the_openai_client_and_usage_is_recorded(deployed_node):
+    node = deployed_node
+    key, key_id = node.new_key("infra-suite-openai")
+    try:
+        client = _openai_client(node, key)
+        plain = client.chat.completions.create(model=node.model, max_tokens=8,
+                                               messages=[{"role": "user", "content": "Say hello."}])
+        assert plain.choices[0].message.role == "assistant"
+        assert plain.usage.prompt_tokens > 0 and plain.usage.completion_tokens > 0
+        chunks = list(client.chat.completions.create(model=node.model, max_tokens=8, stream=True,
+                                                     stream_options={"include_usage": True},
+                                                     messages=[{"role": "user", "content": "Count to three."}]))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        streamed_usage = [c.usage for c in chunks if c.usage is not None]
+        assert text, "the stream carried no text"
+        assert streamed_usage and streamed_usage[-1].completion_tokens > 0
+
+        # Both requests are billed to the new key in PostgreSQL (the gateway writes usage
+        # records shortly after each response).
+        rows = wait_for(lambda: (r := node.usage_rows(key_id)) if len(r) >= 2 else None, timeout=60) \
+            or node.usage_rows(key_id)
+        assert len(rows) == 2, f"usage rows for the key: {rows}"
+        assert {row[0] for row in rows} == {node.model}
+        assert all(status == 200 for *_, status in rows), rows
+        assert [row[2] for row in rows] == [plain.usage.completion_tokens, streamed_usage[-1].completion_tokens]
+    finally:
+        node.admin_cli("revoke-key", key_id)
+
+
+def test_prometheus_scrapes_every_deployed_target_and_all_are_up(deployed_node):
+    node = deployed_node
+
+    def every_job_up():
+        targets = [t for t in node.prometheus_targets() if t["labels"]["job"] not in node.absent_jobs]
+        jobs = {t["labels"]["job"] for t in targets}
+        return targets if jobs >= node.expected_jobs and all(t["health"] == "up" for t in targets) else None
+
+    wait_for(every_job_up, timeout=90, interval=3)
+    targets = node.prometheus_targets()
+    present = [t for t in targets if t["labels"]["job"] not in node.absent_jobs]
+    assert {t["labels"]["job"] for t in present} >= node.expected_jobs
+    down = [(t["labels"]["job"], t["scrapeUrl"], t.get("lastError")) for t in present if t["health"] != "up"]
+    assert not down, f"targets down: {down}"
