@@ -15,6 +15,8 @@ import pulumi
 import pulumi_docker as docker
 import pulumi_random as random
 
+from stacks.images import BuildRecipe, built_image_name
+
 RESTART = "unless-stopped"
 JOB_RESTART = "no"
 LOG_DRIVER = "json-file"
@@ -87,14 +89,18 @@ def generated_secret(resource_name: str, parent: pulumi.Resource, length: int = 
     return pulumi.Output.secret(password.result)
 
 
-def built_image(resource_name: str, image_name: str, context: str, dockerfile: str, parent: pulumi.Resource,
-                build_args: Mapping[str, pulumi.Input[str]] | None = None) -> docker.Image:
-    """An image built from this repository on the Docker host itself; nothing to push."""
+def built_image(resource_name: str, component: str, recipe: BuildRecipe, base_image: str,
+                parent: pulumi.Resource) -> docker.Image:
+    """An image built from this repository on the Docker host itself; nothing to push.
+
+    Tagged with a hash of its build context and base image, so a source or base change gives
+    a new tag (and new containers), and an unchanged tree never rebuilds.
+    """
     return docker.Image(
         resource_name,
-        image_name=image_name,
-        build=docker.DockerBuildArgs(context=context, dockerfile=dockerfile, args=build_args,
-                                     platform="linux/amd64"),
+        image_name=built_image_name(component, recipe.directory, base_image),
+        build=docker.DockerBuildArgs(context=recipe.context, dockerfile=recipe.dockerfile,
+                                     args={recipe.base_arg: base_image}, platform="linux/amd64"),
         skip_push=True,
         opts=pulumi.ResourceOptions(parent=parent),
     )

@@ -18,11 +18,7 @@ import pulumi_docker as docker
 from services.launch import engine_args, engine_env
 from stacks import containers, naming
 from stacks.config import EngineDeployment
-from stacks.images import REPO_ROOT, built_image_name
-
-CONTEXT = "services/engine"  # relative to the project root, where Pulumi runs the program
-DOCKERFILE = f"{CONTEXT}/Dockerfile"
-BASE_IMAGE_ARG = "VLLM_IMAGE"  # build argument naming the official vLLM image to extend
+from stacks.images import ENGINE_BUILD
 
 
 @dataclass(frozen=True)
@@ -66,9 +62,8 @@ class Engine(pulumi.ComponentResource):
         deployment, spec = args.deployment, args.deployment.spec
         gpu = spec.device == "cuda"
 
-        self.image_name = built_image_name(f"engine-{spec.device}", REPO_ROOT / CONTEXT, args.base_image)
-        self.image = containers.built_image(f"{name}-image", self.image_name, CONTEXT, DOCKERFILE, self,
-                                            build_args={BASE_IMAGE_ARG: args.base_image})
+        self.image = containers.built_image(f"{name}-image", f"engine-{spec.device}", ENGINE_BUILD, args.base_image,
+                                            self)
         self.command = engine_args(spec)
         start_period = deployment.health_start_period_seconds
         gate = {"llm-node.after": args.gate} if args.gate is not None else {}
@@ -80,7 +75,7 @@ class Engine(pulumi.ComponentResource):
             self.containers.append(docker.Container(
                 alias,
                 name=args.placement.name(alias),
-                image=self.image_name,
+                image=self.image.image_name,
                 command=self.command,
                 envs=containers.env_list(container_env(deployment)),
                 volumes=[args.models.mount(read_only=spec.hf_hub_offline),

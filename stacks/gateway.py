@@ -18,12 +18,10 @@ import pulumi_docker as docker
 from services.launch import GATEWAY_SECRET_ENV, GatewaySpec, gateway_env, gateway_process_argv
 from stacks import containers, naming
 from stacks.config import EdgeSettings
-from stacks.images import REPO_ROOT, built_image_name
+from stacks.images import GATEWAY_BUILD
 from traefik import routing
 from traefik.static import CERT_RESOLVER, WEBSECURE
 
-CONTEXT = "services/gateway"
-DOCKERFILE = f"{CONTEXT}/Dockerfile"
 ROUTER = "gateway"
 MIGRATE_ARGV = ["python", "-m", "llm_gateway.admin", "migrate"]
 
@@ -31,6 +29,7 @@ MIGRATE_ARGV = ["python", "-m", "llm_gateway.admin", "migrate"]
 @dataclass(frozen=True)
 class GatewayArgs:
     spec: GatewaySpec
+    base_image: str  # the Python image the gateway image is built on
     domain: str
     edge: EdgeSettings
     placement: containers.Placement  # edge + internal
@@ -65,8 +64,7 @@ class Gateway(pulumi.ComponentResource):
         super().__init__("llm-node:index:Gateway", name, None, opts)
         self.admin_token = containers.generated_secret(f"{name}-admin-token", self, length=48)
 
-        self.image_name = built_image_name("gateway", REPO_ROOT / CONTEXT)
-        self.image = containers.built_image(f"{name}-image", self.image_name, CONTEXT, DOCKERFILE, self)
+        self.image = containers.built_image(f"{name}-image", "gateway", GATEWAY_BUILD, args.base_image, self)
         secrets = {
             GATEWAY_SECRET_ENV["database_url"]: args.database_url,
             GATEWAY_SECRET_ENV["redis_url"]: args.redis_url,
@@ -79,7 +77,7 @@ class Gateway(pulumi.ComponentResource):
         self.migrate = docker.Container(
             f"{name}-migrate",
             name=args.internal_placement.name("gateway-migrate"),
-            image=self.image_name,
+            image=self.image.image_name,
             entrypoints=MIGRATE_ARGV[:-1],
             command=MIGRATE_ARGV[-1:],
             envs=_secret_env({}, {GATEWAY_SECRET_ENV["database_url"]: args.database_url}),
@@ -97,7 +95,7 @@ class Gateway(pulumi.ComponentResource):
         self.container = docker.Container(
             name,
             name=args.placement.name("gateway"),
-            image=self.image_name,
+            image=self.image.image_name,
             entrypoints=gateway_process_argv("python"),
             envs=_secret_env(self.env, secrets),
             networks_advanced=containers.attach(args.placement.networks),

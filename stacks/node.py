@@ -98,7 +98,7 @@ class Node(pulumi.ComponentResource):
         self.quantize = None
         if settings.quantize is not None:
             self.quantize = QuantizeJob("quantize", QuantizeArgs(
-                spec=settings.quantize, placement=placement(), models_volume=self.volumes["models"],
+                spec=settings.quantize, base_image=images["python"], placement=placement(), models_volume=self.volumes["models"],
                 adapters_volume=self.volumes["adapters"],
                 gpu_id=settings.engine.gpu_devices[0] if settings.engine.gpu_devices else None), opts=child)
             engine_after.append(self.quantize.container)
@@ -115,7 +115,7 @@ class Node(pulumi.ComponentResource):
 
         # -- gateway -------------------------------------------------------------------------
         self.gateway = Gateway("gateway", GatewayArgs(
-            spec=settings.gateway, domain=settings.domain, edge=settings.edge,
+            spec=settings.gateway, base_image=images["python"], domain=settings.domain, edge=settings.edge,
             placement=placement(self.edge_network, self.internal_network, alias=naming.GATEWAY),
             edge_network=self.edge_network,
             internal_placement=placement(self.internal_network, alias="gateway-migrate"),

@@ -15,15 +15,13 @@ import pulumi_docker as docker
 
 from services.launch import QuantizeSpec, quantize_args
 from stacks import containers, naming
-from stacks.images import REPO_ROOT, built_image_name
-
-CONTEXT = "services/quantize"
-DOCKERFILE = f"{CONTEXT}/Dockerfile"
+from stacks.images import QUANTIZE_BUILD
 
 
 @dataclass(frozen=True)
 class QuantizeArgs:
     spec: QuantizeSpec
+    base_image: str  # the Python image the job's image is built on
     placement: containers.Placement  # no networks: network_mode none
     models_volume: docker.Volume
     adapters_volume: docker.Volume
@@ -33,13 +31,12 @@ class QuantizeArgs:
 class QuantizeJob(pulumi.ComponentResource):
     def __init__(self, name: str, args: QuantizeArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("llm-node:index:QuantizeJob", name, None, opts)
-        self.image_name = built_image_name("quantize", REPO_ROOT / CONTEXT)
-        self.image = containers.built_image(f"{name}-image", self.image_name, CONTEXT, DOCKERFILE, self)
+        self.image = containers.built_image(f"{name}-image", "quantize", QUANTIZE_BUILD, args.base_image, self)
         self.command = quantize_args(args.spec)
         self.container = docker.Container(
             name,
             name=args.placement.name("quantize"),
-            image=self.image_name,
+            image=self.image.image_name,
             command=self.command,
             volumes=[
                 docker.ContainerVolumeArgs(volume_name=args.models_volume.name, container_path=naming.MODELS_DIR),
