@@ -66,6 +66,7 @@ class Engine(pulumi.ComponentResource):
                                             self)
         self.command = engine_args(spec)
         start_period = deployment.health_start_period_seconds
+        wait_seconds = start_period + 120  # the model's load, then a few healthchecks
         gate = {"llm-node.after": args.gate} if args.gate is not None else {}
 
         self.containers: list[docker.Container] = []
@@ -89,14 +90,16 @@ class Engine(pulumi.ComponentResource):
                 capabilities=None if gpu else docker.ContainerCapabilitiesArgs(adds=["SYS_NICE"]),  # CPU thread pinning
                 healthcheck=containers.healthcheck(
                     containers.http_check(f"http://127.0.0.1:{spec.port}/health"),
-                    interval="30s", timeout="10s", retries=5, start_period=f"{start_period}s"),
+                    interval=30, timeout=10, retries=5, start_period=start_period),
+                # vLLM finishes its shutdown (workers, shared memory) on SIGTERM.
+                **containers.graceful_stop(30),
                 restart=containers.RESTART,
                 log_driver=containers.LOG_DRIVER,
                 log_opts=containers.LOG_OPTIONS,
                 wait=True,  # the gateway starts once the model is loaded
-                wait_timeout=start_period + 120,
+                wait_timeout=wait_seconds,
                 labels=containers.labels(args.placement, alias, gate),
-                opts=containers.service_options(self, [self.image, *args.after]),
+                opts=containers.service_options(self, [self.image, *args.after], bound_seconds=wait_seconds),
             ))
         self.urls = deployment.urls
         self.register_outputs({"urls": self.urls})

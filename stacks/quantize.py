@@ -14,7 +14,7 @@ import pulumi
 import pulumi_docker as docker
 
 from services.launch import QuantizeSpec, quantize_args
-from stacks import containers, naming
+from stacks import containers, jobs, naming
 from stacks.images import QUANTIZE_BUILD
 
 
@@ -26,6 +26,8 @@ class QuantizeArgs:
     models_volume: docker.Volume
     adapters_volume: docker.Volume
     gpu_id: str | None  # the GPU it calibrates on (None on a cpu stack)
+    timeout_minutes: int  # how long `pulumi up` lets it run
+    job_history: jobs.JobHistory  # how its last run ended
 
 
 class QuantizeJob(pulumi.ComponentResource):
@@ -49,9 +51,10 @@ class QuantizeJob(pulumi.ComponentResource):
             shm_size=4096,
             log_driver=containers.LOG_DRIVER,
             log_opts=containers.LOG_OPTIONS,
-            labels=containers.labels(args.placement, "quantize"),
-            **containers.JOB_ARGS,
-            opts=containers.service_options(self, [self.image]),
+            labels=containers.labels(args.placement, "quantize",
+                                     {jobs.LABEL_RUN: args.job_history.run_label(args.placement.name("quantize"))}),
+            **jobs.JOB_ARGS,
+            opts=containers.service_options(self, [self.image], bound_seconds=args.timeout_minutes * 60),
         )
-        self.succeeded = containers.job_succeeded(self.container, args.placement.name("quantize"))
+        self.succeeded = jobs.succeeded(self.container, args.placement.name("quantize"))
         self.register_outputs({"container": self.container.name})

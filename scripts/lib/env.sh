@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared paths for the shell scripts. Heavy environments live outside the checkout so that
 # fresh clones (CI) on the same machine reuse them; everything is created when absent.
 LLM_NODE_CACHE=${LLM_NODE_CACHE:-$HOME/.cache/llm-node}
