@@ -52,6 +52,20 @@ POLICIES = [
         rules.healthcheck_and_restart,
         "Add healthcheck=ContainerHealthcheckArgs(...) and restart='unless-stopped' (jobs: restart='no')."),
     _resource_policy(
+        "graceful-stop",
+        "Every long-running container has a stop_timeout and a destroy_grace_seconds at least as long, so "
+        "replace and destroy stop it gracefully instead of with SIGKILL.",
+        rules.graceful_stop,
+        "Pass **containers.graceful_stop(seconds) to the container (stacks/containers.py)."),
+    _resource_policy(
+        "create-timeout-covers-waits",
+        "Every one-shot job has a custom_timeouts create bound, and every container that `wait`s has a create "
+        "timeout longer than its wait_timeout.",
+        rules.create_timeout_covers_waits,
+        "Pass bound_seconds to containers.service_options (the job's run bound, or the wait_timeout).",
+        rule_kwargs=lambda args: {"create_timeout_seconds": (args.opts.custom_timeouts.create_seconds
+                                                             if args.opts and args.opts.custom_timeouts else 0.0)}),
+    _resource_policy(
         "pinned-images",
         "No image uses `latest` or an unpinned tag (containers, pulled images, built images and their bases).",
         rules.pinned_images,

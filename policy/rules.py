@@ -23,16 +23,19 @@ LONG_RUNNING_RESTARTS = ("always", "unless-stopped", "on-failure")
 DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
 TRAEFIK_STATIC_FILES = ("/etc/traefik/traefik.yml", "/etc/traefik/traefik.yaml", "/etc/traefik/traefik.toml")
 
-# Env vars the program sets from Pulumi secrets (the property is encrypted in the state).
-# CrossGuard hands policies decrypted values with no secret marker (pulumi/pulumi-policy#241),
-# so this list is how the pack knows them; everything else that looks secret is a violation.
-DEFAULT_ALLOWED_SECRET_ENV = ("GATEWAY_DATABASE_URL", "GATEWAY_REDIS_URL", "GATEWAY_ADMIN_TOKEN")
+# Env vars allowed to hold a secret. None: every secret reaches its container as a file
+# uploaded from a Pulumi secret, because `docker inspect` (anyone with the Docker API) prints
+# env. The pack's `allowedSecretEnv` setting can name exceptions for a stack that needs one.
+DEFAULT_ALLOWED_SECRET_ENV: tuple[str, ...] = ()
+# Variables that point at secrets rather than hold them (GF_..._PASSWORD__FILE, GATEWAY_SECRETS_DIR).
+_POINTER_SUFFIXES = ("_FILE", "_DIR")
 
 
 class Resource(NamedTuple):
     type: str
     name: str
     props: Mapping[str, Any]
+    create_timeout_seconds: float = 0.0  # the resource's custom_timeouts create (0: the provider's own)
 
 
 # -- pinned images ----------------------------------------------------------------------------------
@@ -92,6 +95,46 @@ def healthcheck_and_restart(resource_type: str, props: Mapping[str, Any]) -> lis
     return problems
 
 
+# -- graceful stop and create timeouts ------------------------------------------------------------------
+# What the Docker provider does (kreuzwerker/terraform-provider-docker internal/provider/
+# resource_docker_container_funcs.go, wrapped by pulumi-docker v5): delete stops a container
+# with destroy_grace_seconds as the timeout, 0 when unset, i.e. SIGKILL on every replace and
+# destroy; create (with wait and attach inside it) runs under a 20-minute default timeout
+# (resource_docker_container.go: dockerContainerCreateDefaultTimeout).
+PROVIDER_CREATE_TIMEOUT_SECONDS = 20 * 60
+CREATE_TIMEOUT_MARGIN_SECONDS = 60  # at least this beyond a container's wait_timeout
+
+
+def graceful_stop(resource_type: str, props: Mapping[str, Any]) -> list[str]:
+    """Every long-running container gets at least its own stop time on replace and destroy."""
+    if resource_type != CONTAINER or is_job(props):
+        return []
+    grace = props.get("destroyGraceSeconds") or 0
+    own = props.get("stopTimeout")
+    if not grace:
+        return ["no destroy_grace_seconds: every replace and destroy stops it with a 0 s timeout (SIGKILL)"]
+    if own is None:
+        return ["no stop_timeout: say how long the service needs to stop (docker stop uses it too)"]
+    if grace < own:
+        return [f"destroy_grace_seconds {grace} is shorter than its own stop time ({own} s)"]
+    return []
+
+
+def create_timeout_covers_waits(resource_type: str, props: Mapping[str, Any],
+                                create_timeout_seconds: float = 0.0) -> list[str]:
+    """A job declares how long it may run; a `wait` container's create outlasts its wait_timeout."""
+    if resource_type != CONTAINER:
+        return []
+    if is_job(props) and not create_timeout_seconds:
+        return ["one-shot job without custom_timeouts create: it runs inside the provider's 20-minute create "
+                "timeout, and a longer run leaves a half-created resource"]
+    effective = create_timeout_seconds or PROVIDER_CREATE_TIMEOUT_SECONDS
+    if props.get("wait") and effective < (props.get("waitTimeout") or 60) + CREATE_TIMEOUT_MARGIN_SECONDS:
+        return [f"create timeout {effective:.0f} s does not cover wait_timeout {props.get('waitTimeout')} s: "
+                "set custom_timeouts create above it"]
+    return []
+
+
 # -- secrets in env and arguments ------------------------------------------------------------------------
 
 _SECRET_NAME = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|PRIVATE_?KEY|ACCESS_?KEY|CREDENTIAL)", re.I)
@@ -126,7 +169,7 @@ def no_plain_secrets(resource_type: str, props: Mapping[str, Any],
         name, _, value = str(entry).partition("=")
         if name in allowed or not value:
             continue
-        if name.upper().endswith("_FILE"):  # a pointer to a secret file: the right way
+        if name.upper().endswith(_POINTER_SUFFIXES) and value.startswith("/"):  # a path to secret files
             continue
         if _SECRET_NAME.search(name):
             problems.append(f"env {name} looks like a secret: upload it as a file from a Pulumi secret "

@@ -147,11 +147,20 @@ class GatewaySpec:
 
 
 # Names of the gateway's secret settings, so callers set them without spelling env names.
+# Local processes (the dev node, the tests) pass them in env; containers get them as files.
 GATEWAY_SECRET_ENV = {
     "database_url": "GATEWAY_DATABASE_URL",
     "redis_url": "GATEWAY_REDIS_URL",
     "admin_token": "GATEWAY_ADMIN_TOKEN",
 }
+# The directory the gateway reads secret files from (pydantic-settings' secrets_dir): one file
+# per secret, named like its variable in lower case (gateway_database_url, ...).
+GATEWAY_SECRETS_DIR_ENV = "GATEWAY_SECRETS_DIR"
+
+
+def gateway_secret_file(field: str) -> str:
+    """The file name of a secret setting inside the secrets directory."""
+    return GATEWAY_SECRET_ENV[field].lower()
 
 
 def gateway_env(spec: GatewaySpec) -> dict[str, str]:

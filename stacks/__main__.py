@@ -15,11 +15,13 @@ import pulumi  # noqa: E402
 import pulumi_docker as docker  # noqa: E402
 
 from stacks.config import load_node_config  # noqa: E402
+from stacks.jobs import DockerJobHistory  # noqa: E402
 from stacks.node import Node, NodeArgs  # noqa: E402
 
 config = load_node_config()
 docker_host = docker.Provider("docker-host", host=config.settings.docker_host)
-node = Node("llm-node", NodeArgs(config=config), opts=pulumi.ResourceOptions(providers=[docker_host]))
+node = Node("llm-node", NodeArgs(config=config, job_history=DockerJobHistory(config.settings.docker_host)),
+            opts=pulumi.ResourceOptions(providers=[docker_host]))
 
 for output_name, value in node.outputs.items():
     pulumi.export(output_name, value)

@@ -305,7 +305,8 @@ def _engine_deployment(engine: Mapping[str, Any] | None) -> EngineDeployment:
         replicas=replicas,
         gpu_ids=tuple(gpu_ids),
         shm_size_mb=s.integer("shm_size_mb", 8192 if gpu else 2048, minimum=64),
-        health_start_period_seconds=s.integer("health_start_period_seconds", 900 if gpu else 300, minimum=10),
+        health_start_period_seconds=s.integer("health_start_period_seconds", 900 if gpu else 300, minimum=10,
+                                              maximum=ENGINE_START_PERIOD_MAX_SECONDS),
     )
 
 
@@ -374,7 +375,12 @@ def gateway_spec_from_config(gateway: Mapping[str, Any] | None, *, engines: Sequ
 # The quantize job's --scheme choices (services/quantize/llm_node_quantize/recipes.py; a test keeps them equal).
 QUANTIZE_SCHEMES = ("W4A16", "W4A16_ASYM", "W8A8")
 QUANTIZE_KEYS = ("enabled", "source_model_dir", "output_model_dir", "calibration_file", "scheme",
-                 "num_calibration_samples", "max_seq_length", "merge_lora_adapter")
+                 "num_calibration_samples", "max_seq_length", "merge_lora_adapter", "timeout_minutes")
+# How long `pulumi up` lets the quantize job run (the container's create timeout): a large
+# model on one GPU takes hours; past the bound the update fails instead of hanging.
+QUANTIZE_TIMEOUT_MINUTES = (240, 5, 2880)  # default, minimum, maximum
+# The engine's healthcheck start period is bounded too: `pulumi up` waits that long for it.
+ENGINE_START_PERIOD_MAX_SECONDS = 3600
 
 
 def quantize_spec_from_config(quantize: Mapping[str, Any] | None, *, models_dir: str = naming.MODELS_DIR,
@@ -503,6 +509,7 @@ class NodeSettings:
     edge: EdgeSettings
     tunnel_enabled: bool
     quantize: QuantizeSpec | None
+    quantize_timeout_minutes: int
     observability: ObservabilitySettings
     models_host_dir: str | None  # dev: bind a host directory at /models instead of the models volume
     tls_certificate: str | None  # PEM, edge.tls_mode provided (its key is the secret tls_private_key)
@@ -576,6 +583,9 @@ def parse_settings(values: Mapping[str, Any], stack: str, *, secrets_present: Se
                                                  "pulumi config set --secret tls_private_key < key.pem")
 
     quantize = quantize_spec_from_config(values.get("quantize"))
+    default, low, high = QUANTIZE_TIMEOUT_MINUTES
+    quantize_timeout = _Section("quantize", values.get("quantize")).integer("timeout_minutes", default, minimum=low,
+                                                                            maximum=high)
     if quantize is not None and engine.spec.model != quantize.output_dir:
         raise ConfigError("engine.model_dir", f"must be quantize.output_model_dir ({quantize.output_dir}) while "
                                               "quantize.enabled is true: the engine serves the job's output")
@@ -602,6 +612,7 @@ def parse_settings(values: Mapping[str, Any], stack: str, *, secrets_present: Se
         edge=edge,
         tunnel_enabled=tunnel_enabled,
         quantize=quantize,
+        quantize_timeout_minutes=quantize_timeout,
         observability=_observability(values.get("observability")),
         models_host_dir=models_host_dir,
         tls_certificate=tls_certificate,

@@ -1,22 +1,38 @@
 """Settings every container of the node shares, and small builders the components use.
 
 Every long-running container: a pinned image, `unless-stopped`, rotated json-file logs,
-a healthcheck, `llm-node.*` labels, and `delete_before_replace` (names are fixed, so the
-old container must go before its replacement can take the name). One-shot jobs
-(quantize, migrations) run to completion during `pulumi up` and never restart.
+a healthcheck, `llm-node.*` labels, a graceful stop (``graceful_stop``), and
+`delete_before_replace` (names are fixed, so the old container must go before its
+replacement can take the name). One-shot jobs (quantize, migrations) run to completion
+during `pulumi up` and never restart.
+
+What the Docker provider does with these inputs was read in its source
+(kreuzwerker/terraform-provider-docker, internal/provider/resource_docker_container*.go,
+which pulumi-docker v5 wraps):
+  * delete stops a container with ``destroy_grace_seconds`` as the timeout, 0 when unset
+    (resourceDockerContainerDelete): without it every replace and destroy is a SIGKILL,
+    whatever the container's own stop timeout says;
+  * create includes ``wait`` (healthy) and ``attach`` (job exit) and runs under the
+    resource's create timeout, 20 minutes unless ``custom_timeouts`` says otherwise
+    (dockerContainerCreateDefaultTimeout);
+  * the healthcheck is read back with Go's time.Duration.String() ("900s" reads as
+    "15m0s": a diff on every refresh) and is not among the attributes update applies, so a
+    changed healthcheck must replace the container (``replace_on_changes``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import pulumi
 import pulumi_docker as docker
 import pulumi_random as random
 
+from stacks.images import BuildRecipe, built_image_name
+
 RESTART = "unless-stopped"
-JOB_RESTART = "no"
 LOG_DRIVER = "json-file"
 LOG_OPTIONS = {"max-size": "20m", "max-file": "5"}  # at most 100 MB of logs per container
 SECRET_FILE_MODE = "0444"  # readable by the (non-root) service user; the container is the boundary
@@ -47,10 +63,45 @@ def attach(networks: Sequence[tuple[docker.Network, str]]) -> list[docker.Contai
     return [docker.ContainerNetworksAdvancedArgs(name=network.name, aliases=[alias]) for network, alias in networks]
 
 
-def healthcheck(test: Sequence[str], *, interval: str = "15s", timeout: str = "5s", retries: int = 5,
-                start_period: str = "20s") -> docker.ContainerHealthcheckArgs:
-    return docker.ContainerHealthcheckArgs(tests=list(test), interval=interval, timeout=timeout, retries=retries,
-                                           start_period=start_period, start_interval="2s")
+# The provider's own create timeout for a container (wait and attach run inside it).
+PROVIDER_CREATE_TIMEOUT_SECONDS = 20 * 60
+# Room beyond a container's wait or run bound: creating it, uploading its files, starting it.
+CREATE_MARGIN_SECONDS = 300
+
+
+def go_duration(seconds: int) -> str:
+    """``seconds`` as Go's time.Duration.String() writes it ("15s", "15m0s", "1h0m0s").
+
+    The provider stores healthcheck durations in that form when it reads a container back;
+    writing them the same way keeps `pulumi refresh` and `pulumi preview` free of diffs.
+    """
+    if seconds < 0:
+        raise ValueError(f"a duration cannot be negative: {seconds}")
+    hours, rest = divmod(int(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
+
+
+def healthcheck(test: Sequence[str], *, interval: int = 15, timeout: int = 5, retries: int = 5,
+                start_period: int = 20, start_interval: int = 2) -> docker.ContainerHealthcheckArgs:
+    """Durations in seconds, written in the provider's canonical form (``go_duration``)."""
+    return docker.ContainerHealthcheckArgs(tests=list(test), interval=go_duration(interval),
+                                           timeout=go_duration(timeout), retries=retries,
+                                           start_period=go_duration(start_period),
+                                           start_interval=go_duration(start_interval))
+
+
+def graceful_stop(seconds: int, signal: str | None = None) -> dict[str, object]:
+    """Container arguments that give the service ``seconds`` to shut down cleanly, on `docker
+    stop` (its own stop timeout) and on replace or destroy by Pulumi (destroy_grace_seconds)."""
+    args: dict[str, object] = {"stop_timeout": seconds, "destroy_grace_seconds": seconds}
+    if signal:
+        args["stop_signal"] = signal
+    return args
 
 
 def http_check(url: str) -> list[str]:
@@ -67,6 +118,17 @@ def text_file(path: str, content: pulumi.Input[str]) -> docker.ContainerUploadAr
     return docker.ContainerUploadArgs(file=path, content=content, permissions="0444")
 
 
+ENTRYPOINTS_DIR = Path(__file__).resolve().parent / "entrypoints"
+ENTRYPOINTS_PATH = "/run/llm-node"  # where the node's start scripts are uploaded in a container
+
+
+def entrypoint_script(name: str) -> tuple[str, docker.ContainerUploadArgs]:
+    """The container path of stacks/entrypoints/<name> and its (executable) upload."""
+    path = f"{ENTRYPOINTS_PATH}/{name}"
+    return path, docker.ContainerUploadArgs(file=path, content=(ENTRYPOINTS_DIR / name).read_text(),
+                                            executable=True, permissions="0555")
+
+
 def secret_file(path: str, content: pulumi.Input[str]) -> docker.ContainerUploadArgs:
     """A file from a Pulumi secret: encrypted in the state, absent from `docker inspect`."""
     return docker.ContainerUploadArgs(file=path, content=pulumi.Output.secret(content), permissions=SECRET_FILE_MODE)
@@ -76,8 +138,15 @@ def env_list(env: Mapping[str, str]) -> list[str]:
     return [f"{key}={value}" for key, value in sorted(env.items())]
 
 
-def service_options(parent: pulumi.Resource, depends_on: Sequence[pulumi.Resource] = ()) -> pulumi.ResourceOptions:
-    return pulumi.ResourceOptions(parent=parent, delete_before_replace=True, depends_on=list(depends_on))
+def service_options(parent: pulumi.Resource, depends_on: Sequence[pulumi.Resource] = (), *,
+                    bound_seconds: int | None = None) -> pulumi.ResourceOptions:
+    """Options of every container: replaced (never updated) when its healthcheck changes, and a
+    create timeout that covers ``bound_seconds`` (its wait_timeout, or a job's run bound)."""
+    timeouts = None
+    if bound_seconds is not None:
+        timeouts = pulumi.CustomTimeouts(create=f"{bound_seconds + CREATE_MARGIN_SECONDS}s")
+    return pulumi.ResourceOptions(parent=parent, delete_before_replace=True, depends_on=list(depends_on),
+                                  replace_on_changes=["healthcheck"], custom_timeouts=timeouts)
 
 
 def generated_secret(resource_name: str, parent: pulumi.Resource, length: int = 32) -> pulumi.Output[str]:
@@ -87,14 +156,18 @@ def generated_secret(resource_name: str, parent: pulumi.Resource, length: int = 
     return pulumi.Output.secret(password.result)
 
 
-def built_image(resource_name: str, image_name: str, context: str, dockerfile: str, parent: pulumi.Resource,
-                build_args: Mapping[str, pulumi.Input[str]] | None = None) -> docker.Image:
-    """An image built from this repository on the Docker host itself; nothing to push."""
+def built_image(resource_name: str, component: str, recipe: BuildRecipe, base_image: str,
+                parent: pulumi.Resource) -> docker.Image:
+    """An image built from this repository on the Docker host itself; nothing to push.
+
+    Tagged with a hash of its build context and base image, so a source or base change gives
+    a new tag (and new containers), and an unchanged tree never rebuilds.
+    """
     return docker.Image(
         resource_name,
-        image_name=image_name,
-        build=docker.DockerBuildArgs(context=context, dockerfile=dockerfile, args=build_args,
-                                     platform="linux/amd64"),
+        image_name=built_image_name(component, recipe.directory, base_image),
+        build=docker.DockerBuildArgs(context=recipe.context, dockerfile=recipe.dockerfile,
+                                     args={recipe.base_arg: base_image}, platform="linux/amd64"),
         skip_push=True,
         opts=pulumi.ResourceOptions(parent=parent),
     )
@@ -104,23 +177,3 @@ def pulled_image(resource_name: str, reference: str, parent: pulumi.Resource) ->
     """Pull a pinned image; kept on the host when the stack is destroyed (other stacks may use it)."""
     return docker.RemoteImage(resource_name, name=reference, keep_locally=True,
                               opts=pulumi.ResourceOptions(parent=parent))
-
-
-def job_succeeded(job: docker.Container, what: str) -> pulumi.Output[str]:
-    """"ok" once the one-shot ``job`` exited 0; fails the deployment otherwise.
-
-    The Docker provider waits for an attached container to exit but does not fail on a
-    non-zero exit code, so dependents take this Output to refuse to start after a failed job.
-    """
-    def check(code: int | None) -> str:
-        if code not in (0, None):  # None: not run in this update (unchanged) or a preview
-            raise RuntimeError(f"{what} failed with exit code {code}: docker logs {what} on the node")
-        return "ok"
-
-    return job.exit_code.apply(check)
-
-
-# Container arguments that make a container a one-shot job: it runs to completion while
-# `pulumi up` waits (attach), is not expected to keep running, and never restarts. Its logs
-# are not copied into the state (they could be large); read them with `docker logs`.
-JOB_ARGS: Mapping[str, object] = {"must_run": False, "attach": True, "restart": JOB_RESTART}

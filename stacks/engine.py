@@ -18,11 +18,7 @@ import pulumi_docker as docker
 from services.launch import engine_args, engine_env
 from stacks import containers, naming
 from stacks.config import EngineDeployment
-from stacks.images import REPO_ROOT, built_image_name
-
-CONTEXT = "services/engine"  # relative to the project root, where Pulumi runs the program
-DOCKERFILE = f"{CONTEXT}/Dockerfile"
-BASE_IMAGE_ARG = "VLLM_IMAGE"  # build argument naming the official vLLM image to extend
+from stacks.images import ENGINE_BUILD
 
 
 @dataclass(frozen=True)
@@ -66,11 +62,11 @@ class Engine(pulumi.ComponentResource):
         deployment, spec = args.deployment, args.deployment.spec
         gpu = spec.device == "cuda"
 
-        self.image_name = built_image_name(f"engine-{spec.device}", REPO_ROOT / CONTEXT, args.base_image)
-        self.image = containers.built_image(f"{name}-image", self.image_name, CONTEXT, DOCKERFILE, self,
-                                            build_args={BASE_IMAGE_ARG: args.base_image})
+        self.image = containers.built_image(f"{name}-image", f"engine-{spec.device}", ENGINE_BUILD, args.base_image,
+                                            self)
         self.command = engine_args(spec)
         start_period = deployment.health_start_period_seconds
+        wait_seconds = start_period + 120  # the model's load, then a few healthchecks
         gate = {"llm-node.after": args.gate} if args.gate is not None else {}
 
         self.containers: list[docker.Container] = []
@@ -80,7 +76,7 @@ class Engine(pulumi.ComponentResource):
             self.containers.append(docker.Container(
                 alias,
                 name=args.placement.name(alias),
-                image=self.image_name,
+                image=self.image.image_name,
                 command=self.command,
                 envs=containers.env_list(container_env(deployment)),
                 volumes=[args.models.mount(read_only=spec.hf_hub_offline),
@@ -94,14 +90,16 @@ class Engine(pulumi.ComponentResource):
                 capabilities=None if gpu else docker.ContainerCapabilitiesArgs(adds=["SYS_NICE"]),  # CPU thread pinning
                 healthcheck=containers.healthcheck(
                     containers.http_check(f"http://127.0.0.1:{spec.port}/health"),
-                    interval="30s", timeout="10s", retries=5, start_period=f"{start_period}s"),
+                    interval=30, timeout=10, retries=5, start_period=start_period),
+                # vLLM finishes its shutdown (workers, shared memory) on SIGTERM.
+                **containers.graceful_stop(30),
                 restart=containers.RESTART,
                 log_driver=containers.LOG_DRIVER,
                 log_opts=containers.LOG_OPTIONS,
                 wait=True,  # the gateway starts once the model is loaded
-                wait_timeout=start_period + 120,
+                wait_timeout=wait_seconds,
                 labels=containers.labels(args.placement, alias, gate),
-                opts=containers.service_options(self, [self.image, *args.after]),
+                opts=containers.service_options(self, [self.image, *args.after], bound_seconds=wait_seconds),
             ))
         self.urls = deployment.urls
         self.register_outputs({"urls": self.urls})

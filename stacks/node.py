@@ -23,6 +23,7 @@ from stacks import containers, naming
 from stacks.config import NodeConfig
 from stacks.engine import Engine, EngineArgs, ModelsMount
 from stacks.gateway import Gateway, GatewayArgs
+from stacks.jobs import JobHistory
 from stacks.grafana import Grafana, GrafanaArgs
 from stacks.postgres import Postgres, PostgresArgs
 from stacks.prometheus import Prometheus, PrometheusArgs
@@ -46,6 +47,7 @@ DATA_VOLUMES = {
 @dataclass(frozen=True)
 class NodeArgs:
     config: NodeConfig
+    job_history: JobHistory = JobHistory()  # how the one-shot jobs' last runs ended on the host
 
 
 class Node(pulumi.ComponentResource):
@@ -98,9 +100,10 @@ class Node(pulumi.ComponentResource):
         self.quantize = None
         if settings.quantize is not None:
             self.quantize = QuantizeJob("quantize", QuantizeArgs(
-                spec=settings.quantize, placement=placement(), models_volume=self.volumes["models"],
+                spec=settings.quantize, base_image=images["python"], placement=placement(), models_volume=self.volumes["models"],
                 adapters_volume=self.volumes["adapters"],
-                gpu_id=settings.engine.gpu_devices[0] if settings.engine.gpu_devices else None), opts=child)
+                gpu_id=settings.engine.gpu_devices[0] if settings.engine.gpu_devices else None,
+                timeout_minutes=settings.quantize_timeout_minutes, job_history=args.job_history), opts=child)
             engine_after.append(self.quantize.container)
             gate = self.quantize.succeeded
         engine_networks = [self.internal_network] + ([self.egress_network] if self.egress_network else [])
@@ -115,11 +118,12 @@ class Node(pulumi.ComponentResource):
 
         # -- gateway -------------------------------------------------------------------------
         self.gateway = Gateway("gateway", GatewayArgs(
-            spec=settings.gateway, domain=settings.domain, edge=settings.edge,
+            spec=settings.gateway, base_image=images["python"], domain=settings.domain, edge=settings.edge,
             placement=placement(self.edge_network, self.internal_network, alias=naming.GATEWAY),
             edge_network=self.edge_network,
             internal_placement=placement(self.internal_network, alias="gateway-migrate"),
             database_url=self.postgres.database_url, redis_url=self.redis.url, database=self.postgres.container,
+            job_history=args.job_history,
             depends_on=[self.redis.container, *self.engine.containers]), opts=child)
 
         # -- edge ----------------------------------------------------------------------------

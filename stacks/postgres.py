@@ -13,6 +13,7 @@ USER = "llmnode"
 DATABASE = "llmnode"
 DATA_DIR = "/var/lib/postgresql/data"
 PASSWORD_FILE = f"{naming.SECRETS_DIR}/postgres_password"
+START_SCRIPT = "postgres-start.sh"  # stacks/entrypoints/
 
 
 @dataclass(frozen=True)
@@ -28,21 +29,27 @@ class Postgres(pulumi.ComponentResource):
         self.password = containers.generated_secret(f"{name}-password", self)
         image = containers.pulled_image(f"{name}-image", args.image, self)
 
+        start_script, start_upload = containers.entrypoint_script(START_SCRIPT)
         self.container = docker.Container(
             name,
             name=args.placement.name("postgres"),
             image=args.image,
+            # Sets the password from the file on every start (the volume outlives the stack).
+            entrypoints=[start_script],
+            command=["postgres"],
             envs=containers.env_list({
                 "POSTGRES_USER": USER,
                 "POSTGRES_DB": DATABASE,
                 # The official image reads the password from this file: it never sits in env.
                 "POSTGRES_PASSWORD_FILE": PASSWORD_FILE,
             }),
-            uploads=[containers.secret_file(PASSWORD_FILE, self.password)],
+            uploads=[containers.secret_file(PASSWORD_FILE, self.password), start_upload],
             volumes=[docker.ContainerVolumeArgs(volume_name=args.data_volume.name, container_path=DATA_DIR)],
             networks_advanced=containers.attach(args.placement.networks),
             healthcheck=containers.healthcheck(["CMD", "pg_isready", "-U", USER, "-d", DATABASE, "-h", "127.0.0.1"],
-                                               interval="10s"),
+                                               interval=10),
+            # SIGINT: PostgreSQL's fast shutdown (the official image's STOPSIGNAL), then a checkpoint.
+            **containers.graceful_stop(60, "SIGINT"),
             restart=containers.RESTART,
             log_driver=containers.LOG_DRIVER,
             log_opts=containers.LOG_OPTIONS,
@@ -50,7 +57,7 @@ class Postgres(pulumi.ComponentResource):
             wait=True,  # the gateway's migrations need a database that accepts connections
             wait_timeout=120,
             labels=containers.labels(args.placement, "postgres"),
-            opts=containers.service_options(self, [image]),
+            opts=containers.service_options(self, [image], bound_seconds=120),
         )
         # Only the gateway uses it; secret because it embeds the password.
         self.database_url = pulumi.Output.secret(pulumi.Output.concat(

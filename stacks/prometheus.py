@@ -19,6 +19,8 @@ from stacks import containers, naming
 CONFIG_PATH = "/etc/prometheus/prometheus.yml"
 DATA_DIR = "/prometheus"
 
+STOP_SECONDS = 60
+
 
 @dataclass(frozen=True)
 class PrometheusArgs:
@@ -47,7 +49,9 @@ class Prometheus(pulumi.ComponentResource):
             volumes=[docker.ContainerVolumeArgs(volume_name=args.data_volume.name, container_path=DATA_DIR)],
             networks_advanced=containers.attach(args.placement.networks),
             healthcheck=containers.healthcheck(
-                containers.wget_check(f"http://127.0.0.1:{naming.PROMETHEUS_PORT}/-/ready"), interval="15s"),
+                containers.wget_check(f"http://127.0.0.1:{naming.PROMETHEUS_PORT}/-/ready"), interval=15),
+            # SIGTERM: Prometheus closes the TSDB head cleanly (no WAL replay on the next start).
+            **containers.graceful_stop(STOP_SECONDS),
             restart=containers.RESTART,
             log_driver=containers.LOG_DRIVER,
             log_opts=containers.LOG_OPTIONS,

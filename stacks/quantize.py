@@ -14,32 +14,31 @@ import pulumi
 import pulumi_docker as docker
 
 from services.launch import QuantizeSpec, quantize_args
-from stacks import containers, naming
-from stacks.images import REPO_ROOT, built_image_name
-
-CONTEXT = "services/quantize"
-DOCKERFILE = f"{CONTEXT}/Dockerfile"
+from stacks import containers, jobs, naming
+from stacks.images import QUANTIZE_BUILD
 
 
 @dataclass(frozen=True)
 class QuantizeArgs:
     spec: QuantizeSpec
+    base_image: str  # the Python image the job's image is built on
     placement: containers.Placement  # no networks: network_mode none
     models_volume: docker.Volume
     adapters_volume: docker.Volume
     gpu_id: str | None  # the GPU it calibrates on (None on a cpu stack)
+    timeout_minutes: int  # how long `pulumi up` lets it run
+    job_history: jobs.JobHistory  # how its last run ended
 
 
 class QuantizeJob(pulumi.ComponentResource):
     def __init__(self, name: str, args: QuantizeArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("llm-node:index:QuantizeJob", name, None, opts)
-        self.image_name = built_image_name("quantize", REPO_ROOT / CONTEXT)
-        self.image = containers.built_image(f"{name}-image", self.image_name, CONTEXT, DOCKERFILE, self)
+        self.image = containers.built_image(f"{name}-image", "quantize", QUANTIZE_BUILD, args.base_image, self)
         self.command = quantize_args(args.spec)
         self.container = docker.Container(
             name,
             name=args.placement.name("quantize"),
-            image=self.image_name,
+            image=self.image.image_name,
             command=self.command,
             volumes=[
                 docker.ContainerVolumeArgs(volume_name=args.models_volume.name, container_path=naming.MODELS_DIR),
@@ -52,9 +51,10 @@ class QuantizeJob(pulumi.ComponentResource):
             shm_size=4096,
             log_driver=containers.LOG_DRIVER,
             log_opts=containers.LOG_OPTIONS,
-            labels=containers.labels(args.placement, "quantize"),
-            **containers.JOB_ARGS,
-            opts=containers.service_options(self, [self.image]),
+            labels=containers.labels(args.placement, "quantize",
+                                     {jobs.LABEL_RUN: args.job_history.run_label(args.placement.name("quantize"))}),
+            **jobs.JOB_ARGS,
+            opts=containers.service_options(self, [self.image], bound_seconds=args.timeout_minutes * 60),
         )
-        self.succeeded = containers.job_succeeded(self.container, args.placement.name("quantize"))
+        self.succeeded = jobs.succeeded(self.container, args.placement.name("quantize"))
         self.register_outputs({"container": self.container.name})

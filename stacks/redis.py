@@ -53,14 +53,16 @@ class Redis(pulumi.ComponentResource):
             networks_advanced=containers.attach(args.placement.networks),
             healthcheck=containers.healthcheck(
                 ["CMD-SHELL", f'REDISCLI_AUTH="$(cat {PASSWORD_FILE})" redis-cli ping | grep -q PONG'],
-                interval="10s"),
+                interval=10),
+            # SIGTERM: Redis fsyncs the append-only file before it exits.
+            **containers.graceful_stop(30),
             restart=containers.RESTART,
             log_driver=containers.LOG_DRIVER,
             log_opts=containers.LOG_OPTIONS,
             wait=True,
             wait_timeout=60,
             labels=containers.labels(args.placement, "redis"),
-            opts=containers.service_options(self, [image]),
+            opts=containers.service_options(self, [image], bound_seconds=60),
         )
         self.url = pulumi.Output.secret(pulumi.Output.concat(
             "redis://:", self.password, "@", naming.REDIS, ":", str(naming.REDIS_PORT), "/0"))

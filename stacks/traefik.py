@@ -19,6 +19,7 @@ from stacks.config import EdgeSettings
 from traefik import routing, static
 
 DASHBOARD_ROUTER = "dashboard"
+WAIT_SECONDS = 60
 
 
 @dataclass(frozen=True)
@@ -85,15 +86,17 @@ class Traefik(pulumi.ComponentResource):
             volumes=volumes,
             ports=host_ports(edge),
             networks_advanced=containers.attach(args.placement.networks),
-            healthcheck=containers.healthcheck(["CMD", "traefik", "healthcheck", "--ping"], interval="10s"),
+            healthcheck=containers.healthcheck(["CMD", "traefik", "healthcheck", "--ping"], interval=10),
+            # Traefik finishes in-flight requests for its lifeCycle.graceTimeOut (10 s) on SIGTERM.
+            **containers.graceful_stop(15),
             security_opts=["no-new-privileges:true"],
             restart=containers.RESTART,
             log_driver=containers.LOG_DRIVER,
             log_opts=containers.LOG_OPTIONS,
             wait=True,
-            wait_timeout=60,
+            wait_timeout=WAIT_SECONDS,
             labels=containers.labels(args.placement, "traefik", dashboard_labels(args.edge_network.name)),
-            opts=containers.service_options(self, [image]),
+            opts=containers.service_options(self, [image], bound_seconds=WAIT_SECONDS),
         )
         self.origin_url = f"https://{naming.TRAEFIK}:{static.PORTS[static.WEBSECURE]}"
         self.metrics_target = f"{naming.TRAEFIK}:{static.PORTS[static.METRICS]}"

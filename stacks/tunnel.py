@@ -46,7 +46,9 @@ class Tunnel(pulumi.ComponentResource):
             # `tunnel ready` asks the metrics server's /ready: 200 once connected to Cloudflare's edge.
             healthcheck=containers.healthcheck(
                 ["CMD", "cloudflared", "tunnel", "--metrics", f"127.0.0.1:{naming.CLOUDFLARED_METRICS_PORT}", "ready"],
-                interval="15s", timeout="10s"),
+                interval=15, timeout=10),
+            # cloudflared drains its connections for --grace-period (30 s by default) on SIGTERM.
+            **containers.graceful_stop(35),
             restart=containers.RESTART,
             log_driver=containers.LOG_DRIVER,
             log_opts=containers.LOG_OPTIONS,

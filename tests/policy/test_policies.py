@@ -34,9 +34,18 @@ NODES = {
 Node = list[rules.Resource]
 
 
-def _opts() -> PolicyResourceOptions:
+def _opts(create_timeout_seconds: float = 0.0) -> PolicyResourceOptions:
     return PolicyResourceOptions(protect=False, ignore_changes=[], delete_before_replace=True, aliases=[],
-                                 custom_timeouts=PolicyCustomTimeouts(0, 0, 0), additional_secret_outputs=[])
+                                 custom_timeouts=PolicyCustomTimeouts(create_timeout_seconds, 0, 0),
+                                 additional_secret_outputs=[])
+
+
+def _seconds(duration: str | None) -> float:
+    """A Pulumi custom timeout ("720s", "30m", "2h") in seconds, as the engine hands it to CrossGuard."""
+    if not duration:
+        return 0.0
+    units = {"s": 1, "m": 60, "h": 3600}
+    return float(duration[:-1]) * units[duration[-1]]
 
 
 def violations(policy_name: str, node: Node, config: dict[str, Any] | None = None) -> list[str]:
@@ -51,13 +60,17 @@ def violations(policy_name: str, node: Node, config: dict[str, Any] | None = Non
     else:
         assert isinstance(policy, ResourceValidationPolicy)
         for r in node:
-            policy.validate(ResourceValidationArgs(r.type, r.props, f"urn:{r.name}", r.name, _opts(), None, config),
+            policy.validate(ResourceValidationArgs(r.type, r.props, f"urn:{r.name}", r.name,
+                                                   _opts(r.create_timeout_seconds), None, config),
                             report)
     return found
 
 
 def declared_node(deployment: Deployment) -> Node:
-    return [rules.Resource(d.type, d.name, d.props) for d in deployment.declared]
+    def create_timeout(d) -> float:
+        opts = deployment.options.get((d.type, d.name))
+        return _seconds(opts.custom_timeouts.create) if opts and opts.custom_timeouts else 0.0
+    return [rules.Resource(d.type, d.name, d.props, create_timeout(d)) for d in deployment.declared]
 
 
 def with_node(name: str, check: Callable[[Node], None]) -> pulumi.Output:
@@ -73,7 +86,7 @@ def edited(node: Node, resource_name: str, edit: Callable[[dict], None], type_: 
         if resource.name == resource_name and resource.type == type_:
             props = copy.deepcopy(dict(resource.props))
             edit(props)
-            resource = rules.Resource(resource.type, resource.name, props)
+            resource = rules.Resource(resource.type, resource.name, props, resource.create_timeout_seconds)
             hit = True
         changed.append(resource)
     assert hit, f"no {type_} named {resource_name}"
@@ -190,10 +203,21 @@ def test_no_plain_secrets_catches_violations():
         found = violations("no-plain-secrets-in-env-or-args", edited(node, "redis", password_flag))
         assert found == ["redis: argument --requirepass passes a secret on the command line "
                          "(visible in ps and docker inspect)"]
-        # The gateway's secret env is allowed only by the pack's configuration.
-        found = violations("no-plain-secrets-in-env-or-args", node, config={"allowedSecretEnv": []})
-        assert sorted(m.split(" ")[2] for m in found) == ["GATEWAY_ADMIN_TOKEN", "GATEWAY_DATABASE_URL",
-                                                          "GATEWAY_DATABASE_URL", "GATEWAY_REDIS_URL"]
+        # The gateway's secrets as env (as the node declared them before they became files).
+        database_url = "GATEWAY_DATABASE_URL=postgresql://llmnode:s3cret@postgres:5432/llmnode"
+        for container, entry in (("gateway", database_url), ("gateway-migrate", database_url),
+                                 ("gateway", "GATEWAY_ADMIN_TOKEN=abcdef0123456789")):
+            found = violations("no-plain-secrets-in-env-or-args",
+                               edited(node, container, lambda props, e=entry: set_env(props, e)))
+            assert len(found) == 1 and found[0].startswith(f"{container}: env GATEWAY_"), (container, found)
+        # A pack setting can allow one, for a stack that must.
+        allowed = edited(node, "gateway", lambda props: set_env(props, database_url))
+        assert violations("no-plain-secrets-in-env-or-args", allowed,
+                          config={"allowedSecretEnv": ["GATEWAY_DATABASE_URL"]}) == []
+        # A pointer is fine only as a path: GATEWAY_SECRETS_DIR=hunter2 is no pointer.
+        found = violations("no-plain-secrets-in-env-or-args",
+                           edited(node, "gateway", lambda props: set_env(props, "API_TOKEN_FILE=hunter2")))
+        assert len(found) == 1
     return with_node("prod-tunnel", check)
 
 
@@ -263,6 +287,43 @@ def test_every_policy_is_mandatory_and_documented():
 
     assert {p.name for p in POLICIES} == {
         "internal-services-publish-no-host-ports", "healthcheck-and-restart-policy", "pinned-images",
-        "no-plain-secrets-in-env-or-args", "traefik-exposed-by-default-off", "docker-socket-read-only"}
+        "no-plain-secrets-in-env-or-args", "traefik-exposed-by-default-off", "docker-socket-read-only",
+        "graceful-stop", "create-timeout-covers-waits"}
     for policy in POLICIES:
         assert policy.enforcement_level == MANDATORY and policy.description and policy.remediation_steps
+
+
+@pulumi.runtime.test
+def test_graceful_stop_catches_violations():
+    def check(node: Node):
+        def sigkill(props):  # what the provider does without destroy_grace_seconds
+            props.pop("destroyGraceSeconds", None)
+        found = violations("graceful-stop", edited(node, "gateway", sigkill))
+        assert found == ["gateway: no destroy_grace_seconds: every replace and destroy stops it with a 0 s timeout "
+                         "(SIGKILL)"]
+
+        def shorter(props):
+            props["destroyGraceSeconds"] = props["stopTimeout"] - 1
+        found = violations("graceful-stop", edited(node, "postgres", shorter))
+        assert len(found) == 1 and "shorter than its own stop time" in found[0]
+        # Jobs are not stopped by the provider (it waits for them): no grace needed.
+        assert violations("graceful-stop", edited(node, "gateway-migrate", sigkill)) == []
+    return with_node("prod", check)
+
+
+@pulumi.runtime.test
+def test_create_timeout_catches_violations():
+    def check(node: Node):
+        def without_timeout(resource_name: str) -> Node:
+            return [r._replace(create_timeout_seconds=0.0) if r.name == resource_name and r.type == rules.CONTAINER
+                    else r for r in node]
+        for job in ("gateway-migrate", "quantize"):
+            found = violations("create-timeout-covers-waits", without_timeout(job))
+            assert len(found) == 1 and found[0].startswith(f"{job}: one-shot job without custom_timeouts"), found
+        # An engine with a 3600 s start period waits 3720 s: past the provider's 20 minutes, only a
+        # declared create timeout covers it.
+        def long_start(props):
+            props["waitTimeout"] = 3720
+        found = violations("create-timeout-covers-waits", edited(without_timeout("engine-0"), "engine-0", long_start))
+        assert len(found) == 1 and "does not cover wait_timeout 3720" in found[0]
+    return with_node("prod", check)

@@ -21,11 +21,13 @@ import runpy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
+from unittest import mock
 
 import pulumi
 from pulumi.runtime import rpc, settings as runtime_settings
 
 from stacks.config import NAMESPACE, SECRET_KEYS, read_stack_values
+from stacks.jobs import DockerJobHistory, PreviousRun
 
 ROOT = Path(__file__).resolve().parents[2]
 PROGRAM = ROOT / "stacks" / "__main__.py"
@@ -189,8 +191,12 @@ def engine_config(values: Mapping[str, Any], secrets: Mapping[str, str], plainte
 
 def run_program(stack: str, *, overrides: Mapping[str, Any] | None = None, secrets: Mapping[str, str] | None = None,
                 preview: bool = False, exit_codes: Mapping[str, int] | None = None,
-                plaintext_secrets: bool = False, config_via_env: bool = False) -> Deployment:
+                plaintext_secrets: bool = False, config_via_env: bool = False,
+                previous_runs: Mapping[str, PreviousRun] | None = None) -> Deployment:
     """Run stacks/__main__.py for ``stack`` (its yaml plus ``overrides``) under fresh mocks.
+
+    ``previous_runs`` is what the program finds on the Docker host for its job containers
+    (container name -> how it ended); none by default, whatever Docker this machine runs.
 
     ``config_via_env`` hands the config over as the language host does for a real run
     (PULUMI_CONFIG / PULUMI_CONFIG_SECRET_KEYS) instead of through the SDK's config store.
@@ -219,8 +225,10 @@ def run_program(stack: str, *, overrides: Mapping[str, Any] | None = None, secre
         return None
 
     pulumi.runtime.register_stack_transformation(record)
+    runs = dict(previous_runs or {})
     try:
-        runpy.run_path(str(PROGRAM), run_name="__main__")  # reads all configuration up front
+        with mock.patch.object(DockerJobHistory, "previous_run", lambda self, name: runs.get(name)):
+            runpy.run_path(str(PROGRAM), run_name="__main__")  # reads all configuration up front
     finally:
         for name, value in saved.items():
             if value is None:

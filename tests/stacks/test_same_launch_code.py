@@ -7,11 +7,13 @@ path, the listen address and the ports.
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
+
 import dataclasses
 
 import pulumi
 
-from services.launch import (GATEWAY_SECRET_ENV, EngineSpec, GatewaySpec, engine_args, engine_env,
+from services.launch import (GATEWAY_SECRET_ENV, GATEWAY_SECRETS_DIR_ENV, gateway_secret_file, EngineSpec, GatewaySpec, engine_args, engine_env,
                              engine_process_argv, gateway_env, gateway_process_argv)
 from stacks.config import load_stack_specs
 from tests.stacks.mock_runtime import Deployment, run_program
@@ -75,8 +77,11 @@ def test_gateway_env_is_identical_but_for_locations_and_secrets():
         container = d.container("gateway")
         env = container.env
         assert container.props["entrypoints"] == gateway_process_argv("python")
-        assert {k: v for k, v in env.items() if k not in GATEWAY_SECRET_ENV.values()} == gateway_env(stack_gateway)
-        assert set(GATEWAY_SECRET_ENV.values()) <= set(env)
+        # The container adds only where its secrets are; the secrets themselves are files there.
+        assert {k: v for k, v in env.items() if k != GATEWAY_SECRETS_DIR_ENV} == gateway_env(stack_gateway)
+        uploaded = {PurePosixPath(u["file"]).relative_to(env[GATEWAY_SECRETS_DIR_ENV]).as_posix()
+                    for u in container.props["uploads"]}
+        assert uploaded == {gateway_secret_file(field) for field in GATEWAY_SECRET_ENV}
         location_env = {"GATEWAY_ENGINES", "GATEWAY_HOST", "GATEWAY_PORT", "GATEWAY_METRICS_PORT"}
         dev_env = gateway_env(node_gateway)
         assert {k for k in dev_env if dev_env[k] != env[k]} <= location_env

@@ -1,11 +1,15 @@
 """Typed gateway settings, read once from the environment (prefix GATEWAY_).
 
-services/launch.py:gateway_env() writes these names; keep the two in step.
+services/launch.py:gateway_env() writes these names; keep the two in step. Secrets may also
+come as files: with GATEWAY_SECRETS_DIR set, pydantic-settings reads ``<dir>/gateway_database_url``
+and so on (a container gets its secrets this way: `docker inspect` shows env, never files).
+An environment variable wins over a file.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
@@ -13,7 +17,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore",
+                                      secrets_dir=os.environ.get("GATEWAY_SECRETS_DIR") or None)
 
     # Secrets (never logged: SecretStr hides them in repr).
     database_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/llmnode")
