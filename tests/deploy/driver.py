@@ -18,11 +18,11 @@ Container/Network/Volume/RemoteImage, and pulumi/pulumi-docker provider/image.go
   Image       build ``build.context`` with ``build.dockerfile`` (both relative to the program's
               working directory, as the provider resolves them) and ``build.args``
   RemoteImage must already exist on the engine (no registry here: the stand-ins, tests/deploy)
-  Network, Volume, RandomPassword, the docker provider, component resources
+  Network, Volume, RandomPassword, component resources
+  provider    its ``host`` must name the daemon the driver applies to (the stack's docker_host)
 
 Deliberate differences from the real providers, all forced by this machine and listed in
-docs/verification.md: the daemon is the private one (the provider's ``host`` is not used);
-builds use the legacy builder with host networking (no BuildKit, no bridge to build on);
+docs/verification.md: builds use the legacy builder with host networking (no BuildKit, no bridge to build on);
 a container is created on its first network instead of the default bridge (the daemon has
 none) and then joins the others; a ``wait`` fails as soon as the container has exited.
 
@@ -107,9 +107,12 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "tmpfs": "map", "user": None, "workingDir": None,
     },
 }
-# Resource options honoured (or meaningless for a create-only apply); any other one is refused.
+# Resource options honoured, or meaningful only when an update replaces a resource (the driver
+# creates from nothing and destroys; it never updates in place): delete_before_replace,
+# replace_on_changes. Any other one is refused.
 OPTIONS_UNDERSTOOD = {"parent", "depends_on", "provider", "providers", "retain_on_delete",
-                      "delete_before_replace", "custom_timeouts", "version", "plugin_download_url",
+                      "delete_before_replace", "replace_on_changes", "custom_timeouts", "version",
+                      "plugin_download_url",
                       "additional_secret_outputs", "aliases"}  # set by the SDKs themselves (secret result, type renames)
 
 
@@ -203,10 +206,11 @@ class Deployment:
 class DockerResources(pulumi.runtime.Mocks):
     """The resource monitor's hooks: each registration becomes the real Docker object."""
 
-    def __init__(self, client, deployment: Deployment, options: dict, *, omit: Mapping[str, str],
+    def __init__(self, client, deployment: Deployment, options: dict, *, docker_host: str = "", omit: Mapping[str, str],
                  drop_start_interval: bool, build_hook: Callable[[str, dict], None] | None, log: Callable[[str], None]):
         self.client = client
         self.api = client.api
+        self.docker_host = docker_host  # the daemon ``client`` talks to, as the stack must name it
         self.deployment = deployment
         self.options = options  # (type, name) -> ResourceOptions, recorded by a stack transformation
         self.omit = dict(omit)  # llm-node.service label -> reason: not created (Traefik, Grafana, cloudflared)
@@ -245,7 +249,9 @@ class DockerResources(pulumi.runtime.Mocks):
 
     # -- simple resources --------------------------------------------------------------------
     def _provider(self, name, inputs, opts):
-        # The program names its Docker host; the harness always applies to the private daemon.
+        if inputs.get("host") != self.docker_host:
+            raise DeployError(f"provider {name}: the stack names Docker host {inputs.get('host')!r}, "
+                              f"the driver applies to {self.docker_host!r} (set the stack's docker_host)")
         return f"{name}-provider", inputs
 
     def _password(self, name, inputs, opts):
@@ -370,7 +376,11 @@ class DockerResources(pulumi.runtime.Mocks):
             if start_interval:
                 if self.api_version >= (1, 44):
                     config["Healthcheck"]["StartInterval"] = start_interval
-                elif not self.drop_start_interval:
+                elif self.drop_start_interval:
+                    self.log(f"WARNING {name}: healthcheck start_interval dropped: the daemon speaks API "
+                             f"{'.'.join(map(str, self.api_version))} and the provider's Docker client refuses it "
+                             "below 1.44 (this Docker host could not run the program as declared)")
+                else:
                     # What the provider's Docker client (moby client ContainerCreate) does.
                     raise DeployError(f"{name}: \"specify health-check start interval\" requires API version 1.44, "
                                       f"but the Docker daemon API version is {'.'.join(map(str, self.api_version))}")
@@ -520,14 +530,14 @@ def _build(client, context: Path, dockerfile: str, tag: str, args: Mapping[str, 
     return image_id, log
 
 
-def deploy(client, stack: str, values: Mapping[str, Any], *, omit: Mapping[str, str] | None = None,
+def deploy(client, stack: str, values: Mapping[str, Any], *, docker_host: str, omit: Mapping[str, str] | None = None,
            omitted_images: tuple[str, ...] = (), drop_start_interval: bool = False,
            state_file: Path | None = None, build_hook=None, log: Callable[[str], None] = print) -> Deployment:
     """Run the program for ``stack`` with the stack values ``values`` and apply it to ``client``'s engine."""
     deployment = Deployment(stack=stack)
     config, secret_keys = engine_config(values, {})
     options: dict[tuple[str, str], pulumi.ResourceOptions] = {}
-    hooks = DockerResources(client, deployment, options, omit=omit or {}, drop_start_interval=drop_start_interval,
+    hooks = DockerResources(client, deployment, options, docker_host=docker_host, omit=omit or {}, drop_start_interval=drop_start_interval,
                             build_hook=build_hook, log=log)
     hooks.omitted_images = tuple(omitted_images)
 

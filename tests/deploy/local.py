@@ -20,7 +20,7 @@ from stacks.config import parse_settings
 from . import driver
 from .daemon import PrivateDaemon
 from .images import DEPLOY_CACHE, Builder
-from .stack import BASE_IMAGE_ALIASES, OMITTED, STANDIN_FOR, omitted_images, stack_values
+from .stack import OMITTED, STANDIN_FOR, omitted_images, stack_values
 
 STATE_FILE = DEPLOY_CACHE / "state-local.json"
 
@@ -55,13 +55,10 @@ def driver_stack() -> str:
 
 
 def build_images(client, log: Callable[[str], None] = say) -> tuple[dict[str, str], dict[str, float]]:
-    """The base and every stand-in; the aliases for base images not yet passed as build arguments."""
+    """The base and every stand-in."""
     timings: dict[str, float] = {}
     builder = Builder(client, log=log, timings=timings)
-    standins = {name: builder.standin(name) for name in sorted(set(STANDIN_FOR.values()) | set(BASE_IMAGE_ALIASES.values()))}
-    for official, name in BASE_IMAGE_ALIASES.items():
-        repository, tag = official.rsplit(":", 1)
-        client.api.tag(standins[name], repository, tag)
+    standins = {name: builder.standin(name) for name in sorted(set(STANDIN_FOR.values()))}
     return standins, timings
 
 
@@ -75,11 +72,11 @@ def up(daemon: PrivateDaemon | None = None, log: Callable[[str], None] = say) ->
     started = time.monotonic()
     standins, timings = build_images(client, log)
     timings["build phase (base + stand-ins)"] = time.monotonic() - started
-    values = stack_values(standins)
+    values = stack_values(standins, daemon.url)
     for service, why in OMITTED.items():
         log(f"{service} will not be deployed: {why}")
     started = time.monotonic()
-    deployment = driver.deploy(client, driver_stack(), values, omit=OMITTED, omitted_images=omitted_images(values),
+    deployment = driver.deploy(client, driver_stack(), values, docker_host=daemon.url, omit=OMITTED, omitted_images=omitted_images(values),
                                drop_start_interval=True, state_file=STATE_FILE, log=log)
     total = time.monotonic() - started
     project_builds = sum(v for k, v in deployment.timings.items() if k.startswith("build "))

@@ -1,9 +1,11 @@
 """The test deployment: the dev stack (stacks/Pulumi.dev.yaml) with stand-in images.
 
-Only the stack's ``images`` table differs from dev, and only here (never in the stack files):
-PostgreSQL, Redis and Prometheus point at their stand-ins, the engine's base image
-(``vllm_cpu``, the VLLM_IMAGE build argument of services/engine/Dockerfile) at the CPU vLLM
-stand-in. Traefik, Grafana and cloudflared are not deployed: no image of them can be
+Only two values differ from dev, and only here (never in the stack files): ``docker_host``
+names the private daemon (the provider's host, also where the program reads its jobs' last
+runs: stacks/jobs.py), and the ``images`` table points PostgreSQL, Redis and Prometheus at their
+stand-ins and the build bases at theirs: ``vllm_cpu`` (the VLLM_IMAGE build argument of
+services/engine/Dockerfile) at the CPU vLLM stand-in, ``python`` (PYTHON_IMAGE of
+services/gateway and services/quantize) at the Python stand-in. Traefik, Grafana and cloudflared are not deployed: no image of them can be
 obtained on these machines in any form.
 """
 
@@ -34,17 +36,14 @@ STANDIN_FOR: Mapping[str, str] = {
     "redis": "redis",
     "prometheus": "prometheus",
     "vllm_cpu": "vllm-cpu",
+    "python": "python",
 }
-# Dockerfile base images the program does not pass as build arguments yet (issue 11): the
-# stand-in is tagged with the official name on the private daemon, so FROM finds it locally.
-# TODO(issue 11): drop once services/gateway/Dockerfile takes its base as a build argument.
-BASE_IMAGE_ALIASES: Mapping[str, str] = {"python:3.11-slim": "python"}
 
 
-def stack_values(standins: Mapping[str, str]) -> dict[str, Any]:
-    """The dev stack's values with the stand-ins in its images table."""
+def stack_values(standins: Mapping[str, str], docker_host: str) -> dict[str, Any]:
+    """The dev stack's values with the private daemon as Docker host and the stand-ins as images."""
     values = {k: v for k, v in read_stack_values(BASE_STACK).items() if k not in SECRET_KEYS}
-    overrides = {"images": {key: standins[name] for key, name in STANDIN_FOR.items()}}
+    overrides = {"docker_host": docker_host, "images": {key: standins[name] for key, name in STANDIN_FOR.items()}}
     return deep_merge(values, overrides)
 
 

@@ -5,6 +5,6 @@ set -e
 case "$1" in -*|*.conf) set -- redis-server "$@" ;; esac
 if [ "$1" = redis-server ] && [ "$(id -u)" = 0 ]; then
   find . \! -user redis -exec chown redis '{}' +
-  exec setpriv --reuid=redis --regid=redis --init-groups "$0" "$@"
+  exec gosu redis "$0" "$@"
 fi
 exec "$@"
