@@ -81,10 +81,11 @@ def non_loopback_listeners(host) -> set[int]:
     return ports
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def local_deployment():
-    """The dev stack deployed on a private Docker daemon by tests/deploy; destroyed afterwards
-    (its volumes are kept, as the program says), and the daemon stopped."""
+    """The dev stack deployed on a private Docker daemon by tests/deploy; destroyed after the
+    module that uses it (its volumes are kept, as the program says), and the daemon stopped,
+    so its engine does not compete with the rest of the session for the CPUs."""
     from tests.deploy import local
 
     host = testinfra.get_host("local://")
@@ -113,29 +114,50 @@ def _local_deployed_node(request) -> DeployedNode:
                         layout=layout)
 
 
-@pytest.fixture(scope="session")
-def deployed_node(request):
-    specs = deployed_hosts(request.config)
-    if len(specs) > 1:
-        pytest.fail("tests/infra checks one node per run: give one --hosts value")
-    if specs:
-        node = _deployed_node(specs[0], request.config)
-    elif os.environ.get("LLM_NODE_LOCAL_DEPLOY", "1") == "0":
-        pytest.skip(NO_DOCKER_HOST)
-    else:
-        node = _local_deployed_node(request)
+def _ready(node: DeployedNode) -> DeployedNode:
     if not node.api_key:
         node.create_key()
     models = node.http().get(node.api_url + "/v1/models", headers={"Authorization": f"Bearer {node.api_key}"}, timeout=30)
     models.raise_for_status()
     node.model = models.json()["data"][0]["id"]
+    return node
+
+
+@pytest.fixture(scope="session")
+def remote_node(request):
+    """The node given with --hosts."""
+    specs = deployed_hosts(request.config)
+    if len(specs) > 1:
+        pytest.fail("tests/infra checks one node per run: give one --hosts value")
+    node = _ready(_deployed_node(specs[0], request.config))
     yield node
     node.revoke_created_key()
+
+
+@pytest.fixture(scope="module")
+def deployed_node(request):
+    """The node given with --hosts; without it, the local deployment (unless LLM_NODE_LOCAL_DEPLOY=0)."""
+    if deployed_hosts(request.config):
+        yield request.getfixturevalue("remote_node")
+        return
+    if os.environ.get("LLM_NODE_LOCAL_DEPLOY", "1") == "0":
+        pytest.skip(NO_DOCKER_HOST)
+    saved = {name: os.environ.get(name) for name in ("DOCKER_HOST", "LLM_NODE_ALLOWED_PORTS")}
+    try:
+        node = _ready(_local_deployed_node(request))
+        yield node
+        node.revoke_created_key()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @pytest.fixture(scope="session")
 def node(request):
     """The deployed node when --hosts is given, otherwise the local one."""
     if deployed_hosts(request.config):
-        return request.getfixturevalue("deployed_node")
+        return request.getfixturevalue("remote_node")
     return request.getfixturevalue("local_node")
