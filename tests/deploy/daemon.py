@@ -64,18 +64,7 @@ class PrivateDaemon:
         self._lock = open(self.root / "lock", "w")
         fcntl.flock(self._lock, fcntl.LOCK_EX)  # another session's daemon on this data root: wait for it
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        stale = self.run_dir / "docker.pid"
-        if stale.exists():  # a daemon of a killed session: its pid file names it
-            try:
-                pid = int(stale.read_text().strip())
-                if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"dockerd"):
-                    os.kill(pid, 15)
-                    for _ in range(100):
-                        if not Path(f"/proc/{pid}").exists():
-                            break
-                        time.sleep(0.2)
-            except (ValueError, OSError):
-                pass
+        self._stop_by_pidfile()  # a daemon of an earlier session (this data root is locked now)
         log = open(self.log_path, "ab")
         self._proc = subprocess.Popen(dockerd_argv(self.root, self.run_dir), stdout=log, stderr=subprocess.STDOUT,
                                       start_new_session=True)
@@ -88,6 +77,21 @@ class PrivateDaemon:
             time.sleep(0.25)
         return self
 
+    def _stop_by_pidfile(self, timeout: float = 60) -> None:
+        """Stop the dockerd this module started on this run directory (its own pid file)."""
+        try:
+            pid = int((self.run_dir / "docker.pid").read_text().strip())
+            if not Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"dockerd\0"):
+                return
+            if f"unix://{self.run_dir / 'docker.sock'}".encode() not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return
+            os.kill(pid, 15)
+        except (ValueError, OSError):
+            return
+        deadline = time.monotonic() + timeout
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+
     def stop(self, timeout: float = 60) -> None:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.terminate()
@@ -96,6 +100,8 @@ class PrivateDaemon:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
+        elif self._proc is None:
+            self._stop_by_pidfile(timeout)  # started by an earlier command (python -m tests.deploy up)
         self._proc = None
         if self._lock is not None:
             self._lock.close()  # releases the flock

@@ -3,13 +3,15 @@
     .venv/bin/python -m tests.deploy up     # daemon, images, deployment; prints the phases' durations
     .venv/bin/python -m tests.deploy down   # destroy (volumes kept), stop the daemon
 
-The session fixture of tests/infra (``deployed_node`` without ``--hosts``) calls the same
-functions. What a deployment created is saved in the cache (``deploy/state-<stack>.json``), so
+The fixture of tests/infra (``deployed_node`` without ``--hosts``) calls the same functions.
+A failed deployment is removed again (``LLM_NODE_KEEP_FAILED_DEPLOYMENT=1`` keeps it, and the
+daemon running, for a look with ``docker -H unix:///run/llm-node-docker/docker.sock``). What a deployment created is saved in the cache (``deploy/state-<stack>.json``), so
 a session that was killed half-way is cleaned up by the next one before it deploys.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -69,15 +71,25 @@ def up(daemon: PrivateDaemon | None = None, log: Callable[[str], None] = say) ->
         log(f"removing the previous deployment recorded in {STATE_FILE}")
         driver.destroy(client, driver.Deployment.load(STATE_FILE), log=log)
         STATE_FILE.unlink()
-    started = time.monotonic()
-    standins, timings = build_images(client, log)
-    timings["build phase (base + stand-ins)"] = time.monotonic() - started
-    values = stack_values(standins, daemon.url)
-    for service, why in OMITTED.items():
-        log(f"{service} will not be deployed: {why}")
-    started = time.monotonic()
-    deployment = driver.deploy(client, driver_stack(), values, docker_host=daemon.url, omit=OMITTED, omitted_images=omitted_images(values),
-                               drop_start_interval=True, state_file=STATE_FILE, log=log)
+    try:
+        started = time.monotonic()
+        standins, timings = build_images(client, log)
+        timings["build phase (base + stand-ins)"] = time.monotonic() - started
+        values = stack_values(standins, daemon.url)
+        for service, why in OMITTED.items():
+            log(f"{service} will not be deployed: {why}")
+        started = time.monotonic()
+        deployment = driver.deploy(client, driver_stack(), values, docker_host=daemon.url, omit=OMITTED,
+                                   omitted_images=omitted_images(values), drop_start_interval=True,
+                                   state_file=STATE_FILE, log=log)
+    except BaseException:
+        # Leave nothing running: what was created is removed (volumes kept), the daemon stopped.
+        if os.environ.get("LLM_NODE_KEEP_FAILED_DEPLOYMENT") != "1":
+            if STATE_FILE.exists():
+                driver.destroy(client, driver.Deployment.load(STATE_FILE), log=log)
+                STATE_FILE.unlink()
+            daemon.stop()
+        raise
     total = time.monotonic() - started
     project_builds = sum(v for k, v in deployment.timings.items() if k.startswith("build "))
     timings["deploy phase (apply, incl. project image builds)"] = total
