@@ -193,14 +193,16 @@ class Deployment:
     omitted: dict[str, str] = field(default_factory=dict)  # container name -> why it was not created
     timings: dict[str, float] = field(default_factory=dict)
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, **extra: Any) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"stack": self.stack, "created": [vars(c) for c in self.created]}, indent=1))
+        path.write_text(json.dumps({"stack": self.stack, "created": [vars(c) for c in self.created],
+                                    "omitted": self.omitted, **extra}, indent=1, default=str))
 
     @classmethod
     def load(cls, path: Path) -> "Deployment":
         data = json.loads(path.read_text())
-        return cls(stack=data["stack"], created=[Created(**c) for c in data["created"]])
+        return cls(stack=data["stack"], created=[Created(**c) for c in data["created"]],
+                   outputs=data.get("outputs") or {}, omitted=data.get("omitted") or {})
 
 
 class DockerResources(pulumi.runtime.Mocks):
@@ -591,6 +593,7 @@ def destroy(client, deployment: Deployment, log: Callable[[str], None] = print) 
         if item.retain:
             log(f"kept {item.type.rsplit(':', 1)[-1]} {item.name} (retain_on_delete)")
             continue
+        log(f"removing {item.type.rsplit(':', 1)[-1]} {item.name}")
         try:
             if item.type == CONTAINER:
                 if not item.attach:  # the provider stops with destroy_grace_seconds (0: killed at once)

@@ -76,8 +76,8 @@ def up(daemon: PrivateDaemon | None = None, log: Callable[[str], None] = say) ->
         standins, timings = build_images(client, log)
         timings["build phase (base + stand-ins)"] = time.monotonic() - started
         values = stack_values(standins, daemon.url)
-        for service, why in OMITTED.items():
-            log(f"{service} will not be deployed: {why}")
+        for why in OMITTED.values():
+            log(why)
         started = time.monotonic()
         deployment = driver.deploy(client, driver_stack(), values, docker_host=daemon.url, omit=OMITTED,
                                    omitted_images=omitted_images(values), drop_start_interval=True,
@@ -94,10 +94,24 @@ def up(daemon: PrivateDaemon | None = None, log: Callable[[str], None] = say) ->
     project_builds = sum(v for k, v in deployment.timings.items() if k.startswith("build "))
     timings["deploy phase (apply, incl. project image builds)"] = total
     timings["  of which project image builds"] = project_builds
+    deployment.save(STATE_FILE, outputs=deployment.outputs, values=values)
     local = LocalDeployment(daemon=daemon, client=client, values=values, deployment=deployment, timings=timings)
     for line in local.summary().splitlines():
         log(line)
     return local
+
+
+def attach(log: Callable[[str], None] = say) -> LocalDeployment:
+    """The deployment a `python -m tests.deploy up` left running (for iterating on the suite)."""
+    import json
+
+    daemon = PrivateDaemon()
+    if not daemon.answers() or not STATE_FILE.exists():
+        raise RuntimeError("no running local deployment: run `python -m tests.deploy up` first")
+    data = json.loads(STATE_FILE.read_text())
+    log(f"using the running deployment recorded in {STATE_FILE}")
+    return LocalDeployment(daemon=daemon, client=daemon.client(), values=data["values"],
+                           deployment=driver.Deployment.load(STATE_FILE))
 
 
 def down(local: LocalDeployment | None = None, stop_daemon: bool = True, log: Callable[[str], None] = say) -> None:

@@ -90,6 +90,9 @@ def local_deployment():
 
     host = testinfra.get_host("local://")
     before = non_loopback_listeners(host)  # this machine's own public listeners (sshd, ...)
+    if os.environ.get("LLM_NODE_REUSE_DEPLOYMENT") == "1":  # left by `python -m tests.deploy up`
+        yield local.attach(), before
+        return
     deployment = local.up()
     try:
         yield deployment, before
