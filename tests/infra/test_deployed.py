@@ -168,12 +168,13 @@ def test_the_gateway_is_ready_and_refuses_requests_without_a_key(deployed_node):
 def _openai_client(node, key: str):
     import ssl
 
-    import httpx
     import openai
 
-    verify = node.ca_bundle if isinstance(node.ca_bundle, bool) else ssl.create_default_context(cafile=node.ca_bundle)
-    return openai.OpenAI(base_url=node.api_url + "/v1", api_key=key, max_retries=0, timeout=120,
-                         http_client=httpx.Client(verify=verify))
+    extra = {}
+    if node.ca_bundle is not True:  # a self-signed or provided certificate's CA, or "insecure"
+        extra["http_client"] = openai.DefaultHttpxClient(
+            verify=False if node.ca_bundle is False else ssl.create_default_context(cafile=node.ca_bundle))
+    return openai.OpenAI(base_url=node.api_url + "/v1", api_key=key, max_retries=0, timeout=120, **extra)
 
 
 def test_a_fresh_key_completes_plain_and_streamed_with_the_openai_client_and_usage_is_recorded(deployed_node):
@@ -195,8 +196,11 @@ def test_a_fresh_key_completes_plain_and_streamed_with_the_openai_client_and_usa
 
         # Both requests are billed to the new key in PostgreSQL (the gateway writes usage
         # records shortly after each response).
-        rows = wait_for(lambda: (r := node.usage_rows(key_id)) if len(r) >= 2 else None, timeout=60) \
-            or node.usage_rows(key_id)
+        def both_recorded():
+            rows = node.usage_rows(key_id)
+            return rows if len(rows) >= 2 else None
+
+        rows = wait_for(both_recorded, timeout=60) or node.usage_rows(key_id)
         assert len(rows) == 2, f"usage rows for the key: {rows}"
         assert {row[0] for row in rows} == {node.model}
         assert all(status == 200 for *_, status in rows), rows
