@@ -16,7 +16,8 @@ Container/Network/Volume/RemoteImage, and pulumi/pulumi-docker provider/image.go
               at "/") -> start -> ``wait``: poll until healthy within ``wait_timeout``
               (an error if no healthcheck) -> ``attach``: wait for the exit -> ``exit_code``
   Image       build ``build.context`` with ``build.dockerfile`` (both relative to the program's
-              working directory, as the provider resolves them) and ``build.args``
+              working directory, as the provider resolves them) and ``build.args``; on a
+              separate builder daemon when the node's has no network, then moved over
   RemoteImage must already exist on the engine (no registry here: the stand-ins, tests/deploy)
   Network, Volume, RandomPassword, component resources
   provider    its ``host`` must name the daemon the driver applies to (the stack's docker_host)
@@ -208,11 +209,14 @@ class Deployment:
 class DockerResources(pulumi.runtime.Mocks):
     """The resource monitor's hooks: each registration becomes the real Docker object."""
 
-    def __init__(self, client, deployment: Deployment, options: dict, *, docker_host: str = "", omit: Mapping[str, str],
+    def __init__(self, client, deployment: Deployment, options: dict, *, docker_host: str = "", build_client=None,
+                 omit: Mapping[str, str],
                  drop_start_interval: bool, build_hook: Callable[[str, dict], None] | None, log: Callable[[str], None]):
         self.client = client
         self.api = client.api
         self.docker_host = docker_host  # the daemon ``client`` talks to, as the stack must name it
+        # Where images are built when the node's daemon has no network (then moved over).
+        self.build_client = build_client or client
         self.deployment = deployment
         self.options = options  # (type, name) -> ResourceOptions, recorded by a stack transformation
         self.omit = dict(omit)  # llm-node.service label -> reason: not created (Traefik, Grafana, cloudflared)
@@ -314,12 +318,21 @@ class DockerResources(pulumi.runtime.Mocks):
         started = time.monotonic()
         image_name = inputs["imageName"]
         args = {k: str(v) for k, v in (build.get("args") or {}).items()}
-        _, log = _build(self.client, context, str(dockerfile.relative_to(context)), image_name, args,
+        _, log = _build(self.build_client, context, str(dockerfile.relative_to(context)), image_name, args,
                         build.get("platform"))
         took = time.monotonic() - started
         with self.lock:
             self.deployment.timings[f"build {image_name}"] = took
         self.log(f"built {image_name} in {took:.0f}s")
+        if self.build_client is not self.client:
+            from .daemon import transfer_image
+
+            started = time.monotonic()
+            if transfer_image(self.build_client, self.client, image_name):
+                took = time.monotonic() - started
+                with self.lock:
+                    self.deployment.timings[f"load {image_name}"] = took
+                self.log(f"moved {image_name} to the node's daemon in {took:.0f}s")
         image = self.api.inspect_image(image_name)
         return image["Id"], {**inputs, "baseImageName": image_name, "repoDigest": "", "registryServer": "",
                              "context": build.get("context"), "dockerfile": build.get("dockerfile"),
@@ -532,14 +545,15 @@ def _build(client, context: Path, dockerfile: str, tag: str, args: Mapping[str, 
     return image_id, log
 
 
-def deploy(client, stack: str, values: Mapping[str, Any], *, docker_host: str, omit: Mapping[str, str] | None = None,
+def deploy(client, stack: str, values: Mapping[str, Any], *, docker_host: str, build_client=None, omit: Mapping[str, str] | None = None,
            omitted_images: tuple[str, ...] = (), drop_start_interval: bool = False,
            state_file: Path | None = None, build_hook=None, log: Callable[[str], None] = print) -> Deployment:
     """Run the program for ``stack`` with the stack values ``values`` and apply it to ``client``'s engine."""
     deployment = Deployment(stack=stack)
     config, secret_keys = engine_config(values, {})
     options: dict[tuple[str, str], pulumi.ResourceOptions] = {}
-    hooks = DockerResources(client, deployment, options, docker_host=docker_host, omit=omit or {}, drop_start_interval=drop_start_interval,
+    hooks = DockerResources(client, deployment, options, docker_host=docker_host, build_client=build_client,
+                            omit=omit or {}, drop_start_interval=drop_start_interval,
                             build_hook=build_hook, log=log)
     hooks.omitted_images = tuple(omitted_images)
 

@@ -235,7 +235,7 @@ def run_output(client, image: str, command: str) -> str:
         container.wait(timeout=120)
         return container.logs(stdout=True, stderr=False).decode().strip()
     finally:
-        container.remove(force=True)
+        container.remove(force=True, v=True)  # and the anonymous volumes of VOLUME lines
 
 
 def _same_fs(path: Path, directory: str) -> bool:

@@ -20,7 +20,8 @@ from typing import Any, Callable
 from stacks.config import parse_settings
 
 from . import driver
-from .daemon import PrivateDaemon
+from .daemon import PrivateDaemon, transfer_image
+from .forward import NetnsForwarder
 from .images import DEPLOY_CACHE, Builder
 from .stack import OMITTED, STANDIN_FOR, omitted_images, stack_values
 
@@ -33,11 +34,25 @@ def say(message: str) -> None:
 
 @dataclass
 class LocalDeployment:
-    daemon: PrivateDaemon
+    daemon: PrivateDaemon  # the node's Docker host (in its own network namespace)
     client: Any
     values: dict
     deployment: driver.Deployment
     timings: dict[str, float] = field(default_factory=dict)
+    forwarders: list[NetnsForwarder] = field(default_factory=list)
+
+    def reach(self, host: str, port: int) -> str:
+        """A loopback URL on this machine that leads to ``host:port`` in the node's namespace."""
+        forwarder = NetnsForwarder(self.daemon.netns_path, host, port) if self.daemon.netns else None
+        if forwarder is None:
+            return f"http://{host}:{port}"
+        self.forwarders.append(forwarder)
+        return forwarder.url
+
+    def close_forwarders(self) -> None:
+        for forwarder in self.forwarders:
+            forwarder.close()
+        self.forwarders.clear()
 
     @property
     def settings(self):
@@ -64,38 +79,47 @@ def build_images(client, log: Callable[[str], None] = say) -> tuple[dict[str, st
     return standins, timings
 
 
-def up(daemon: PrivateDaemon | None = None, log: Callable[[str], None] = say) -> LocalDeployment:
-    daemon = daemon or PrivateDaemon().start()
-    client = daemon.client()
+def up(log: Callable[[str], None] = say) -> LocalDeployment:
+    """Images on the builder daemon, moved to the node's daemon, then the deployment there."""
+    node = PrivateDaemon.node().start()
+    client = node.client()
     if STATE_FILE.exists():  # a previous session did not get to destroy its deployment
         log(f"removing the previous deployment recorded in {STATE_FILE}")
         driver.destroy(client, driver.Deployment.load(STATE_FILE), log=log)
         STATE_FILE.unlink()
+    builder = PrivateDaemon.builder().start()
     try:
         started = time.monotonic()
-        standins, timings = build_images(client, log)
+        standins, timings = build_images(builder.client(), log)
         timings["build phase (base + stand-ins)"] = time.monotonic() - started
-        values = stack_values(standins, daemon.url)
+        values = stack_values(standins, node.url)
+        started = time.monotonic()
+        for key in ("postgres", "redis", "prometheus"):  # the pulled images; the built ones move as they are built
+            if transfer_image(builder.client(), client, values["images"][key]):
+                log(f"moved {values['images'][key]} to the node's daemon")
+        timings["move stand-ins to the node's daemon"] = time.monotonic() - started
         for why in OMITTED.values():
             log(why)
         started = time.monotonic()
-        deployment = driver.deploy(client, driver_stack(), values, docker_host=daemon.url, omit=OMITTED,
-                                   omitted_images=omitted_images(values), drop_start_interval=True,
+        deployment = driver.deploy(client, driver_stack(), values, docker_host=node.url, build_client=builder.client(),
+                                   omit=OMITTED, omitted_images=omitted_images(values), drop_start_interval=True,
                                    state_file=STATE_FILE, log=log)
     except BaseException:
-        # Leave nothing running: what was created is removed (volumes kept), the daemon stopped.
+        # Leave nothing running: what was created is removed (volumes kept), the daemons stopped.
         if os.environ.get("LLM_NODE_KEEP_FAILED_DEPLOYMENT") != "1":
             if STATE_FILE.exists():
                 driver.destroy(client, driver.Deployment.load(STATE_FILE), log=log)
                 STATE_FILE.unlink()
-            daemon.stop()
+            node.stop()
+        builder.stop()
         raise
+    builder.stop()  # builds are done: the node's daemon alone runs the node
     total = time.monotonic() - started
-    project_builds = sum(v for k, v in deployment.timings.items() if k.startswith("build "))
+    project_builds = sum(v for k, v in deployment.timings.items() if k.startswith(("build ", "load ")))
     timings["deploy phase (apply, incl. project image builds)"] = total
-    timings["  of which project image builds"] = project_builds
+    timings["  of which project image builds and moves"] = project_builds
     deployment.save(STATE_FILE, outputs=deployment.outputs, values=values)
-    local = LocalDeployment(daemon=daemon, client=client, values=values, deployment=deployment, timings=timings)
+    local = LocalDeployment(daemon=node, client=client, values=values, deployment=deployment, timings=timings)
     for line in local.summary().splitlines():
         log(line)
     return local
@@ -105,7 +129,7 @@ def attach(log: Callable[[str], None] = say) -> LocalDeployment:
     """The deployment a `python -m tests.deploy up` left running (for iterating on the suite)."""
     import json
 
-    daemon = PrivateDaemon()
+    daemon = PrivateDaemon.node()
     if not daemon.answers() or not STATE_FILE.exists():
         raise RuntimeError("no running local deployment: run `python -m tests.deploy up` first")
     data = json.loads(STATE_FILE.read_text())
@@ -115,13 +139,14 @@ def attach(log: Callable[[str], None] = say) -> LocalDeployment:
 
 
 def down(local: LocalDeployment | None = None, stop_daemon: bool = True, log: Callable[[str], None] = say) -> None:
-    daemon = local.daemon if local else PrivateDaemon()
+    daemon = local.daemon if local else PrivateDaemon.node()
     if local is None:
         if not daemon.answers():
             daemon.start()
         client = daemon.client()
         deployment = driver.Deployment.load(STATE_FILE) if STATE_FILE.exists() else None
     else:
+        local.close_forwarders()
         client, deployment = local.client, local.deployment
     started = time.monotonic()
     if deployment is not None:

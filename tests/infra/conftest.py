@@ -91,7 +91,9 @@ def local_deployment():
     host = testinfra.get_host("local://")
     before = non_loopback_listeners(host)  # this machine's own public listeners (sshd, ...)
     if os.environ.get("LLM_NODE_REUSE_DEPLOYMENT") == "1":  # left by `python -m tests.deploy up`
-        yield local.attach(), before
+        attached = local.attach()
+        yield attached, before
+        attached.close_forwarders()
         return
     deployment = local.up()
     try:
@@ -111,10 +113,10 @@ def _local_deployed_node(request) -> DeployedNode:
     gateway = json.loads(subprocess.run(["docker", "-H", deployment.daemon.url, "inspect", layout.container("gateway")],
                                         capture_output=True, check=True, text=True).stdout)[0]
     address = gateway["NetworkSettings"]["Networks"][layout.edge_network]["IPAddress"]
-    # No Traefik here: clients reach the gateway container directly over the edge network's
-    # bridge, on its API port (plain HTTP inside the node).
-    return DeployedNode(host=testinfra.get_host("local://"), api_url=f"http://{address}:{layout.settings.gateway.port}",
-                        layout=layout)
+    # No Traefik here: clients reach the gateway container's API port on the edge network
+    # (plain HTTP inside the node), through a loopback forwarder into the node's namespace.
+    return DeployedNode(host=testinfra.get_host("local://"),
+                        api_url=deployment.reach(address, layout.settings.gateway.port), layout=layout)
 
 
 def _ready(node: DeployedNode) -> DeployedNode:
