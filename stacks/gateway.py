@@ -2,9 +2,10 @@
 
 Its environment is ``gateway_env(spec)`` from services/launch.py (the dev node uses the same
 function) plus the three secrets of ``GATEWAY_SECRET_ENV`` as Pulumi secrets. Its API port
-is routed by Traefik labels (host rule, TLS, security headers, optional allow-list and
-body limit); its metrics port has no router, so /metrics is reachable only on the node's
-networks. A one-shot migration job brings the database schema up to date first.
+is routed by Traefik (``traefik_routes``, rendered into Traefik's file-provider configuration:
+host rule, TLS, security headers, optional allow-list and body limit); its metrics port has
+no router, so /metrics is reachable only on the node's networks. A one-shot migration job
+brings the database schema up to date first.
 """
 
 from __future__ import annotations
@@ -33,8 +34,7 @@ class GatewayArgs:
     spec: GatewaySpec
     domain: str
     edge: EdgeSettings
-    placement: containers.Placement  # edge + internal
-    edge_network: docker.Network  # the network Traefik reaches it on
+    placement: containers.Placement  # edge (Traefik reaches it there) + internal
     internal_placement: containers.Placement  # for the migration job (database only)
     database_url: pulumi.Output[str]
     redis_url: pulumi.Output[str]
@@ -42,22 +42,18 @@ class GatewayArgs:
     depends_on: Sequence[pulumi.Resource] = ()  # Redis, every engine
 
 
-def traefik_labels(spec: GatewaySpec, domain: str, edge: EdgeSettings, network: pulumi.Input[str]
-                   ) -> dict[str, pulumi.Input[str]]:
+def traefik_routes(spec: GatewaySpec, domain: str, edge: EdgeSettings) -> routing.Dynamic:
     """Router, service and middlewares for the gateway's API port (never its metrics port)."""
-    middlewares = [f"{ROUTER}-headers"]
-    labels = routing.enable(network) | routing.security_headers(f"{ROUTER}-headers", hsts_seconds=edge.hsts_seconds)
+    middlewares = {f"{ROUTER}-headers": routing.security_headers(hsts_seconds=edge.hsts_seconds)}
     if edge.ip_allow_list:
-        middlewares.insert(0, f"{ROUTER}-allow-list")
-        labels |= routing.ip_allow_list(f"{ROUTER}-allow-list", edge.ip_allow_list)
+        middlewares = {f"{ROUTER}-allow-list": routing.ip_allow_list(edge.ip_allow_list)} | middlewares
     if edge.body_limit == "edge":
-        middlewares.append(f"{ROUTER}-body-limit")
-        labels |= routing.body_limit(f"{ROUTER}-body-limit", spec.max_body_bytes)
-    labels |= routing.router(ROUTER, rule=f"Host(`{domain}`)", entry_points=[WEBSECURE], service=ROUTER, tls=True,
-                             cert_resolver=CERT_RESOLVER if edge.tls_mode == "acme" else None,
-                             middlewares=middlewares)
-    labels |= routing.service(ROUTER, spec.port)
-    return labels
+        middlewares[f"{ROUTER}-body-limit"] = routing.body_limit(spec.max_body_bytes)
+    router = routing.router(rule=f"Host(`{domain}`)", entry_points=[WEBSECURE], service=ROUTER, tls=True,
+                            cert_resolver=CERT_RESOLVER if edge.tls_mode == "acme" else None,
+                            middlewares=list(middlewares))
+    return routing.fragment(routers={ROUTER: router}, services={ROUTER: routing.service(naming.GATEWAY, spec.port)},
+                            middlewares=middlewares)
 
 
 class Gateway(pulumi.ComponentResource):
@@ -92,8 +88,7 @@ class Gateway(pulumi.ComponentResource):
         )
         migrated = containers.job_succeeded(self.migrate, args.internal_placement.name("gateway-migrate"))
 
-        labels = traefik_labels(args.spec, args.domain, args.edge, args.edge_network.name)
-        labels["llm-node.after"] = migrated
+        self.routes = traefik_routes(args.spec, args.domain, args.edge)  # Traefik's file provider reads them
         self.container = docker.Container(
             name,
             name=args.placement.name("gateway"),
@@ -111,7 +106,7 @@ class Gateway(pulumi.ComponentResource):
             stop_timeout=int(args.spec.shutdown_grace_seconds) + 5,
             wait=True,
             wait_timeout=120,
-            labels=containers.labels(args.placement, "gateway", labels),
+            labels=containers.labels(args.placement, "gateway", {"llm-node.after": migrated}),
             opts=containers.service_options(self, [self.image, self.migrate, args.database, *args.depends_on]),
         )
         self.url = f"http://{naming.GATEWAY}:{args.spec.port}"

@@ -19,7 +19,7 @@ import pulumi
 import pulumi_docker as docker
 
 from prometheus.render import CLOUDFLARED_JOB, GATEWAY_JOB, PROMETHEUS_JOB, TRAEFIK_JOB, VLLM_JOB
-from stacks import containers, naming
+from stacks import containers, naming, traefik, tunnel
 from stacks.config import NodeConfig
 from stacks.engine import Engine, EngineArgs, ModelsMount
 from stacks.gateway import Gateway, GatewayArgs
@@ -117,32 +117,16 @@ class Node(pulumi.ComponentResource):
         self.gateway = Gateway("gateway", GatewayArgs(
             spec=settings.gateway, domain=settings.domain, edge=settings.edge,
             placement=placement(self.edge_network, self.internal_network, alias=naming.GATEWAY),
-            edge_network=self.edge_network,
             internal_placement=placement(self.internal_network, alias="gateway-migrate"),
             database_url=self.postgres.database_url, redis_url=self.redis.url, database=self.postgres.container,
             depends_on=[self.redis.container, *self.engine.containers]), opts=child)
-
-        # -- edge ----------------------------------------------------------------------------
-        self.traefik = Traefik("traefik", TraefikArgs(
-            image=images["traefik"], edge=settings.edge,
-            placement=placement(self.edge_network, self.metrics_network, alias=naming.TRAEFIK),
-            edge_network=self.edge_network, acme_volume=self.volumes.get("traefik-acme"),
-            tls_certificate=settings.tls_certificate, tls_private_key=secrets.tls_private_key), opts=child)
-        self.tunnel = None
-        if settings.tunnel_enabled:
-            assert secrets.tunnel_token is not None
-            self.tunnel = Tunnel("cloudflared", TunnelArgs(
-                image=images["cloudflared"], hostname=settings.domain, origin_url=self.traefik.origin_url,
-                verify_origin_tls=settings.edge.tls_mode == "acme",
-                placement=placement(self.edge_network, self.metrics_network, alias=naming.CLOUDFLARED),
-                token=secrets.tunnel_token, depends_on=self.traefik.container), opts=child)
 
         # -- observability -------------------------------------------------------------------
         targets = {
             VLLM_JOB: [f"{naming.engine_alias(i)}:{naming.ENGINE_PORT}" for i in range(settings.engine.replicas)],
             GATEWAY_JOB: [f"{naming.GATEWAY}:{settings.gateway.metrics_port}"],
-            TRAEFIK_JOB: [self.traefik.metrics_target],
-            CLOUDFLARED_JOB: [self.tunnel.metrics_target] if self.tunnel else [],
+            TRAEFIK_JOB: [traefik.METRICS_TARGET],
+            CLOUDFLARED_JOB: [tunnel.METRICS_TARGET] if settings.tunnel_enabled else [],
             PROMETHEUS_JOB: [f"localhost:{naming.PROMETHEUS_PORT}"],
         }
         self.prometheus = Prometheus("prometheus", PrometheusArgs(
@@ -154,8 +138,23 @@ class Node(pulumi.ComponentResource):
             image=images["grafana"], domain=settings.domain, edge=settings.edge,
             public=settings.observability.grafana_public,
             placement=placement(self.internal_network, self.edge_network, alias=naming.GRAFANA),
-            edge_network=self.edge_network, data_volume=self.volumes["grafana-data"],
+            data_volume=self.volumes["grafana-data"],
             prometheus_url=self.prometheus.url, depends_on=self.prometheus.container), opts=child)
+
+        # -- edge: last, its routes come from the components above ---------------------------
+        self.traefik = Traefik("traefik", TraefikArgs(
+            image=images["traefik"], edge=settings.edge,
+            placement=placement(self.edge_network, self.metrics_network, alias=naming.TRAEFIK),
+            routes=[self.gateway.routes, self.grafana.routes], acme_volume=self.volumes.get("traefik-acme"),
+            tls_certificate=settings.tls_certificate, tls_private_key=secrets.tls_private_key), opts=child)
+        self.tunnel = None
+        if settings.tunnel_enabled:
+            assert secrets.tunnel_token is not None
+            self.tunnel = Tunnel("cloudflared", TunnelArgs(
+                image=images["cloudflared"], hostname=settings.domain, origin_url=self.traefik.origin_url,
+                verify_origin_tls=settings.edge.tls_mode == "acme",
+                placement=placement(self.edge_network, self.metrics_network, alias=naming.CLOUDFLARED),
+                token=secrets.tunnel_token, depends_on=self.traefik.container), opts=child)
 
         self.outputs = self._stack_outputs(args.config)
         self.register_outputs({"public_url": self.outputs["public_url"]})

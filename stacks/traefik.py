@@ -1,15 +1,23 @@
 """Traefik: the edge. The only container that publishes host ports.
 
-Static configuration from traefik/ (rendered per stack by traefik/static.py), the Docker
-provider on a read-only socket with exposedByDefault=false, HTTP to HTTPS redirect, TLS by
-ACME / a provided certificate / Traefik's self-signed default, JSON access logs, metrics on
-an entrypoint only the metrics network reaches, and an "ops" entrypoint (ping, dashboard,
-Grafana) published on 127.0.0.1 only.
+Static configuration from traefik/ (rendered per stack by traefik/static.py), HTTP to HTTPS
+redirect, TLS by ACME / a provided certificate / Traefik's self-signed default, JSON access
+logs, metrics on an entrypoint only the metrics network reaches, and an "ops" entrypoint
+(ping, dashboard, Grafana) published on 127.0.0.1 only.
+
+No Docker socket. A mounted socket, even `:ro`, is the whole Docker API (`:ro` only stops
+writes to the socket file, not POSTs over it): whoever took over the internet-facing proxy
+could read every container's environment and start privileged containers. The program knows
+every route at deploy time, so it renders them (the components' ``routes`` fragments and the
+dashboard's) into dynamic/routes.yml, uploaded here for Traefik's file provider. Uploads are
+ForceNew in the Docker provider (terraform-provider-docker resource_docker_container.go,
+"upload"), so a changed route replaces this container with the new file in place.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import pulumi
 import pulumi_docker as docker
@@ -19,6 +27,7 @@ from stacks.config import EdgeSettings
 from traefik import routing, static
 
 DASHBOARD_ROUTER = "dashboard"
+METRICS_TARGET = f"{naming.TRAEFIK}:{static.PORTS[static.METRICS]}"  # Prometheus, on the metrics network
 
 
 @dataclass(frozen=True)
@@ -26,7 +35,7 @@ class TraefikArgs:
     image: str
     edge: EdgeSettings
     placement: containers.Placement  # edge + metrics networks
-    edge_network: docker.Network
+    routes: Sequence[routing.Dynamic]  # the components' fragments (gateway, Grafana)
     acme_volume: docker.Volume | None  # acme mode
     tls_certificate: str | None  # provided mode
     tls_private_key: pulumi.Output[str] | None
@@ -45,11 +54,15 @@ def host_ports(edge: EdgeSettings) -> list[docker.ContainerPortArgs]:
     return ports
 
 
-def dashboard_labels(network: pulumi.Input[str]) -> dict[str, pulumi.Input[str]]:
+def dashboard_routes() -> routing.Dynamic:
     """The dashboard and its API, on the loopback ops entrypoint only."""
-    return routing.enable(network) | routing.router(
-        DASHBOARD_ROUTER, rule="PathPrefix(`/dashboard`) || PathPrefix(`/api`)", entry_points=[static.OPS],
-        service="api@internal")
+    return routing.fragment(routers={DASHBOARD_ROUTER: routing.router(
+        rule="PathPrefix(`/dashboard`) || PathPrefix(`/api`)", entry_points=[static.OPS], service="api@internal")})
+
+
+def render_routes(fragments: Sequence[routing.Dynamic]) -> routing.Dynamic:
+    """dynamic/routes.yml: every router, service and middleware Traefik serves."""
+    return routing.merge(dashboard_routes(), *fragments)
 
 
 class Traefik(pulumi.ComponentResource):
@@ -58,12 +71,14 @@ class Traefik(pulumi.ComponentResource):
         edge = args.edge
         image = containers.pulled_image(f"{name}-image", args.image, self)
 
-        self.static_config = args.edge_network.name.apply(lambda network: static.render_static_config(
-            docker_network=network, tls_mode=edge.tls_mode, acme_email=edge.acme_email,
-            acme_ca_server=edge.acme_ca_server, https_host_port=edge.https_port))
+        self.static_config = static.render_static_config(
+            tls_mode=edge.tls_mode, acme_email=edge.acme_email, acme_ca_server=edge.acme_ca_server,
+            https_host_port=edge.https_port)
+        self.routes = render_routes(args.routes)
         provided = edge.tls_mode == "provided"
         uploads = [
-            containers.text_file(static.STATIC_PATH, self.static_config.apply(static.to_yaml)),
+            containers.text_file(static.STATIC_PATH, static.to_yaml(self.static_config)),
+            containers.text_file(static.ROUTES_PATH, static.to_yaml(self.routes)),
             containers.text_file(f"{static.DYNAMIC_DIR}/tls.yml",
                                  static.to_yaml(static.render_dynamic_tls(provided_certificate=provided))),
         ]
@@ -71,8 +86,7 @@ class Traefik(pulumi.ComponentResource):
             assert args.tls_certificate and args.tls_private_key is not None
             uploads += [containers.text_file(static.CERT_FILE, args.tls_certificate),
                         containers.secret_file(static.KEY_FILE, args.tls_private_key)]
-        volumes = [docker.ContainerVolumeArgs(host_path=static.DOCKER_SOCKET, container_path=static.DOCKER_SOCKET,
-                                              read_only=True)]
+        volumes = []
         if args.acme_volume is not None:
             volumes.append(docker.ContainerVolumeArgs(volume_name=args.acme_volume.name,
                                                       container_path=static.ACME_DIR))
@@ -92,9 +106,9 @@ class Traefik(pulumi.ComponentResource):
             log_opts=containers.LOG_OPTIONS,
             wait=True,
             wait_timeout=60,
-            labels=containers.labels(args.placement, "traefik", dashboard_labels(args.edge_network.name)),
+            labels=containers.labels(args.placement, "traefik"),
             opts=containers.service_options(self, [image]),
         )
         self.origin_url = f"https://{naming.TRAEFIK}:{static.PORTS[static.WEBSECURE]}"
-        self.metrics_target = f"{naming.TRAEFIK}:{static.PORTS[static.METRICS]}"
+        self.metrics_target = METRICS_TARGET
         self.register_outputs({"container": self.container.name})

@@ -15,6 +15,8 @@ import pulumi_docker as docker
 from cloudflared.render import CONFIG_PATH, TOKEN_PATH, render_tunnel_config, to_yaml
 from stacks import containers, naming
 
+METRICS_TARGET = f"{naming.CLOUDFLARED}:{naming.CLOUDFLARED_METRICS_PORT}"  # Prometheus, on the metrics network
+
 
 @dataclass(frozen=True)
 class TunnelArgs:
@@ -53,5 +55,5 @@ class Tunnel(pulumi.ComponentResource):
             labels=containers.labels(args.placement, "cloudflared"),
             opts=containers.service_options(self, [image, args.depends_on]),
         )
-        self.metrics_target = f"{naming.CLOUDFLARED}:{naming.CLOUDFLARED_METRICS_PORT}"
+        self.metrics_target = METRICS_TARGET
         self.register_outputs({"container": self.container.name})

@@ -19,7 +19,7 @@ CERT_FILE = "/etc/traefik/certs/tls.crt"
 KEY_FILE = "/etc/traefik/certs/tls.key"
 ACME_DIR = "/acme"  # a volume: the Let's Encrypt account and certificates survive restarts
 ACME_STORAGE = f"{ACME_DIR}/acme.json"
-DOCKER_SOCKET = "/var/run/docker.sock"
+ROUTES_PATH = f"{DYNAMIC_DIR}/routes.yml"  # rendered from traefik/routing.py fragments
 
 # Entry points (names used by routers) and their container ports.
 WEB, WEBSECURE, OPS, METRICS = "web", "websecure", "ops", "metrics"
@@ -31,11 +31,10 @@ def _load(path: Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text())
 
 
-def render_static_config(*, docker_network: str, tls_mode: str, acme_email: str | None = None,
+def render_static_config(*, tls_mode: str, acme_email: str | None = None,
                          acme_ca_server: str | None = None, https_host_port: int = 443) -> dict[str, Any]:
     """The static configuration (traefik.yml) of one stack."""
     config = copy.deepcopy(_load(BASE_STATIC))
-    config["providers"]["docker"]["network"] = docker_network
     if https_host_port != 443:  # redirect to the port clients can reach, not the container's
         config["entryPoints"][WEB]["http"]["redirections"]["entryPoint"]["to"] = f":{https_host_port}"
     if tls_mode == "acme":
@@ -62,5 +61,5 @@ def render_dynamic_tls(*, provided_certificate: bool) -> dict[str, Any]:
 
 
 def to_yaml(config: dict[str, Any]) -> str:
-    header = "# Rendered by traefik/static.py for this stack - edit traefik/*.yml instead.\n"
+    header = "# Rendered for this stack by the llm-node program (traefik/*.py, traefik/*.yml) - edit those instead.\n"
     return header + yaml.safe_dump(config, sort_keys=False)
