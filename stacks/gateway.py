@@ -17,7 +17,7 @@ import pulumi
 import pulumi_docker as docker
 
 from services.launch import GATEWAY_SECRET_ENV, GatewaySpec, gateway_env, gateway_process_argv
-from stacks import containers, naming
+from stacks import addresses, containers, naming
 from stacks.config import EdgeSettings
 from stacks.images import REPO_ROOT, built_image_name
 from traefik import routing
@@ -96,6 +96,7 @@ class Gateway(pulumi.ComponentResource):
             entrypoints=gateway_process_argv("python"),
             envs=_secret_env(self.env, secrets),
             networks_advanced=containers.attach(args.placement.networks),
+            capabilities=addresses.without_net_raw(),  # on Traefik's networks: no ARP spoofing
             healthcheck=containers.healthcheck(
                 containers.http_check(f"http://127.0.0.1:{args.spec.port}/healthz"), interval="10s"),
             restart=containers.RESTART,

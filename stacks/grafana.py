@@ -13,7 +13,7 @@ import pulumi
 import pulumi_docker as docker
 
 from grafana.render import GRAFANA_CONFIG_DIR, provisioning_files, render_dashboards
-from stacks import containers, naming
+from stacks import addresses, containers, naming
 from stacks.config import EdgeSettings
 from traefik import routing, static
 
@@ -93,6 +93,7 @@ class Grafana(pulumi.ComponentResource):
             uploads=uploads,
             volumes=[docker.ContainerVolumeArgs(volume_name=args.data_volume.name, container_path=DATA_DIR)],
             networks_advanced=containers.attach(args.placement.networks),
+            capabilities=addresses.without_net_raw(),  # on Traefik's networks: no ARP spoofing
             healthcheck=containers.healthcheck(
                 containers.wget_check(f"http://127.0.0.1:{naming.GRAFANA_PORT}/api/health"), interval="15s"),
             restart=containers.RESTART,

@@ -2,8 +2,16 @@
 
 Static configuration from traefik/ (rendered per stack by traefik/static.py), HTTP to HTTPS
 redirect, TLS by ACME / a provided certificate / Traefik's self-signed default, JSON access
-logs, metrics on an entrypoint only the metrics network reaches, and an "ops" entrypoint
-(ping, dashboard, Grafana) published on 127.0.0.1 only.
+logs, a "metrics" entrypoint and an "ops" entrypoint (ping, dashboard, Grafana).
+
+Publishing ops on 127.0.0.1 only restricts the host side; inside the container an entrypoint
+listens on every interface, so the gateway or cloudflared on the edge network would reach the
+unauthenticated dashboard API. So: ops admits only the edge bridge's address (what a
+connection through the published port comes from, docker-proxy or not: traefik/reach.py) and
+loopback (the healthcheck); metrics listens only on Traefik's fixed address on the metrics
+network and admits only Prometheus' fixed address (stacks/addresses.py). Both allow-lists are
+entrypoint middlewares, so every router there, Traefik's own included, gets them.
+tests/traefik/test_reach.py asserts what reaches what for every pair.
 
 No Docker socket. A mounted socket, even `:ro`, is the whole Docker API (`:ro` only stops
 writes to the socket file, not POSTs over it): whoever took over the internet-facing proxy
@@ -22,7 +30,7 @@ from typing import Sequence
 import pulumi
 import pulumi_docker as docker
 
-from stacks import containers, naming
+from stacks import addresses, containers, naming
 from stacks.config import EdgeSettings
 from traefik import routing, static
 
@@ -36,6 +44,9 @@ class TraefikArgs:
     edge: EdgeSettings
     placement: containers.Placement  # edge + metrics networks
     routes: Sequence[routing.Dynamic]  # the components' fragments (gateway, Grafana)
+    ops_sources: Sequence[str]  # addresses allowed on the ops entrypoint (besides loopback)
+    metrics_address: str  # Traefik's fixed address on the metrics network
+    metrics_sources: Sequence[str]  # addresses allowed on the metrics entrypoint (Prometheus)
     acme_volume: docker.Volume | None  # acme mode
     tls_certificate: str | None  # provided mode
     tls_private_key: pulumi.Output[str] | None
@@ -49,20 +60,23 @@ def host_ports(edge: EdgeSettings) -> list[docker.ContainerPortArgs]:
     if edge.publish:
         ports += [port(static.WEB, edge.http_port, edge.bind_address),
                   port(static.WEBSECURE, edge.https_port, edge.bind_address)]
-    if edge.ops_port:  # loopback only: reach it through an SSH tunnel
+    if edge.ops_port:  # host loopback only: reach it through an SSH tunnel (the allow-list does the rest)
         ports.append(port(static.OPS, edge.ops_port, "127.0.0.1"))
     return ports
 
 
 def dashboard_routes() -> routing.Dynamic:
-    """The dashboard and its API, on the loopback ops entrypoint only."""
+    """The dashboard and its API, on the ops entrypoint only (allow-listed: the host and loopback)."""
     return routing.fragment(routers={DASHBOARD_ROUTER: routing.router(
         rule="PathPrefix(`/dashboard`) || PathPrefix(`/api`)", entry_points=[static.OPS], service="api@internal")})
 
 
-def render_routes(fragments: Sequence[routing.Dynamic]) -> routing.Dynamic:
+def render_routes(fragments: Sequence[routing.Dynamic], *, ops_sources: Sequence[str],
+                  metrics_sources: Sequence[str]) -> routing.Dynamic:
     """dynamic/routes.yml: every router, service and middleware Traefik serves."""
-    return routing.merge(dashboard_routes(), *fragments)
+    allow_lists = static.render_entry_point_allow_lists(ops_sources=list(ops_sources),
+                                                        metrics_sources=list(metrics_sources))
+    return routing.merge(allow_lists, dashboard_routes(), *fragments)
 
 
 class Traefik(pulumi.ComponentResource):
@@ -73,8 +87,8 @@ class Traefik(pulumi.ComponentResource):
 
         self.static_config = static.render_static_config(
             tls_mode=edge.tls_mode, acme_email=edge.acme_email, acme_ca_server=edge.acme_ca_server,
-            https_host_port=edge.https_port)
-        self.routes = render_routes(args.routes)
+            https_host_port=edge.https_port, metrics_address=args.metrics_address)
+        self.routes = render_routes(args.routes, ops_sources=args.ops_sources, metrics_sources=args.metrics_sources)
         provided = edge.tls_mode == "provided"
         uploads = [
             containers.text_file(static.STATIC_PATH, static.to_yaml(self.static_config)),
@@ -101,6 +115,7 @@ class Traefik(pulumi.ComponentResource):
             networks_advanced=containers.attach(args.placement.networks),
             healthcheck=containers.healthcheck(["CMD", "traefik", "healthcheck", "--ping"], interval="10s"),
             security_opts=["no-new-privileges:true"],
+            capabilities=addresses.without_net_raw(),  # on Traefik's networks: no ARP spoofing
             restart=containers.RESTART,
             log_driver=containers.LOG_DRIVER,
             log_opts=containers.LOG_OPTIONS,
