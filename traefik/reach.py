@@ -17,8 +17,10 @@ How a connection looks inside Traefik's container, by where it starts:
   endpoint; internal networks have none). docker-proxy dials the container from the host
   (cmd/docker-proxy tcp_proxy_linux.go, net.DialTCP with no local address); with the userland
   proxy off, Docker masquerades host-local sources on their way into the bridge
-  (iptabler/network.go "MASQ LOCAL HOST", --src-type LOCAL). Directly to a container
-  address: the bridge address of that network.
+  (iptabler/network.go "MASQ LOCAL HOST", --src-type LOCAL; nftabler/network.go "MASQUERADE
+  FROM HOST", fib saddr type local). Directly to a container address: the bridge address of
+  that network. (Rootful Docker; rootless Docker's port drivers and Docker Desktop were not
+  checked: tests/infra probes the published ops port from the host after a deploy.)
 * the internet, through a port published on a non-loopback host address: any public address
   (iptables DNAT keeps the client's address).
 * Traefik itself (`traefik healthcheck --ping` dials ":<port>"): loopback.
