@@ -54,7 +54,7 @@ def traefik_routes(domain: str, edge: EdgeSettings, public: bool) -> routing.Dyn
     else:
         router = routing.router(rule=f"PathPrefix(`{SUB_PATH}`)", entry_points=[static.OPS], service=ROUTER)
     return routing.fragment(routers={ROUTER: router},
-                            services={ROUTER: routing.service(naming.GRAFANA, naming.GRAFANA_PORT)})
+                            services={ROUTER: routing.service(naming.GRAFANA, naming.GRAFANA_PORT, "/api/health")})
 
 
 class Grafana(pulumi.ComponentResource):

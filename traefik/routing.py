@@ -28,10 +28,17 @@ def router(*, rule: str, entry_points: Sequence[str], service: str, tls: bool = 
     return body
 
 
-def service(host: str, port: int) -> dict[str, Any]:
+def service(host: str, port: int, health_path: str | None = None) -> dict[str, Any]:
     """A service reached by the container's DNS alias on a network Traefik shares with it
-    (Docker's embedded DNS follows a replaced container; no IP is written down)."""
-    return {"loadBalancer": {"servers": [{"url": f"http://{host}:{port}"}]}}
+    (Docker's embedded DNS follows a replaced container; no IP is written down).
+
+    ``health_path``: Traefik checks it and routes only while it answers, as its Docker provider
+    did by skipping containers that were not healthy (traefik pkg/provider/docker/config.go).
+    """
+    balancer: dict[str, Any] = {"servers": [{"url": f"http://{host}:{port}"}]}
+    if health_path:
+        balancer["healthCheck"] = {"path": health_path, "interval": "5s", "timeout": "3s"}
+    return {"loadBalancer": balancer}
 
 
 def security_headers(*, hsts_seconds: int) -> dict[str, Any]:

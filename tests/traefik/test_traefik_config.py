@@ -109,8 +109,11 @@ def test_uploaded_routes_are_valid_and_complete(variant):
         gateway = http["routers"]["gateway"]
         assert gateway["entryPoints"] == ["websecure"] and "tls" in gateway
         # by its alias on the edge network, which Docker's DNS keeps pointing at the current container
-        assert http["services"]["gateway"] == {"loadBalancer": {"servers": [{"url": "http://gateway:8080"}]}}
-        assert http["services"]["grafana"] == {"loadBalancer": {"servers": [{"url": "http://grafana:3000"}]}}
+        assert http["services"]["gateway"]["loadBalancer"]["servers"] == [{"url": "http://gateway:8080"}]
+        assert http["services"]["grafana"]["loadBalancer"]["servers"] == [{"url": "http://grafana:3000"}]
+        # routed only while healthy, as the Docker provider skipped containers that were not
+        assert http["services"]["gateway"]["loadBalancer"]["healthCheck"]["path"] == "/healthz"
+        assert http["services"]["grafana"]["loadBalancer"]["healthCheck"]["path"] == "/api/health"
         assert http["routers"]["dashboard"]["service"] == "api@internal"
         assert http["routers"]["dashboard"]["entryPoints"] == ["ops"]
         headers = http["middlewares"]["gateway-headers"]["headers"]
