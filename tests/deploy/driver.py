@@ -84,7 +84,8 @@ class DeployError(RuntimeError):
 _LABEL = {"label": None, "value": None}
 SCHEMAS: dict[str, dict[str, Any]] = {
     PROVIDER: {"host": None, "version": None},
-    NETWORK: {"name": None, "driver": None, "internal": None, "labels": _LABEL},
+    NETWORK: {"name": None, "driver": None, "internal": None, "labels": _LABEL,
+              "ipamConfigs": {"subnet": None, "gateway": None, "ipRange": None}},
     VOLUME: {"name": None, "labels": _LABEL, "driver": None},
     REMOTE_IMAGE: {"name": None, "keepLocally": None},
     BUILT_IMAGE: {"imageName": None, "skipPush": None, "buildOnPreview": None,
@@ -96,7 +97,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "uploads": {"file": None, "content": None, "contentBase64": None, "permissions": None,
                     "executable": None},
         "volumes": {"containerPath": None, "hostPath": None, "volumeName": None, "readOnly": None},
-        "networksAdvanced": {"name": None, "aliases": None},
+        "networksAdvanced": {"name": None, "aliases": None, "ipv4Address": None},
         "networkMode": None,
         "healthcheck": {"tests": None, "interval": None, "timeout": None, "retries": None,
                         "startPeriod": None, "startInterval": None},
@@ -274,9 +275,16 @@ class DockerResources(pulumi.runtime.Mocks):
         return f"{name}-id", {**inputs, "result": result}
 
     def _network(self, name, inputs, opts):
+        import docker.types
+
         labels = {item["label"]: item["value"] for item in inputs.get("labels") or []}
+        ipam = None
+        if inputs.get("ipamConfigs"):  # the provider's ipam_config -> IPAM.Config (driver "default")
+            ipam = docker.types.IPAMConfig(pool_configs=[
+                docker.types.IPAMPool(subnet=c.get("subnet"), gateway=c.get("gateway"), iprange=c.get("ipRange"))
+                for c in inputs["ipamConfigs"]])
         network = self.api.create_network(inputs["name"], driver=inputs.get("driver") or "bridge",
-                                          internal=bool(inputs.get("internal")), labels=labels,
+                                          internal=bool(inputs.get("internal")), labels=labels, ipam=ipam,
                                           check_duplicate=True)
         self._record(Created(NETWORK, inputs["name"], network["Id"], retain=_retain(opts)))
         self.log(f"network {inputs['name']}{' (internal)' if inputs.get('internal') else ''}")
@@ -434,7 +442,7 @@ class DockerResources(pulumi.runtime.Mocks):
         if networks:
             first = networks[0]
             host["NetworkMode"] = first["name"]
-            networking = {"EndpointsConfig": {first["name"]: {"Aliases": list(first.get("aliases") or [])}}}
+            networking = {"EndpointsConfig": {first["name"]: _endpoint(first)}}
         elif inputs.get("networkMode"):
             host["NetworkMode"] = inputs["networkMode"]
             networking = None
@@ -450,7 +458,8 @@ class DockerResources(pulumi.runtime.Mocks):
         self._record(Created(CONTAINER, name, container_id, destroy_grace=destroy_grace,
                              attach=bool(inputs.get("attach"))))
         for extra in networks[1:]:
-            api.connect_container_to_network(container_id, extra["name"], aliases=list(extra.get("aliases") or []))
+            api.connect_container_to_network(container_id, extra["name"], aliases=list(extra.get("aliases") or []),
+                                             ipv4_address=extra.get("ipv4Address") or None)
         for upload in inputs.get("uploads") or []:
             api.put_archive(container_id, "/", _upload_tar(upload))
         deadline = _create_deadline(opts)
@@ -484,6 +493,13 @@ class DockerResources(pulumi.runtime.Mocks):
                                   f"(health {health.get('Status')}; last check: {last.strip()[:300]})\n"
                                   + _logs_tail(self.api, container_id))
             time.sleep(1)
+
+
+def _endpoint(network: Mapping[str, Any]) -> dict[str, Any]:
+    endpoint: dict[str, Any] = {"Aliases": list(network.get("aliases") or [])}
+    if network.get("ipv4Address"):
+        endpoint["IPAMConfig"] = {"IPv4Address": network["ipv4Address"]}
+    return endpoint
 
 
 def _retain(opts: pulumi.ResourceOptions | None) -> bool:

@@ -203,6 +203,11 @@ class DeployedNode:
                           network, self.gateway_image(), _CONNECT, address, str(port))
         return out.strip().splitlines()[-1]
 
+    def network_gateway(self, network: str) -> str:
+        """The Docker host's address on ``network`` (its bridge)."""
+        config = json.loads(self.docker("network inspect %s", network))[0]["IPAM"]["Config"]
+        return config[0]["Gateway"]
+
     def ip_on(self, container: str, network: str) -> str | None:
         networks = self.inspect(container)["NetworkSettings"]["Networks"]
         return (networks.get(network) or {}).get("IPAddress") or None

@@ -79,6 +79,19 @@ def test_internal_services_are_unreachable_from_the_edge_network(deployed_node, 
     assert layout.edge_network not in node.inspect(container)["NetworkSettings"]["Networks"]
 
 
+@pytest.mark.parametrize("key", ["internal", "metrics"])
+def test_internal_networks_have_no_way_out(deployed_node, key):
+    # Docker gives an internal network no gateway: a container there has no route beyond its
+    # subnet, neither to the Docker host's address on the edge network nor to the internet.
+    # "Refused" would mean a route (a TCP reset came back); only "unreachable"/timeouts pass.
+    node = deployed_node
+    layout = node.layout
+    for address, port in ((node.network_gateway(layout.edge_network), 9), ("1.1.1.1", 443)):
+        answer = node.can_connect(layout.network(key), address, port)
+        assert answer.startswith("refused") and "ConnectionRefused" not in answer, \
+            f"{layout.network(key)} -> {address}:{port}: {answer}"
+
+
 def test_traefik_answers_ping(deployed_node):
     node = deployed_node
     node.layout.skip_if_absent("traefik")
@@ -90,6 +103,7 @@ def test_traefik_ops_and_metrics_refuse_containers_on_its_networks(deployed_node
     """ops (dashboard API) admits only the host's published-port path and loopback; metrics only
     Prometheus' fixed address (traefik/reach.py has the model, tests/traefik/test_reach.py every pair)."""
     node = deployed_node
+    node.layout.skip_if_absent("traefik")
     layout = node.layout
     ops, metrics = 8080, 8082  # traefik/static.py PORTS
     # a container on the edge network connects to ops, but is refused by the allow-list
