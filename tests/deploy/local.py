@@ -79,9 +79,10 @@ def build_images(client, log: Callable[[str], None] = say) -> tuple[dict[str, st
     return standins, timings
 
 
-def up(log: Callable[[str], None] = say) -> LocalDeployment:
-    """Images on the builder daemon, moved to the node's daemon, then the deployment there."""
-    node = PrivateDaemon.node().start()
+def up(node: PrivateDaemon | None = None, log: Callable[[str], None] = say) -> LocalDeployment:
+    """Images on the builder daemon, moved to the node's daemon, then the deployment there
+    (on ``node`` when given: a daemon this process started and keeps, e.g. to re-create)."""
+    node = node or PrivateDaemon.node().start()
     client = node.client()
     if STATE_FILE.exists():  # a previous session did not get to destroy its deployment
         log(f"removing the previous deployment recorded in {STATE_FILE}")

@@ -82,7 +82,7 @@ def non_loopback_listeners(host) -> set[int]:
 
 
 @pytest.fixture(scope="module")
-def local_deployment():
+def local_deployment(request):
     """The dev stack deployed on a private Docker daemon by tests/deploy; destroyed after the
     module that uses it (its volumes are kept, as the program says), and the daemon stopped,
     so its engine does not compete with the rest of the session for the CPUs."""
@@ -95,11 +95,14 @@ def local_deployment():
         yield attached, before
         attached.close_forwarders()
         return
-    deployment = local.up()
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():  # the deploy log and its phase durations, live
+        deployment = local.up()
     try:
         yield deployment, before
     finally:
-        local.down(deployment)
+        with capture.global_and_fixture_disabled():
+            local.down(deployment)
 
 
 def _local_deployed_node(request) -> DeployedNode:
