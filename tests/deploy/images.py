@@ -116,6 +116,7 @@ class Builder:
     def __post_init__(self):
         self.timings = {} if self.timings is None else self.timings
         self.built: dict[str, str] = {}
+        self._tags: set[str] = set()  # every tag this run's inputs name
 
     def _exists(self, tag: str) -> bool:
         try:
@@ -129,11 +130,15 @@ class Builder:
         self.timings[what] = took
         self.log(f"{what}: {took:.0f}s")
 
+    def current_tags(self) -> set[str]:
+        return set(self._tags)
+
     # -- the Debian base -------------------------------------------------------------------
     def rootfs(self) -> str:
         """debootstrap minbase, imported; the tarball is cached, keyed on what shapes it."""
         key = _digest(SUITE, "minbase", MIRROR, str(ROOTFS_RECIPE))
         tag = f"llm-node-standin/debian-rootfs:{SUITE}-{key}"
+        self._tags.add(tag)
         if not self._exists(tag):
             tarball = DEPLOY_CACHE / f"rootfs-{key}.tar"
             if not tarball.exists():
@@ -154,6 +159,7 @@ class Builder:
         certificates = extra_ca_certificates()
         key = _digest(_tree_digest(STANDINS / "base"), rootfs, *(name + ":" + pem.decode() for name, pem in certificates))
         tag = f"llm-node-standin/debian:{SUITE}-{key}"
+        self._tags.add(tag)
         if not self._exists(tag):
             with tempfile.TemporaryDirectory(prefix="llmnode-base-", dir="/var/tmp") as context:
                 shutil.copytree(STANDINS / "base", context, dirs_exist_ok=True)
@@ -207,6 +213,7 @@ class Builder:
                       *(f"{target}:{path.stat().st_size}:{path.read_bytes() if path.suffix == '.txt' else ''}"
                         for target, path in sorted(extras.items())))
         build_tag = f"llm-node-standin/{name}:build-{key}"
+        self._tags.add(build_tag)
         if not self._exists(build_tag):
             with tempfile.TemporaryDirectory(prefix=f"llmnode-{name}-", dir="/var/tmp") as context:
                 shutil.copytree(source, context, dirs_exist_ok=True)
@@ -223,6 +230,7 @@ class Builder:
         repository, _ = build_tag.split(":")
         self.client.api.tag(build_tag, repository, f"{version}-standin.{key}")
         tag = f"{repository}:{version}-standin.{key}"
+        self._tags.add(tag)
         self.built[name] = tag
         return tag
 

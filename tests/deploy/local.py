@@ -71,12 +71,28 @@ def driver_stack() -> str:
     return BASE_STACK
 
 
-def build_images(client, log: Callable[[str], None] = say) -> tuple[dict[str, str], dict[str, float]]:
-    """The base and every stand-in."""
+OURS = ("llm-node/", "llm-node-standin/")
+
+
+def build_images(client, log: Callable[[str], None] = say) -> tuple[dict[str, str], dict[str, float], set[str]]:
+    """The base and every stand-in; also every tag of this run's inputs (to keep in the cache)."""
     timings: dict[str, float] = {}
     builder = Builder(client, log=log, timings=timings)
     standins = {name: builder.standin(name) for name in sorted(set(STANDIN_FOR.values()))}
-    return standins, timings
+    return standins, timings, builder.current_tags()
+
+
+def prune_images(client, keep: set[str], log: Callable[[str], None] = say) -> None:
+    """Remove this harness's images that no current input names (the cache holds one version)."""
+    removed = 0
+    for image in client.images.list():
+        tags = set(image.tags)
+        if any(tag.startswith(OURS) for tag in tags) and not tags & keep:
+            client.images.remove(image.id, force=True)
+            removed += 1
+    client.images.prune(filters={"dangling": True})
+    if removed:
+        log(f"removed {removed} outdated image(s) from the cache")
 
 
 def up(node: PrivateDaemon | None = None, log: Callable[[str], None] = say) -> LocalDeployment:
@@ -91,7 +107,7 @@ def up(node: PrivateDaemon | None = None, log: Callable[[str], None] = say) -> L
     builder = PrivateDaemon.builder().start()
     try:
         started = time.monotonic()
-        standins, timings = build_images(builder.client(), log)
+        standins, timings, current = build_images(builder.client(), log)
         timings["build phase (base + stand-ins)"] = time.monotonic() - started
         values = stack_values(standins, node.url)
         started = time.monotonic()
@@ -114,6 +130,9 @@ def up(node: PrivateDaemon | None = None, log: Callable[[str], None] = say) -> L
             node.stop()
         builder.stop()
         raise
+    built = {k.split(" ", 1)[1] for k in deployment.timings if k.startswith("build ")}
+    prune_images(builder.client(), current | built, log)
+    prune_images(client, built | {values["images"][k] for k in ("postgres", "redis", "prometheus")}, log)
     builder.stop()  # builds are done: the node's daemon alone runs the node
     total = time.monotonic() - started
     project_builds = sum(v for k, v in deployment.timings.items() if k.startswith(("build ", "load ")))

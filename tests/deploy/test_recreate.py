@@ -61,7 +61,6 @@ def test_a_recreated_node_comes_back_healthy_on_its_retained_volumes(request):
             time.sleep(1)
         assert usage_count(first, key_id) == 1
         password_before = docker(first, "exec", f"{prefix}-postgres", "cat", PASSWORD_FILE)
-        volume_before = json.loads(docker(first, "volume", "inspect", f"{prefix}-postgres-data"))[0]["CreatedAt"]
 
         with capture.global_and_fixture_disabled():
             local.down(first, stop_daemon=False)
@@ -70,12 +69,11 @@ def test_a_recreated_node_comes_back_healthy_on_its_retained_volumes(request):
         with capture.global_and_fixture_disabled():
             second = local.up(node)  # fails if any container does not come back healthy / the job fails
         try:
-            assert json.loads(docker(second, "volume", "inspect", f"{prefix}-postgres-data"))[0]["CreatedAt"] \
-                == volume_before, "the data volume was not the retained one"
             assert docker(second, "exec", f"{prefix}-postgres", "cat", PASSWORD_FILE) != password_before, \
                 "the re-created stack did not generate a new password (the case to prove)"
+            # The key from before the destroy, and its usage row: the retained volume's data.
             answer = complete(gateway_url(second), key)
-            assert answer.status_code == 200, answer.text  # the key from before the destroy
+            assert answer.status_code == 200, answer.text
             deadline = time.monotonic() + 60
             while usage_count(second, key_id) < 2 and time.monotonic() < deadline:
                 time.sleep(1)
