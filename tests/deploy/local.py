@@ -83,16 +83,27 @@ def build_images(client, log: Callable[[str], None] = say) -> tuple[dict[str, st
 
 
 def prune_images(client, keep: set[str], log: Callable[[str], None] = say) -> None:
-    """Remove this harness's images that no current input names (the cache holds one version)."""
-    removed = 0
-    for image in client.images.list():
-        tags = set(image.tags)
-        if any(tag.startswith(OURS) for tag in tags) and not tags & keep:
-            client.images.remove(image.id, force=True)
-            removed += 1
-    client.images.prune(filters={"dangling": True})
-    if removed:
-        log(f"removed {removed} outdated image(s) from the cache")
+    """Remove this harness's images that no current input names (the cache holds one version):
+    their tags first (an image with child images cannot be deleted, but can be untagged), then
+    what is left dangling. Never fails the deployment: a warning at worst."""
+    try:
+        untagged = 0
+        for image in client.images.list():
+            tags = set(image.tags)
+            if any(tag.startswith(OURS) for tag in tags) and not tags & keep:
+                for tag in tags:
+                    client.images.remove(tag)
+                untagged += 1
+        reclaimed = 0
+        for _ in range(5):  # a dangling parent becomes removable once its dangling child is gone
+            freed = client.images.prune(filters={"dangling": True}).get("SpaceReclaimed") or 0
+            reclaimed += freed
+            if not freed:
+                break
+        if untagged:
+            log(f"removed {untagged} outdated image(s) from the cache ({reclaimed / 1e9:.1f} GB)")
+    except Exception as error:  # noqa: BLE001
+        log(f"WARNING: could not prune outdated images: {error}")
 
 
 def up(node: PrivateDaemon | None = None, log: Callable[[str], None] = say) -> LocalDeployment:
