@@ -31,6 +31,7 @@ import yaml
 from services.launch import QUANTIZATION_METHODS, EngineSpec, GatewaySpec, QuantizeSpec
 from stacks import naming
 from stacks.images import DEFAULT_IMAGES, is_pinned
+from stacks.kubernetes.settings import KUBERNETES_KEYS, KubernetesSettings, parse_kubernetes, parse_target
 
 if TYPE_CHECKING:  # Pulumi is only needed by load_node_config()
     import pulumi
@@ -42,8 +43,9 @@ ROOT_DIR = STACKS_DIR.parent
 # Keys whose values are secrets: read only as secret Outputs, never parsed here.
 SECRET_KEYS = ("tunnel_token", "tls_private_key")
 # Keys holding objects (Pulumi hands them to the program as JSON text).
-OBJECT_KEYS = ("images", "engine", "gateway", "edge", "tunnel", "quantize", "observability", "volumes")
-STRING_KEYS = ("docker_host", "name_prefix", "domain", "tls_certificate")
+OBJECT_KEYS = ("images", "engine", "gateway", "edge", "tunnel", "quantize", "observability", "volumes",
+               "kubernetes")
+STRING_KEYS = ("docker_host", "name_prefix", "domain", "tls_certificate", "target")
 
 TLS_MODES = ("acme", "provided", "self-signed")
 BODY_LIMIT_MODES = ("gateway", "edge")
@@ -513,6 +515,9 @@ class NodeSettings:
     observability: ObservabilitySettings
     models_host_dir: str | None  # dev: bind a host directory at /models instead of the models volume
     tls_certificate: str | None  # PEM, edge.tls_mode provided (its key is the secret tls_private_key)
+    # Where the node runs: one Docker host (stacks/node.py) or a cluster (stacks/kubernetes/).
+    target: str = "docker"
+    kubernetes: "KubernetesSettings | None" = None  # target kubernetes only
 
     @property
     def public_url(self) -> str:
@@ -601,6 +606,11 @@ def parse_settings(values: Mapping[str, Any], stack: str, *, secrets_present: Se
             raise ConfigError("volumes.models_host_dir", "is read-only for the engine; the quantize job needs the "
                                                          "models volume (unset one of them)")
 
+    target = parse_target(values)
+    kubernetes = parse_kubernetes(values.get("kubernetes"), target=target, engine=engine,
+                                  raw_engine=values.get("engine"), tunnel_enabled=tunnel_enabled,
+                                  models_host_dir=models_host_dir)
+
     return NodeSettings(
         stack=stack,
         name_prefix=name_prefix,
@@ -616,6 +626,8 @@ def parse_settings(values: Mapping[str, Any], stack: str, *, secrets_present: Se
         observability=_observability(values.get("observability")),
         models_host_dir=models_host_dir,
         tls_certificate=tls_certificate,
+        target=target,
+        kubernetes=kubernetes,
     )
 
 
@@ -630,6 +642,7 @@ def all_keys() -> list[str]:
         "quantize": QUANTIZE_KEYS,
         "observability": OBSERVABILITY_KEYS,
         "volumes": VOLUMES_KEYS,
+        "kubernetes": KUBERNETES_KEYS,
     }
     assert set(sections) == set(OBJECT_KEYS)
     return [*STRING_KEYS, *SECRET_KEYS, *(f"{section}.{key}" for section, keys in sections.items() for key in keys)]
