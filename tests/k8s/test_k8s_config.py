@@ -1,0 +1,61 @@
+"""Bad kubernetes-target configuration fails before anything is declared, naming the key."""
+
+from __future__ import annotations
+
+import re
+
+import pulumi
+import pytest
+
+from stacks.config import ConfigError, all_keys, load_stack_settings
+from tests.stacks.mock_runtime import MOCK_SECRET_MARK, run_program
+
+BAD = [
+    ("k8s-dev", {"kubernetes": {"namespace": None}}, "kubernetes.namespace", "is required"),
+    ("k8s-dev", {"kubernetes": {"storage_class": None}}, "kubernetes.storage_class", "is required"),
+    ("k8s-dev", {"kubernetes": {"image_registry": None}}, "kubernetes.image_registry", "is required"),
+    ("k8s-dev", {"kubernetes": None}, "kubernetes.namespace", "is required"),
+    ("k8s-prod", {"kubernetes": {"gpus_per_engine": None}}, "kubernetes.gpus_per_engine", "engine.device is cuda"),
+    ("k8s-dev", {"kubernetes": {"gpus_per_engine": 1}}, "kubernetes.gpus_per_engine", "only applies"),
+    ("k8s-prod", {"engine": {"gpu_ids": ["0", "1"]}}, "engine.gpu_ids", "Docker host setting"),
+    ("k8s-dev", {"tunnel": {"enabled": True}}, "tunnel.enabled", "not supported"),
+    ("k8s-dev", {"volumes": {"models_host_dir": "/srv/models"}}, "volumes.models_host_dir", "PersistentVolumeClaim"),
+    ("k8s-dev", {"target": "nomad"}, "target", "is not one of docker, kubernetes"),
+    ("dev", {"kubernetes": {"namespace": "x"}}, "kubernetes", "applies only to target: kubernetes"),
+    ("k8s-dev", {"kubernetes": {"version": "1.19"}}, "kubernetes.version", "must be 1.25 to 1.37"),
+    ("k8s-dev", {"kubernetes": {"version": 1.33}}, "kubernetes.version", "must be a non-empty string"),
+    ("k8s-dev", {"kubernetes": {"namespace": "LLM_node"}}, "kubernetes.namespace", "is not a DNS label"),
+    ("k8s-dev", {"kubernetes": {"engine_min_replicas": 3, "engine_max_replicas": 2}},
+     "kubernetes.engine_max_replicas", "is below engine_min_replicas"),
+    ("k8s-dev", {"kubernetes": {"edge": "gateway-api"}}, "kubernetes.gateway_api_parent", "is required"),
+    ("k8s-dev", {"kubernetes": {"endpoint_picker": "inference-extension"}}, "kubernetes.inference_gateway_class",
+     "is required"),
+    ("k8s-dev", {"kubernetes": {"engine_memory": "8GB"}}, "kubernetes.engine_memory", "is not a memory quantity"),
+    ("k8s-dev", {"kubernetes": {"traefik_chart_version": "latest"}}, "kubernetes.traefik_chart_version",
+     "is not a pinned chart version"),
+    ("k8s-dev", {"kubernetes": {"replicas": 2}}, "kubernetes.replicas", "unknown setting"),
+]
+
+
+@pytest.mark.parametrize("stack,overrides,key,message", BAD, ids=[f"{case[2]}-{i}" for i, case in enumerate(BAD)])
+def test_bad_kubernetes_config_fails_naming_the_key(stack, overrides, key, message):
+    @pulumi.runtime.test
+    def deploy():
+        secrets = {"tunnel_token": f"{MOCK_SECRET_MARK}-token"} if "tunnel" in overrides else {}
+        return run_program(stack, overrides=overrides, secrets=secrets).ready()
+
+    with pytest.raises(ConfigError, match=rf"^llm-node:{re.escape(key)}: .*{re.escape(message)}") as raised:
+        deploy()
+    assert raised.value.key == key
+
+
+def test_the_docker_stacks_stay_on_docker():
+    assert load_stack_settings("dev").target == "docker" and load_stack_settings("dev").kubernetes is None
+    assert load_stack_settings("k8s-prod").kubernetes.gpus_per_engine == 1
+
+
+def test_every_kubernetes_key_is_a_config_key():
+    from stacks.kubernetes.settings import KUBERNETES_KEYS
+
+    assert {f"kubernetes.{key}" for key in KUBERNETES_KEYS} <= set(all_keys())
+    assert "target" in all_keys()
