@@ -220,10 +220,13 @@ def _secret(name: str, namespace: str, prefix: str, component: str, data: Mappin
         "metadata": _meta(name, namespace, component, prefix), "type": type_, "stringData": dict(data)})
 
 
-def image_parts(reference: str) -> tuple[str, str]:
-    """``repo:tag`` -> (repo, tag), for charts that take them apart."""
+def image_parts(reference: str) -> tuple[str, str, str]:
+    """``[registry/]repo:tag`` -> (registry, repo, tag), for charts that take them apart (Docker Hub: docker.io)."""
     name, _, tag = reference.rpartition(":")
-    return name, tag
+    first, _, rest = name.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        return first, rest, tag
+    return "docker.io", name, tag
 
 
 # -- the node ----------------------------------------------------------------------------------------
@@ -692,16 +695,18 @@ def _edge(plan: Plan, settings: NodeSettings, images: Images, meta) -> None:
         }, depends_on=["service-gateway"]))
         return
 
-    repository, tag = image_parts(images.traefik)
+    # Values checked against the pinned chart's values.schema.json (traefik/traefik-helm-chart
+    # v39.0.2, additionalProperties: false), e.g. redirections live under ports.web.http.
+    registry, repository, tag = image_parts(images.traefik)
     values: dict[str, Any] = {
-        "image": {"repository": repository, "tag": tag},  # the images table's pinned Traefik
+        "image": {"registry": registry, "repository": repository, "tag": tag},  # the images table's pinned Traefik
         "deployment": {"replicas": 2},
         "podDisruptionBudget": {"enabled": True, "minAvailable": 1},
         "service": {"type": k8s.edge_service_type},
         "ingressClass": {"enabled": True, "isDefaultClass": False, "name": f"{prefix}-traefik"},
         "providers": {"kubernetesCRD": {"enabled": True, "namespaces": [ns]},
                       "kubernetesIngress": {"enabled": True, "namespaces": [ns]}},
-        "ports": {"web": {"redirections": {"entryPoint": {"to": "websecure", "scheme": "https"}}}},
+        "ports": {"web": {"http": {"redirections": {"entryPoint": {"to": "websecure", "scheme": "https"}}}}},
         "metrics": {"prometheus": {"serviceMonitor": {"enabled": True, "additionalLabels": {
             "release": k8s.prometheus_release_label}}}},
         "resources": {"requests": {"cpu": "250m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "256Mi"}},
@@ -745,10 +750,12 @@ def _inference_extension(plan: Plan, settings: NodeSettings, meta) -> None:
     """Optional: the gateway forwards to an inference gateway whose HTTPRoute targets an InferencePool.
 
     The pool and its endpoint picker (queue depth, KV-cache use, prefix-cache and LoRA affinity
-    scorers) are the upstream chart's (kubernetes-sigs/gateway-api-inference-extension,
-    config/charts/inferencepool: values inferencePool.modelServers.matchLabels and the target
-    port); nothing of it is re-implemented here. The Gateway's class must support
-    InferencePool backends (kgateway, Istio, GKE).
+    scorers) are the upstream chart's (kubernetes-sigs/gateway-api-inference-extension v1.0.1,
+    config/charts/inferencepool/values.yaml: inferencePool.modelServers.matchLabels,
+    inferencePool.targetPorts, modelServerType; the InferencePool is named after the release,
+    the picker's pods are labelled ``inferencepool: <release>-epp`` (templates/_helpers.tpl));
+    nothing of it is re-implemented here. The Gateway's class must support InferencePool
+    backends (kgateway, Istio, GKE).
     """
     k8s = settings.kubernetes
     pool = f"{ENGINE}-pool"
@@ -756,7 +763,8 @@ def _inference_extension(plan: Plan, settings: NodeSettings, meta) -> None:
                              k8s.inference_pool_chart_version, None, {
                                  "inferencePool": {"modelServers": {"matchLabels": selector(ENGINE,
                                                                                             settings.name_prefix)},
-                                                   "targetPortNumber": settings.engine.spec.port},
+                                                   "targetPorts": [{"number": settings.engine.spec.port}],
+                                                   "modelServerType": "vllm"},
                                  "provider": {"name": "none"},
                              }, depends_on=["statefulset-engine"]))
     plan.add(Manifest("gateway.networking.k8s.io/v1", "Gateway", INFERENCE_GATEWAY, {

@@ -203,7 +203,7 @@ def parse_kubernetes(values: Mapping[str, Any] | None, *, target: str, engine: "
         gateway_memory=quantity("gateway_memory", "1Gi", _MEMORY, "a memory quantity (1Gi)"),
         edge=edge,
         edge_service_type=s.string("edge_service_type", "LoadBalancer", choices=SERVICE_TYPES),
-        traefik_chart_version=chart_version("traefik_chart_version", "37.4.0"),
+        traefik_chart_version=chart_version("traefik_chart_version", "39.0.2"),
         gateway_api_parent=parent,
         prometheus_url=prometheus_url,
         monitoring_namespace=label("monitoring_namespace", "monitoring"),

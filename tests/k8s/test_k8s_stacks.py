@@ -110,6 +110,12 @@ def test_strict_validation_rejects_a_misspelt_field():
         kubernetes_validate.validate(deployment, settings.kubernetes.version, strict=True)
 
 
+def test_chart_image_parts():
+    assert manifests.image_parts("traefik:v3.6.8") == ("docker.io", "traefik", "v3.6.8")
+    assert manifests.image_parts("registry.local:5000/mirror/traefik:v3.6.8") == (
+        "registry.local:5000", "mirror/traefik", "v3.6.8")
+
+
 def _images() -> manifests.Images:
     return manifests.Images(engine="r/engine:src-000000000000", gateway="r/gateway:src-000000000000",
                             quantize="r/quantize:src-000000000000", postgres="postgres:17.6", redis="redis:7.4.5",
@@ -449,7 +455,7 @@ def test_edge_is_traefik_s_chart_with_the_docker_middlewares(stack):
         assert chart["repositoryOpts"]["repo"] == "https://traefik.github.io/charts"
         assert re.match(r"^\d+\.\d+\.\d+$", chart["version"])
         image = chart["values"]["image"]
-        assert f"{image['repository']}:{image['tag']}" == settings.images["traefik"]
+        assert f"{image['registry']}/{image['repository']}:{image['tag']}" == f"docker.io/{settings.images['traefik']}"
         assert chart["values"]["service"]["type"] == settings.kubernetes.edge_service_type
         ingress = found[("Ingress", "gateway")]
         annotations = ingress["metadata"]["annotations"]
