@@ -87,10 +87,11 @@ POLICIES = [
         rules.traefik_exposed_by_default_off,
         "Set providers.docker.exposedByDefault: false in traefik/traefik.yml."),
     _resource_policy(
-        "docker-socket-read-only",
-        "A container that mounts the Docker socket mounts it read-only.",
-        rules.docker_socket_read_only,
-        "Mount /var/run/docker.sock with read_only=True (or put a socket proxy in front of it)."),
+        "no-docker-socket",
+        "No container mounts the Docker socket (read-only does not restrict the API) or is pointed at a Docker API.",
+        rules.no_docker_socket,
+        "Give the container what it reads from Docker as files instead (Traefik: dynamic/routes.yml, "
+        "stacks/traefik.py)."),
 ]
 
 

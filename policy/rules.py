@@ -244,16 +244,37 @@ def traefik_exposed_by_default_off(resource_type: str, props: Mapping[str, Any])
 # -- Docker socket --------------------------------------------------------------------------------------------
 
 
-def docker_socket_read_only(resource_type: str, props: Mapping[str, Any]) -> list[str]:
+def _holds_socket(host_path: Any) -> bool:
+    """The socket itself, or a directory that contains it (/var/run, /run, /)."""
+    if not host_path:  # a named volume
+        return False
+    path = str(host_path).rstrip("/") or "/"
+    return path == "/" or any(socket == path or socket.startswith(path + "/") for socket in DOCKER_SOCKETS)
+
+
+def no_docker_socket(resource_type: str, props: Mapping[str, Any]) -> list[str]:
+    """No container mounts the Docker socket, read-only or not.
+
+    `:ro` stops writes to the socket file, not requests over it: the socket is the whole Docker
+    API (read every container's env, start a privileged container with the host's / mounted),
+    i.e. root on the host for whoever controls the process. The node needs it nowhere; Traefik
+    reads its routes from uploaded files (stacks/traefik.py).
+    """
     if resource_type != CONTAINER:
         return []
     problems = []
     for volume in props.get("volumes") or []:
-        if volume.get("hostPath") in DOCKER_SOCKETS and volume.get("readOnly") is not True:
-            problems.append(f"mounts {volume['hostPath']} writable: mount the Docker socket read-only")
+        if _holds_socket(volume.get("hostPath")):
+            problems.append(f"mounts {volume['hostPath']} (the Docker socket): that is the whole Docker API, "
+                            f"read-only or not")
     for mount in props.get("mounts") or []:
-        if mount.get("type") == "bind" and mount.get("source") in DOCKER_SOCKETS and mount.get("readOnly") is not True:
-            problems.append(f"binds {mount['source']} writable: mount the Docker socket read-only")
+        if mount.get("type") == "bind" and _holds_socket(mount.get("source")):
+            problems.append(f"binds {mount['source']} (the Docker socket): that is the whole Docker API, "
+                            f"read-only or not")
+    for entry in props.get("envs") or []:
+        name, _, value = str(entry).partition("=")
+        if name == "DOCKER_HOST" and value:
+            problems.append(f"env DOCKER_HOST={value}: the container is pointed at a Docker API")
     return problems
 
 

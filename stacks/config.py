@@ -422,10 +422,27 @@ class EdgeSettings:
     ip_allow_list: tuple[str, ...]
     body_limit: str  # gateway | edge
     hsts_seconds: int
+    # Fixed IPv4 subnets of the edge and metrics networks: Traefik's ops and metrics entrypoints
+    # allow only addresses the program hands out there (stacks/addresses.py).
+    subnet: str
+    metrics_subnet: str
 
 
 EDGE_KEYS = ("tls_mode", "acme_email", "acme_ca_server", "publish", "bind_address", "http_port", "https_port",
-             "ops_port", "ip_allow_list", "body_limit", "hsts_seconds")
+             "ops_port", "ip_allow_list", "body_limit", "hsts_seconds", "subnet", "metrics_subnet")
+DEFAULT_EDGE_SUBNET = "10.213.0.0/24"
+DEFAULT_METRICS_SUBNET = "10.213.1.0/24"
+
+
+def _subnet(s: "_Section", key: str, default: str) -> ipaddress.IPv4Network:
+    value = s.string(key, default)
+    try:
+        subnet = ipaddress.IPv4Network(value)  # strict: no host bits
+    except ValueError:
+        raise ConfigError(f"edge.{key}", f"{value!r} is not an IPv4 subnet such as {default}") from None
+    if not 16 <= subnet.prefixlen <= 28:  # room for the fixed addresses and a dynamic half
+        raise ConfigError(f"edge.{key}", f"{value!r}: use a prefix between /16 and /28")
+    return subnet
 
 
 def _edge(edge: Mapping[str, Any] | None) -> EdgeSettings:
@@ -459,6 +476,10 @@ def _edge(edge: Mapping[str, Any] | None) -> EdgeSettings:
     if http_port == https_port or (ops_port and ops_port in (http_port, https_port)):
         raise ConfigError("edge.ops_port" if ops_port in (http_port, https_port) else "edge.https_port",
                           "edge.http_port, edge.https_port and edge.ops_port must differ")
+    subnet = _subnet(s, "subnet", DEFAULT_EDGE_SUBNET)
+    metrics_subnet = _subnet(s, "metrics_subnet", DEFAULT_METRICS_SUBNET)
+    if subnet.overlaps(metrics_subnet):
+        raise ConfigError("edge.metrics_subnet", f"{metrics_subnet} overlaps edge.subnet {subnet}")
     return EdgeSettings(
         tls_mode=tls_mode,
         acme_email=acme_email,
@@ -471,6 +492,8 @@ def _edge(edge: Mapping[str, Any] | None) -> EdgeSettings:
         ip_allow_list=allow_list,
         body_limit=s.string("body_limit", "gateway", choices=BODY_LIMIT_MODES),
         hsts_seconds=s.integer("hsts_seconds", 31_536_000, minimum=0),
+        subnet=str(subnet),
+        metrics_subnet=str(metrics_subnet),
     )
 
 

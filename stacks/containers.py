@@ -47,7 +47,7 @@ class Placement:
 
     prefix: str
     stack: str
-    networks: Sequence[tuple[docker.Network, str]] = ()  # (network, alias on it)
+    networks: Sequence[tuple[docker.Network, str] | tuple[docker.Network, str, str]] = ()  # (network, alias[, IPv4])
 
     def name(self, service: str) -> str:
         return f"{self.prefix}-{service}"
@@ -59,8 +59,12 @@ def labels(placement: Placement, service: str, extra: Mapping[str, pulumi.Input[
     return [docker.ContainerLabelArgs(label=key, value=value) for key, value in sorted(values.items())]
 
 
-def attach(networks: Sequence[tuple[docker.Network, str]]) -> list[docker.ContainerNetworksAdvancedArgs]:
-    return [docker.ContainerNetworksAdvancedArgs(name=network.name, aliases=[alias]) for network, alias in networks]
+def attach(networks: Sequence[tuple[docker.Network, str] | tuple[docker.Network, str, str]]
+           ) -> list[docker.ContainerNetworksAdvancedArgs]:
+    """A third element is a fixed IPv4 address on that network (Traefik's allow-lists name it)."""
+    return [docker.ContainerNetworksAdvancedArgs(name=network.name, aliases=[alias],
+                                                 ipv4_address=fixed[0] if fixed else None)
+            for network, alias, *fixed in networks]
 
 
 # The provider's own create timeout for a container (wait and attach run inside it).

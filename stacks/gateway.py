@@ -4,9 +4,10 @@ Its environment is ``gateway_env(spec)`` from services/launch.py (the dev node u
 function); its three secrets (database URL, Redis URL, admin token) are Pulumi secrets
 uploaded as files into GATEWAY_SECRETS_DIR, which the gateway's settings read: env is
 stored in plain text by the provider and printed by `docker inspect`, files are not. Its API port
-is routed by Traefik labels (host rule, TLS, security headers, optional allow-list and
-body limit); its metrics port has no router, so /metrics is reachable only on the node's
-networks. A one-shot migration job brings the database schema up to date first.
+is routed by Traefik (``traefik_routes``, rendered into Traefik's file-provider configuration:
+host rule, TLS, security headers, optional allow-list and body limit); its metrics port has
+no router, so /metrics is reachable only on the node's networks. A one-shot migration job
+brings the database schema up to date first.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pulumi_docker as docker
 
 from services.launch import (GATEWAY_SECRETS_DIR_ENV, GatewaySpec, gateway_env, gateway_process_argv,
                              gateway_secret_file)
-from stacks import containers, jobs, naming
+from stacks import addresses, containers, jobs, naming
 from stacks.config import EdgeSettings
 from stacks.images import GATEWAY_BUILD
 from traefik import routing
@@ -39,8 +40,7 @@ class GatewayArgs:
     base_image: str  # the Python image the gateway image is built on
     domain: str
     edge: EdgeSettings
-    placement: containers.Placement  # edge + internal
-    edge_network: docker.Network  # the network Traefik reaches it on
+    placement: containers.Placement  # edge (Traefik reaches it there) + internal
     internal_placement: containers.Placement  # for the migration job (database only)
     database_url: pulumi.Output[str]
     redis_url: pulumi.Output[str]
@@ -49,22 +49,18 @@ class GatewayArgs:
     depends_on: Sequence[pulumi.Resource] = ()  # Redis, every engine
 
 
-def traefik_labels(spec: GatewaySpec, domain: str, edge: EdgeSettings, network: pulumi.Input[str]
-                   ) -> dict[str, pulumi.Input[str]]:
+def traefik_routes(spec: GatewaySpec, domain: str, edge: EdgeSettings) -> routing.Dynamic:
     """Router, service and middlewares for the gateway's API port (never its metrics port)."""
-    middlewares = [f"{ROUTER}-headers"]
-    labels = routing.enable(network) | routing.security_headers(f"{ROUTER}-headers", hsts_seconds=edge.hsts_seconds)
+    middlewares = {f"{ROUTER}-headers": routing.security_headers(hsts_seconds=edge.hsts_seconds)}
     if edge.ip_allow_list:
-        middlewares.insert(0, f"{ROUTER}-allow-list")
-        labels |= routing.ip_allow_list(f"{ROUTER}-allow-list", edge.ip_allow_list)
+        middlewares = {f"{ROUTER}-allow-list": routing.ip_allow_list(edge.ip_allow_list)} | middlewares
     if edge.body_limit == "edge":
-        middlewares.append(f"{ROUTER}-body-limit")
-        labels |= routing.body_limit(f"{ROUTER}-body-limit", spec.max_body_bytes)
-    labels |= routing.router(ROUTER, rule=f"Host(`{domain}`)", entry_points=[WEBSECURE], service=ROUTER, tls=True,
-                             cert_resolver=CERT_RESOLVER if edge.tls_mode == "acme" else None,
-                             middlewares=middlewares)
-    labels |= routing.service(ROUTER, spec.port)
-    return labels
+        middlewares[f"{ROUTER}-body-limit"] = routing.body_limit(spec.max_body_bytes)
+    router = routing.router(rule=f"Host(`{domain}`)", entry_points=[WEBSECURE], service=ROUTER, tls=True,
+                            cert_resolver=CERT_RESOLVER if edge.tls_mode == "acme" else None,
+                            middlewares=list(middlewares))
+    return routing.fragment(routers={ROUTER: router}, services={ROUTER: routing.service(naming.GATEWAY, spec.port, "/healthz")},
+                            middlewares=middlewares)
 
 
 class Gateway(pulumi.ComponentResource):
@@ -97,8 +93,7 @@ class Gateway(pulumi.ComponentResource):
         )
         migrated = jobs.succeeded(self.migrate, migrate_name)
 
-        labels = traefik_labels(args.spec, args.domain, args.edge, args.edge_network.name)
-        labels["llm-node.after"] = migrated
+        self.routes = traefik_routes(args.spec, args.domain, args.edge)  # Traefik's file provider reads them
         self.container = docker.Container(
             name,
             name=args.placement.name("gateway"),
@@ -108,6 +103,7 @@ class Gateway(pulumi.ComponentResource):
             uploads=[_secret_upload("database_url", args.database_url), _secret_upload("redis_url", args.redis_url),
                      _secret_upload("admin_token", self.admin_token)],
             networks_advanced=containers.attach(args.placement.networks),
+            capabilities=addresses.without_net_raw(),  # on Traefik's networks: no ARP spoofing
             healthcheck=containers.healthcheck(
                 containers.http_check(f"http://127.0.0.1:{args.spec.port}/healthz"), interval=10),
             restart=containers.RESTART,
@@ -118,7 +114,7 @@ class Gateway(pulumi.ComponentResource):
             **containers.graceful_stop(math.ceil(args.spec.shutdown_grace_seconds) + 5, "SIGTERM"),
             wait=True,
             wait_timeout=WAIT_SECONDS,
-            labels=containers.labels(args.placement, "gateway", labels),
+            labels=containers.labels(args.placement, "gateway", {"llm-node.after": migrated}),
             opts=containers.service_options(self, [self.image, self.migrate, args.database, *args.depends_on],
                                             bound_seconds=WAIT_SECONDS),
         )

@@ -13,7 +13,7 @@ import pulumi
 import pulumi_docker as docker
 
 from grafana.render import GRAFANA_CONFIG_DIR, provisioning_files, render_dashboards
-from stacks import containers, naming
+from stacks import addresses, containers, naming
 from stacks.config import EdgeSettings
 from traefik import routing, static
 
@@ -35,7 +35,6 @@ class GrafanaArgs:
     edge: EdgeSettings
     public: bool
     placement: containers.Placement  # internal (Prometheus) + edge (Traefik)
-    edge_network: docker.Network
     data_volume: docker.Volume
     prometheus_url: str
     depends_on: pulumi.Resource  # Prometheus
@@ -48,14 +47,15 @@ def public_url(domain: str, edge: EdgeSettings, public: bool) -> str:
     return f"http://127.0.0.1:{edge.ops_port}{SUB_PATH}/" if edge.ops_port else ""
 
 
-def route_labels(domain: str, edge: EdgeSettings, public: bool, network: pulumi.Input[str]
-                 ) -> dict[str, pulumi.Input[str]]:
-    labels = routing.enable(network) | routing.service(ROUTER, naming.GRAFANA_PORT)
+def traefik_routes(domain: str, edge: EdgeSettings, public: bool) -> routing.Dynamic:
+    """Grafana's router: https://grafana.<domain> when public, else /grafana on the ops entrypoint."""
     if public:
-        return labels | routing.router(ROUTER, rule=f"Host(`grafana.{domain}`)", entry_points=[static.WEBSECURE],
-                                       service=ROUTER, tls=True,
-                                       cert_resolver=static.CERT_RESOLVER if edge.tls_mode == "acme" else None)
-    return labels | routing.router(ROUTER, rule=f"PathPrefix(`{SUB_PATH}`)", entry_points=[static.OPS], service=ROUTER)
+        router = routing.router(rule=f"Host(`grafana.{domain}`)", entry_points=[static.WEBSECURE], service=ROUTER,
+                                tls=True, cert_resolver=static.CERT_RESOLVER if edge.tls_mode == "acme" else None)
+    else:
+        router = routing.router(rule=f"PathPrefix(`{SUB_PATH}`)", entry_points=[static.OPS], service=ROUTER)
+    return routing.fragment(routers={ROUTER: router},
+                            services={ROUTER: routing.service(naming.GRAFANA, naming.GRAFANA_PORT, "/api/health")})
 
 
 class Grafana(pulumi.ComponentResource):
@@ -64,6 +64,7 @@ class Grafana(pulumi.ComponentResource):
         self.admin_password = containers.generated_secret(f"{name}-admin-password", self)
         image = containers.pulled_image(f"{name}-image", args.image, self)
         self.url = public_url(args.domain, args.edge, args.public)
+        self.routes = traefik_routes(args.domain, args.edge, args.public)  # Traefik's file provider reads them
         self.dashboards = render_dashboards()  # grafanalib runs here, at deploy time
         self.provisioning = provisioning_files(args.prometheus_url, DASHBOARDS_DIR)
 
@@ -97,14 +98,14 @@ class Grafana(pulumi.ComponentResource):
             uploads=uploads,
             volumes=[docker.ContainerVolumeArgs(volume_name=args.data_volume.name, container_path=DATA_DIR)],
             networks_advanced=containers.attach(args.placement.networks),
+            capabilities=addresses.without_net_raw(),  # on Traefik's networks: no ARP spoofing
             healthcheck=containers.healthcheck(
                 containers.wget_check(f"http://127.0.0.1:{naming.GRAFANA_PORT}/api/health"), interval=15),
             **containers.graceful_stop(30),
             restart=containers.RESTART,
             log_driver=containers.LOG_DRIVER,
             log_opts=containers.LOG_OPTIONS,
-            labels=containers.labels(args.placement, "grafana",
-                                     route_labels(args.domain, args.edge, args.public, args.edge_network.name)),
+            labels=containers.labels(args.placement, "grafana"),
             opts=containers.service_options(self, [image, args.depends_on]),
         )
         self.register_outputs({"container": self.container.name, "url": self.url})

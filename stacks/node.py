@@ -19,7 +19,8 @@ import pulumi
 import pulumi_docker as docker
 
 from prometheus.render import CLOUDFLARED_JOB, GATEWAY_JOB, PROMETHEUS_JOB, TRAEFIK_JOB, VLLM_JOB
-from stacks import containers, naming
+from stacks import containers, naming, traefik, tunnel
+from stacks.addresses import PROMETHEUS_HOST, TRAEFIK_HOST, SubnetPlan
 from stacks.config import NodeConfig
 from stacks.engine import Engine, EngineArgs, ModelsMount
 from stacks.gateway import Gateway, GatewayArgs
@@ -58,14 +59,20 @@ class Node(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
 
         # -- networks ------------------------------------------------------------------------
-        def network(key: str, internal: bool) -> docker.Network:
+        def network(key: str, internal: bool, plan: SubnetPlan | None = None) -> docker.Network:
+            ipam = [docker.NetworkIpamConfigArgs(subnet=plan.subnet, gateway=plan.gateway,
+                                                 ip_range=plan.dynamic_range)] if plan else None
+            # delete_before_replace: the name is fixed, and Docker refuses a second network of that name
             return docker.Network(f"{key}-network", name=f"{prefix}-{key}", driver="bridge", internal=internal,
+                                  ipam_configs=ipam,
                                   labels=[docker.NetworkLabelArgs(label=containers.LABEL_STACK, value=stack)],
-                                  opts=child)
+                                  opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True))
 
-        self.edge_network = network("edge", internal=False)
+        # Fixed subnets where Traefik's ops and metrics entrypoints allow-list peers (stacks/addresses.py).
+        edge_plan, metrics_plan = SubnetPlan(settings.edge.subnet), SubnetPlan(settings.edge.metrics_subnet)
+        self.edge_network = network("edge", internal=False, plan=edge_plan)
         self.internal_network = network("internal", internal=True)
-        self.metrics_network = network("metrics", internal=True)
+        self.metrics_network = network("metrics", internal=True, plan=metrics_plan)
         engine_downloads = not settings.engine.spec.hf_hub_offline
         self.egress_network = network("egress", internal=False) if engine_downloads else None
 
@@ -120,17 +127,44 @@ class Node(pulumi.ComponentResource):
         self.gateway = Gateway("gateway", GatewayArgs(
             spec=settings.gateway, base_image=images["python"], domain=settings.domain, edge=settings.edge,
             placement=placement(self.edge_network, self.internal_network, alias=naming.GATEWAY),
-            edge_network=self.edge_network,
             internal_placement=placement(self.internal_network, alias="gateway-migrate"),
             database_url=self.postgres.database_url, redis_url=self.redis.url, database=self.postgres.container,
             job_history=args.job_history,
             depends_on=[self.redis.container, *self.engine.containers]), opts=child)
 
-        # -- edge ----------------------------------------------------------------------------
+        # -- observability -------------------------------------------------------------------
+        targets = {
+            VLLM_JOB: [f"{naming.engine_alias(i)}:{naming.ENGINE_PORT}" for i in range(settings.engine.replicas)],
+            GATEWAY_JOB: [f"{naming.GATEWAY}:{settings.gateway.metrics_port}"],
+            TRAEFIK_JOB: [traefik.METRICS_TARGET],
+            CLOUDFLARED_JOB: [tunnel.METRICS_TARGET] if settings.tunnel_enabled else [],
+            PROMETHEUS_JOB: [f"localhost:{naming.PROMETHEUS_PORT}"],
+        }
+        prometheus_metrics_ip = metrics_plan.fixed(PROMETHEUS_HOST)  # the one peer of Traefik's metrics entrypoint
+        self.prometheus = Prometheus("prometheus", PrometheusArgs(
+            image=images["prometheus"],
+            placement=containers.Placement(prefix=prefix, stack=stack, networks=[
+                (self.internal_network, naming.PROMETHEUS),
+                (self.metrics_network, naming.PROMETHEUS, prometheus_metrics_ip)]),
+            data_volume=self.volumes["prometheus-data"], targets=targets,
+            retention=settings.observability.prometheus_retention), opts=child)
+        self.grafana = Grafana("grafana", GrafanaArgs(
+            image=images["grafana"], domain=settings.domain, edge=settings.edge,
+            public=settings.observability.grafana_public,
+            placement=placement(self.internal_network, self.edge_network, alias=naming.GRAFANA),
+            data_volume=self.volumes["grafana-data"],
+            prometheus_url=self.prometheus.url, depends_on=self.prometheus.container), opts=child)
+
+        # -- edge: last, its routes come from the components above ---------------------------
+        traefik_metrics_ip = metrics_plan.fixed(TRAEFIK_HOST)
         self.traefik = Traefik("traefik", TraefikArgs(
             image=images["traefik"], edge=settings.edge,
-            placement=placement(self.edge_network, self.metrics_network, alias=naming.TRAEFIK),
-            edge_network=self.edge_network, acme_volume=self.volumes.get("traefik-acme"),
+            placement=containers.Placement(prefix=prefix, stack=stack, networks=[
+                (self.edge_network, naming.TRAEFIK), (self.metrics_network, naming.TRAEFIK, traefik_metrics_ip)]),
+            routes=[self.gateway.routes, self.grafana.routes],
+            # ops: what comes through the 127.0.0.1-published port arrives from the edge bridge's address
+            ops_sources=[edge_plan.gateway], metrics_address=traefik_metrics_ip,
+            metrics_sources=[prometheus_metrics_ip], acme_volume=self.volumes.get("traefik-acme"),
             tls_certificate=settings.tls_certificate, tls_private_key=secrets.tls_private_key), opts=child)
         self.tunnel = None
         if settings.tunnel_enabled:
@@ -140,26 +174,6 @@ class Node(pulumi.ComponentResource):
                 verify_origin_tls=settings.edge.tls_mode == "acme",
                 placement=placement(self.edge_network, self.metrics_network, alias=naming.CLOUDFLARED),
                 token=secrets.tunnel_token, depends_on=self.traefik.container), opts=child)
-
-        # -- observability -------------------------------------------------------------------
-        targets = {
-            VLLM_JOB: [f"{naming.engine_alias(i)}:{naming.ENGINE_PORT}" for i in range(settings.engine.replicas)],
-            GATEWAY_JOB: [f"{naming.GATEWAY}:{settings.gateway.metrics_port}"],
-            TRAEFIK_JOB: [self.traefik.metrics_target],
-            CLOUDFLARED_JOB: [self.tunnel.metrics_target] if self.tunnel else [],
-            PROMETHEUS_JOB: [f"localhost:{naming.PROMETHEUS_PORT}"],
-        }
-        self.prometheus = Prometheus("prometheus", PrometheusArgs(
-            image=images["prometheus"],
-            placement=placement(self.internal_network, self.metrics_network, alias=naming.PROMETHEUS),
-            data_volume=self.volumes["prometheus-data"], targets=targets,
-            retention=settings.observability.prometheus_retention), opts=child)
-        self.grafana = Grafana("grafana", GrafanaArgs(
-            image=images["grafana"], domain=settings.domain, edge=settings.edge,
-            public=settings.observability.grafana_public,
-            placement=placement(self.internal_network, self.edge_network, alias=naming.GRAFANA),
-            edge_network=self.edge_network, data_volume=self.volumes["grafana-data"],
-            prometheus_url=self.prometheus.url, depends_on=self.prometheus.container), opts=child)
 
         self.outputs = self._stack_outputs(args.config)
         self.register_outputs({"public_url": self.outputs["public_url"]})

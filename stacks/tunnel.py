@@ -13,7 +13,9 @@ import pulumi
 import pulumi_docker as docker
 
 from cloudflared.render import CONFIG_PATH, TOKEN_PATH, render_tunnel_config, to_yaml
-from stacks import containers, naming
+from stacks import addresses, containers, naming
+
+METRICS_TARGET = f"{naming.CLOUDFLARED}:{naming.CLOUDFLARED_METRICS_PORT}"  # Prometheus, on the metrics network
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class Tunnel(pulumi.ComponentResource):
             uploads=[containers.text_file(CONFIG_PATH, to_yaml(self.config)),
                      containers.secret_file(TOKEN_PATH, args.token)],
             networks_advanced=containers.attach(args.placement.networks),
+            capabilities=addresses.without_net_raw(),  # on Traefik's networks: no ARP spoofing
             # `tunnel ready` asks the metrics server's /ready: 200 once connected to Cloudflare's edge.
             healthcheck=containers.healthcheck(
                 ["CMD", "cloudflared", "tunnel", "--metrics", f"127.0.0.1:{naming.CLOUDFLARED_METRICS_PORT}", "ready"],
@@ -55,5 +58,5 @@ class Tunnel(pulumi.ComponentResource):
             labels=containers.labels(args.placement, "cloudflared"),
             opts=containers.service_options(self, [image, args.depends_on]),
         )
-        self.metrics_target = f"{naming.CLOUDFLARED}:{naming.CLOUDFLARED_METRICS_PORT}"
+        self.metrics_target = METRICS_TARGET
         self.register_outputs({"container": self.container.name})

@@ -1,1 +1,1 @@
-"""Traefik, the node's edge: static configuration (static.py) and routing labels (routing.py)."""
+"""Traefik, the node's edge: static configuration (static.py) and its file-provider routes (routing.py)."""

@@ -19,23 +19,31 @@ CERT_FILE = "/etc/traefik/certs/tls.crt"
 KEY_FILE = "/etc/traefik/certs/tls.key"
 ACME_DIR = "/acme"  # a volume: the Let's Encrypt account and certificates survive restarts
 ACME_STORAGE = f"{ACME_DIR}/acme.json"
-DOCKER_SOCKET = "/var/run/docker.sock"
+ROUTES_PATH = f"{DYNAMIC_DIR}/routes.yml"  # rendered from traefik/routing.py fragments
 
 # Entry points (names used by routers) and their container ports.
 WEB, WEBSECURE, OPS, METRICS = "web", "websecure", "ops", "metrics"
 PORTS = {WEB: 80, WEBSECURE: 443, OPS: 8080, METRICS: 8082}
 CERT_RESOLVER = "letsencrypt"
+# File-provider middlewares the ops and metrics entry points apply to every router on them.
+OPS_ALLOW_LIST, METRICS_ALLOW_LIST = "ops-allow-list", "metrics-allow-list"
+LOOPBACK = ("127.0.0.1/32", "::1/128")  # `traefik healthcheck --ping` dials the ping entry point's ":8080"
 
 
 def _load(path: Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text())
 
 
-def render_static_config(*, docker_network: str, tls_mode: str, acme_email: str | None = None,
-                         acme_ca_server: str | None = None, https_host_port: int = 443) -> dict[str, Any]:
-    """The static configuration (traefik.yml) of one stack."""
+def render_static_config(*, tls_mode: str, acme_email: str | None = None, acme_ca_server: str | None = None,
+                         https_host_port: int = 443, metrics_address: str | None = None) -> dict[str, Any]:
+    """The static configuration (traefik.yml) of one stack.
+
+    ``metrics_address``: Traefik's fixed address on the metrics network; the metrics entry point
+    listens there only, so nothing on the edge network even connects to it.
+    """
     config = copy.deepcopy(_load(BASE_STATIC))
-    config["providers"]["docker"]["network"] = docker_network
+    if metrics_address:
+        config["entryPoints"][METRICS]["address"] = f"{metrics_address}:{PORTS[METRICS]}"
     if https_host_port != 443:  # redirect to the port clients can reach, not the container's
         config["entryPoints"][WEB]["http"]["redirections"]["entryPoint"]["to"] = f":{https_host_port}"
     if tls_mode == "acme":
@@ -61,6 +69,17 @@ def render_dynamic_tls(*, provided_certificate: bool) -> dict[str, Any]:
     return config
 
 
+def render_entry_point_allow_lists(*, ops_sources: list[str], metrics_sources: list[str]) -> dict[str, Any]:
+    """The two middlewares traefik.yml puts on every router of the ops and metrics entry points.
+
+    ipAllowList without ipStrategy checks the TCP peer (RemoteAddr), never X-Forwarded-For.
+    """
+    return {"http": {"middlewares": {
+        OPS_ALLOW_LIST: {"ipAllowList": {"sourceRange": [f"{a}/32" for a in ops_sources] + list(LOOPBACK)}},
+        METRICS_ALLOW_LIST: {"ipAllowList": {"sourceRange": [f"{a}/32" for a in metrics_sources]}},
+    }}}
+
+
 def to_yaml(config: dict[str, Any]) -> str:
-    header = "# Rendered by traefik/static.py for this stack - edit traefik/*.yml instead.\n"
+    header = "# Rendered for this stack by the llm-node program (traefik/*.py, traefik/*.yml) - edit those instead.\n"
     return header + yaml.safe_dump(config, sort_keys=False)

@@ -645,39 +645,15 @@ def _gateway(plan: Plan, settings: NodeSettings, images: Images, meta) -> None:
 
 
 def traefik_middlewares(settings: NodeSettings) -> dict[str, dict[str, Any]]:
-    """The Docker target's gateway middlewares (traefik/routing.py labels) as Middleware specs.
+    """The Docker target's gateway middlewares, as Middleware specs (traefik.io/v1alpha1).
 
-    The same label builders feed both targets: a label ``traefik.http.middlewares.<name>.<type>.<field>``
-    becomes ``spec.<type>.<field>`` of Middleware ``<name>`` (traefik.io/v1alpha1).
+    The same function renders them for both targets (stacks/gateway.py:traefik_routes, which
+    the Docker target writes into Traefik's file-provider config): a file-provider middleware
+    body ({"headers": {...}}) is exactly a Middleware's spec.
     """
-    from stacks.gateway import ROUTER
-    from traefik import routing
+    from stacks.gateway import traefik_routes
 
-    edge = settings.edge
-    label_sets = [routing.security_headers(f"{ROUTER}-headers", hsts_seconds=edge.hsts_seconds)]
-    if edge.ip_allow_list:
-        label_sets.insert(0, routing.ip_allow_list(f"{ROUTER}-allow-list", edge.ip_allow_list))
-    if edge.body_limit == "edge":
-        label_sets.append(routing.body_limit(f"{ROUTER}-body-limit", settings.gateway.max_body_bytes))
-    middlewares: dict[str, dict[str, Any]] = {}
-    for label_set in label_sets:
-        for key, value in label_set.items():
-            _, _, _, name, kind, *path = key.split(".")
-            target = middlewares.setdefault(name, {}).setdefault(kind, {})
-            for part in path[:-1]:
-                target = target.setdefault(part, {})
-            target[path[-1]] = _middleware_value(path[-1], value)
-    return middlewares
-
-
-def _middleware_value(field_name: str, value: str) -> Any:
-    if field_name == "sourceRange":
-        return value.split(",")
-    if value in ("true", "false"):
-        return value == "true"
-    if value.isdigit():
-        return int(value)
-    return value
+    return dict(traefik_routes(settings.gateway, settings.domain, settings.edge)["http"].get("middlewares", {}))
 
 
 def _edge(plan: Plan, settings: NodeSettings, images: Images, meta) -> None:

@@ -82,6 +82,26 @@ def test_traefik_answers_ping(deployed_node):
     assert result.rc == 0, result.stdout + result.stderr
 
 
+def test_traefik_ops_and_metrics_refuse_containers_on_its_networks(deployed_node):
+    """ops (dashboard API) admits only the host's published-port path and loopback; metrics only
+    Prometheus' fixed address (traefik/reach.py has the model, tests/traefik/test_reach.py every pair)."""
+    node = deployed_node
+    layout = node.layout
+    ops, metrics = 8080, 8082  # traefik/static.py PORTS
+    # a container on the edge network connects to ops, but is refused by the allow-list
+    answer = node.probe(layout.edge_network, f"http://{naming.TRAEFIK}:{ops}/api/rawdata")
+    assert answer.get("status") == 403, answer
+    # metrics listens only on Traefik's metrics-network address ...
+    assert node.can_connect(layout.edge_network, naming.TRAEFIK, metrics).startswith("refused")
+    # ... and admits only Prometheus there, not another container on that network
+    answer = node.probe(layout.network("metrics"), f"http://{naming.TRAEFIK}:{metrics}/metrics")
+    assert answer.get("status") == 403, answer
+    # the host's own path (an SSH tunnel's) through the 127.0.0.1-published port still gets in
+    if layout.settings.edge.ops_port:
+        answer = node.probe("host", f"http://127.0.0.1:{layout.settings.edge.ops_port}/ping")
+        assert answer.get("status") == 200, answer
+
+
 def test_readyz_through_traefik_over_tls(deployed_node):
     node = deployed_node
     assert node.api_url.startswith("https://")

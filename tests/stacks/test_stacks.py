@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pulumi
 import pytest
+import yaml
 
 from services.launch import GATEWAY_SECRET_ENV
 from stacks.config import load_stack_settings
@@ -16,7 +17,7 @@ from stacks.containers import go_duration
 from stacks.images import is_pinned
 from tests.stacks.mock_runtime import (MOCK_SECRET_MARK, PASSWORD, VOLUME, Deployment,
                                        plain_parts, run_program)
-from traefik import routing
+from traefik import static
 
 TUNNEL_TOKEN = f"{MOCK_SECRET_MARK}-tunnel-token"
 WITH_TUNNEL = {"overrides": {"tunnel": {"enabled": True}}, "secrets": {"tunnel_token": TUNNEL_TOKEN}}
@@ -253,53 +254,68 @@ def test_passwords_and_tokens_are_secret(stack, variant):
                              pulumi.Output.from_input(outputs_secret()).apply(check_outputs))
 
 
+def traefik_routes(d: Deployment) -> dict:
+    traefik = d.container("traefik")
+    return yaml.safe_load(next(u["content"] for u in traefik.props["uploads"] if u["file"] == static.ROUTES_PATH))
+
+
 @pytest.mark.parametrize("stack,variant", [("dev", {}), ("prod", WITH_TUNNEL),
                                            ("prod", {"overrides": {"observability": {"grafana_public": True},
                                                                    "edge": {"ip_allow_list": ["10.0.0.0/8"]}}})])
 @pulumi.runtime.test
-def test_traefik_labels_route_only_the_gateway(stack, variant):
+def test_traefik_routes_only_the_gateway(stack, variant):
     settings = load_stack_settings(stack)
     grafana_public = variant.get("overrides", {}).get("observability", {}).get("grafana_public", False)
 
     def check(d: Deployment):
-        enabled = {short(d, n): c.labels for n, c in d.containers.items() if c.labels.get("traefik.enable") == "true"}
-        assert set(enabled) == {"gateway", "grafana", "traefik"}
+        http = traefik_routes(d)["http"]
         public_routers = {}
-        for service, labels in enabled.items():
-            for router in routing.routed_services(labels):
-                entry_points = labels.get(f"traefik.http.routers.{router}.entryPoints")
-                assert entry_points, f"{service} router {router} has no entryPoints (it would listen on all)"
-                if {"web", "websecure"} & set(entry_points.split(",")):
-                    public_routers[router] = service
-                else:
-                    assert entry_points == "ops", f"{router} on {entry_points}"
+        for router, body in http["routers"].items():
+            assert body["entryPoints"], f"router {router} has no entryPoints (it would listen on all)"
+            if {"web", "websecure"} & set(body["entryPoints"]):
+                public_routers[router] = body["service"]
+            else:
+                assert body["entryPoints"] == ["ops"], f"{router} on {body['entryPoints']}"
         expected = {"gateway": "gateway"} | ({"grafana": "grafana"} if grafana_public else {})
         assert public_routers == expected
-        gateway = enabled["gateway"]
-        assert gateway["traefik.http.routers.gateway.rule"] == f"Host(`{settings.domain}`)"
-        assert gateway["traefik.http.routers.gateway.entryPoints"] == "websecure"
-        assert gateway["traefik.http.routers.gateway.tls"] == "true"
-        assert gateway["traefik.http.services.gateway.loadBalancer.server.port"] == "8080"
-        assert gateway["traefik.docker.network"] == f"{PREFIX[stack]}-edge"
+        gateway = http["routers"]["gateway"]
+        assert gateway["rule"] == f"Host(`{settings.domain}`)"
+        assert gateway["entryPoints"] == ["websecure"]
+        assert http["services"]["gateway"]["loadBalancer"]["servers"] == [{"url": "http://gateway:8080"}]
         # /metrics is never routed: nothing points at the metrics port, no rule names the path
-        assert not any(v == "9101" or "/metrics" in v for v in gateway.values())
-        middlewares = gateway["traefik.http.routers.gateway.middlewares"].split(",")
-        assert "gateway-headers" in middlewares
-        assert gateway["traefik.http.middlewares.gateway-headers.headers.stsSeconds"] == "31536000"
+        assert "9101" not in str(http["services"])
+        assert not any("/metrics" in r["rule"] for r in http["routers"].values())
+        assert "gateway-headers" in gateway["middlewares"]
+        assert http["middlewares"]["gateway-headers"]["headers"]["stsSeconds"] == 31536000
         if variant.get("overrides", {}).get("edge", {}).get("ip_allow_list"):
-            assert middlewares[0] == "gateway-allow-list"
-            assert gateway["traefik.http.middlewares.gateway-allow-list.ipAllowList.sourceRange"] == "10.0.0.0/8"
+            assert gateway["middlewares"][0] == "gateway-allow-list"
+            assert http["middlewares"]["gateway-allow-list"]["ipAllowList"]["sourceRange"] == ["10.0.0.0/8"]
         if settings.edge.tls_mode == "acme":
-            assert gateway["traefik.http.routers.gateway.tls.certResolver"] == "letsencrypt"
+            assert gateway["tls"] == {"certResolver": "letsencrypt"}
+        else:
+            assert gateway["tls"] == {}
+    return run_program(stack, **variant).ready().apply(check)
+
+
+@pytest.mark.parametrize("stack,variant", [("dev", {}), ("prod", WITH_TUNNEL)])
+@pulumi.runtime.test
+def test_no_container_holds_the_docker_api(stack, variant):
+    """A mounted socket is the whole Docker API, `:ro` or not (read every env, start containers)."""
+    def check(d: Deployment):
+        for name, container in d.containers.items():
+            binds = [v.get("hostPath") for v in container.props.get("volumes") or []]
+            binds += [m.get("source") for m in container.props.get("mounts") or []]
+            assert not any(b and b.endswith("docker.sock") for b in binds), f"{name} mounts the Docker socket"
+            assert not any(k.lower().startswith("traefik.") for k in container.labels), f"{name}: routing labels"
     return run_program(stack, **variant).ready().apply(check)
 
 
 @pulumi.runtime.test
 def test_body_limit_at_the_edge_is_opt_in():
     def check(d: Deployment):
-        labels = d.container("gateway").labels
-        assert labels["traefik.http.middlewares.gateway-body-limit.buffering.maxRequestBodyBytes"] == "2048"
-        assert labels["traefik.http.routers.gateway.middlewares"].split(",")[-1] == "gateway-body-limit"
+        http = traefik_routes(d)["http"]
+        assert http["middlewares"]["gateway-body-limit"]["buffering"]["maxRequestBodyBytes"] == 2048
+        assert http["routers"]["gateway"]["middlewares"][-1] == "gateway-body-limit"
         assert d.container("gateway").env["GATEWAY_MAX_BODY_BYTES"] == "2048"
     return run_program("prod", overrides={"edge": {"body_limit": "edge"},
                                           "gateway": {"max_body_bytes": 2048}}).ready().apply(check)

@@ -1,7 +1,10 @@
-"""Traefik's static configuration and the dynamic configuration the labels produce, against the
-Traefik v3 JSON Schemas (draft-07) in ../shared/schemas; the tunnel's ingress rules."""
+"""Traefik's static configuration and the file-provider dynamic configuration the program renders
+(dynamic/tls.yml, dynamic/routes.yml), against the Traefik v3 JSON Schemas (draft-07) in
+../shared/schemas; the tunnel's ingress rules."""
 
 from __future__ import annotations
+
+import copy
 
 import pulumi
 import pytest
@@ -9,7 +12,7 @@ import yaml
 
 from cloudflared.render import render_tunnel_config, validate_ingress
 from tests.stacks.mock_runtime import MOCK_SECRET_MARK, Deployment, run_program
-from tests.traefik.schemas import DYNAMIC_SCHEMA, STATIC_SCHEMA, errors, labels_to_dynamic, merge_dynamic
+from tests.traefik.schemas import DYNAMIC_SCHEMA, STATIC_SCHEMA, errors
 from traefik import routing, static
 
 CERT = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
@@ -47,9 +50,8 @@ def test_deployed_static_config_is_valid_and_safe(variant):
         traefik = d.container("traefik")
         config = yaml.safe_load(uploaded(traefik, static.STATIC_PATH))
         assert errors(STATIC_SCHEMA, config) == []
-        docker = config["providers"]["docker"]
-        assert docker["exposedByDefault"] is False
-        assert docker["network"] == f"{run.values['name_prefix']}-edge"
+        # routes come from the uploaded files only: no Docker provider, no socket, no labels
+        assert config["providers"] == {"file": {"directory": static.DYNAMIC_DIR, "watch": True}}
         assert config["api"] == {"dashboard": True, "insecure": False}
         assert config["ping"] == {"entryPoint": "ops"}
         assert config["metrics"]["prometheus"]["entryPoint"] == "metrics"
@@ -63,8 +65,7 @@ def test_deployed_static_config_is_valid_and_safe(variant):
         assert static.PORTS["metrics"] not in published  # metrics only on the metrics network
         ops = [p for p in traefik.props["ports"] if p["internal"] == static.PORTS["ops"]]
         assert all(p["ip"] == "127.0.0.1" for p in ops)  # dashboard never public
-        socket = next(v for v in traefik.props["volumes"] if v.get("hostPath") == "/var/run/docker.sock")
-        assert socket["readOnly"] is True
+        assert not any("docker.sock" in str(v) for v in traefik.props.get("volumes") or []), "Docker socket mounted"
         tls_mode = run.values["edge"]["tls_mode"]
         if tls_mode == "acme":
             acme = config["certificatesResolvers"]["letsencrypt"]["acme"]
@@ -84,24 +85,21 @@ def test_deployed_static_config_is_valid_and_safe(variant):
     return run.ready().apply(check)
 
 
+def routes_file(d: Deployment) -> dict:
+    return yaml.safe_load(uploaded(d.container("traefik"), static.ROUTES_PATH))
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 @pulumi.runtime.test
-def test_dynamic_config_from_labels_is_valid(variant):
+def test_uploaded_routes_are_valid_and_complete(variant):
     stack, kwargs = VARIANTS[variant]
 
     def check(d: Deployment):
-        configs = []
-        for name, container in d.containers.items():
-            labels = container.labels
-            if labels.get("traefik.enable") != "true":
-                assert not any(k.startswith("traefik.") for k in labels), f"{name}: traefik labels but not enabled"
-                continue
-            dynamic = labels_to_dynamic(labels, container_host=name)
-            assert errors(DYNAMIC_SCHEMA, dynamic) == [], name
-            configs.append(dynamic)
-        merged = merge_dynamic(*configs)
-        assert errors(DYNAMIC_SCHEMA, merged) == []
-        http = merged["http"]
+        for name, container in d.containers.items():  # the file is the only source of routes
+            assert not any(k.lower().startswith("traefik.") for k in container.labels), f"{name}: routing labels"
+        routes = routes_file(d)
+        assert errors(DYNAMIC_SCHEMA, routes) == []
+        http = routes["http"]
         # every router's middlewares and service exist (or are Traefik's internal api@internal)
         for router_name, router in http["routers"].items():
             assert router["entryPoints"], router_name
@@ -110,8 +108,14 @@ def test_dynamic_config_from_labels_is_valid(variant):
             assert router["service"] in http.get("services", {}) or router["service"].endswith("@internal")
         gateway = http["routers"]["gateway"]
         assert gateway["entryPoints"] == ["websecure"] and "tls" in gateway
-        assert http["services"]["gateway"] == {"loadBalancer": {"servers": [
-            {"url": f"http://{d.container('gateway').props['name']}:8080"}]}}
+        # by its alias on the edge network, which Docker's DNS keeps pointing at the current container
+        assert http["services"]["gateway"]["loadBalancer"]["servers"] == [{"url": "http://gateway:8080"}]
+        assert http["services"]["grafana"]["loadBalancer"]["servers"] == [{"url": "http://grafana:3000"}]
+        # routed only while healthy, as the Docker provider skipped containers that were not
+        assert http["services"]["gateway"]["loadBalancer"]["healthCheck"]["path"] == "/healthz"
+        assert http["services"]["grafana"]["loadBalancer"]["healthCheck"]["path"] == "/api/health"
+        assert http["routers"]["dashboard"]["service"] == "api@internal"
+        assert http["routers"]["dashboard"]["entryPoints"] == ["ops"]
         headers = http["middlewares"]["gateway-headers"]["headers"]
         assert headers["stsSeconds"] == 31536000 and headers["contentTypeNosniff"] is True
         if "ip_allow_list" in kwargs.get("overrides", {}).get("edge", {}):
@@ -121,24 +125,45 @@ def test_dynamic_config_from_labels_is_valid(variant):
     return run_program(stack, **kwargs).ready().apply(check)
 
 
-def test_the_validation_catches_bad_labels():
-    """The converter + schema reject what Traefik would reject or ignore."""
-    good = routing.router("gw", rule="Host(`a.example`)", entry_points=["websecure"], service="gw", tls=True)
-    assert errors(DYNAMIC_SCHEMA, labels_to_dynamic(good | routing.service("gw", 8080), "gw")) == []
-    typo = {**good, "traefik.http.routers.gw.entryPointz": "websecure"}
-    assert any("entryPointz" in e for e in errors(DYNAMIC_SCHEMA, labels_to_dynamic(typo, "gw")))
-    wrong_type = routing.security_headers("h", hsts_seconds=0) | {"traefik.http.middlewares.h.headers.stsSeconds": "1y"}
-    assert errors(DYNAMIC_SCHEMA, labels_to_dynamic(wrong_type, "gw"))
-    two_kinds = routing.body_limit("m", 10) | routing.ip_allow_list("m", ["10.0.0.0/8"])
-    assert errors(DYNAMIC_SCHEMA, labels_to_dynamic(two_kinds, "gw"))  # one middleware, one kind
+@pulumi.runtime.test
+def test_a_changed_route_replaces_the_uploaded_file():
+    """A route change must reach Traefik: the routes are an upload of the Traefik container, and
+    uploads are ForceNew in the Docker provider, so the container is replaced with the new file."""
+    def routes_of(run):
+        return run.ready().apply(lambda d: uploaded(d.container("traefik"), static.ROUTES_PATH))
+
+    before = routes_of(run_program("prod"))
+    after = routes_of(run_program("prod", overrides={"domain": "api.example.org"}))
+
+    def check(pair):
+        old, new = pair
+        assert "Host(`llm.example.com`)" in old and "Host(`api.example.org`)" in new and old != new
+    return pulumi.Output.all(before, after).apply(check)
+
+
+def test_the_validation_catches_bad_routes():
+    """The schema rejects what Traefik's file provider would reject or ignore."""
+    good = routing.fragment(routers={"gw": routing.router(rule="Host(`a.example`)", entry_points=["websecure"],
+                                                          service="gw", tls=True)},
+                            services={"gw": routing.service("gw", 8080)})
+    assert errors(DYNAMIC_SCHEMA, good) == []
+    typo = copy.deepcopy(good)
+    typo["http"]["routers"]["gw"]["entryPointz"] = ["websecure"]
+    assert any("entryPointz" in e for e in errors(DYNAMIC_SCHEMA, typo))
+    wrong_type = routing.fragment(middlewares={"h": {"headers": {"stsSeconds": "1y"}}})
+    assert errors(DYNAMIC_SCHEMA, wrong_type)
+    two_kinds = routing.fragment(middlewares={"m": routing.body_limit(10) | routing.ip_allow_list(["10.0.0.0/8"])})
+    assert errors(DYNAMIC_SCHEMA, two_kinds)  # one middleware, one kind
     with pytest.raises(ValueError):
-        routing.router("gw", rule="Host(`a`)", entry_points=[], service="gw")
+        routing.router(rule="Host(`a`)", entry_points=[], service="gw")
+    with pytest.raises(ValueError, match="declared twice"):
+        routing.merge(good, good)
 
 
 def test_the_static_schema_catches_a_bad_option():
-    config = static.render_static_config(docker_network="n", tls_mode="self-signed")
-    config["providers"]["docker"]["exposedbydefault"] = False  # wrong case: Traefik would ignore the file key
-    assert any("exposedbydefault" in e for e in errors(STATIC_SCHEMA, config))
+    config = static.render_static_config(tls_mode="self-signed")
+    config["providers"]["file"]["Watch"] = True  # wrong case: Traefik would ignore the file key
+    assert any("Watch" in e for e in errors(STATIC_SCHEMA, config))
 
 
 @pytest.mark.parametrize("verify", [True, False])
