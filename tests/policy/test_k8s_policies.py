@@ -12,6 +12,7 @@ import pulumi
 import pytest
 
 from policy import k8s_rules
+from policy.pack import POLICIES
 from tests.policy.test_policies import Node, declared_node, edited, violations
 from tests.k8s.objects import _ints
 from tests.stacks.mock_runtime import MOCK_SECRET_MARK, run_program
@@ -40,9 +41,10 @@ def container(props: dict, index: int = 0) -> dict:
 
 
 @pytest.mark.parametrize("stack", ["k8s-dev", "k8s-prod"])
-@pytest.mark.parametrize("policy_name", K8S_POLICIES)
+@pytest.mark.parametrize("policy_name", [p.name for p in POLICIES])  # the Docker rules too
 @pulumi.runtime.test
 def test_declared_k8s_node_complies(policy_name, stack):
+    assert set(K8S_POLICIES) <= {p.name for p in POLICIES}
     return with_k8s_node(stack, lambda node: _assert_clean(policy_name, node))
 
 
