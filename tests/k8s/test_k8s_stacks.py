@@ -19,12 +19,13 @@ import yaml
 from prometheus.render import rule_files
 from services.launch import (GATEWAY_SECRETS_DIR_ENV, engine_args, gateway_env, gateway_process_argv,
                              gateway_secret_file)
-from stacks.config import load_stack_settings
+from stacks.config import load_stack_settings, parse_settings, read_stack_values
 from stacks.kubernetes import manifests
 from stacks.kubernetes.node import BUILT_IN
 from tests.k8s.netpol import Endpoint, Policies
 from tests.k8s.objects import charts, containers, declared_objects, names, objects, pod_templates
-from tests.stacks.mock_runtime import MOCK_SECRET_MARK, Deployment, is_secret_value, plain_parts, run_program
+from tests.stacks.mock_runtime import (MOCK_SECRET_MARK, Deployment, deep_merge, is_secret_value, plain_parts,
+                                      run_program)
 
 STACKS = ("k8s-dev", "k8s-prod")
 BUILT_IN_KINDS = {kind for _, kind in BUILT_IN}
@@ -257,16 +258,39 @@ def _holds_secret(value) -> bool:
 # -- isolation: who reaches whom -----------------------------------------------------------------------------
 
 
+PICKER = {"kubernetes": {"endpoint_picker": "inference-extension", "inference_gateway_class": "kgateway"}}
+GATEWAY_API_EDGE = {"kubernetes": {"edge": "gateway-api", "gateway_api_parent": "edge/public"}}
+VARIANTS = {
+    "k8s-dev": ("k8s-dev", {}),
+    "k8s-prod": ("k8s-prod", {}),
+    "k8s-dev-picker": ("k8s-dev", PICKER),
+    "k8s-prod-gateway-api-picker": ("k8s-prod", {"kubernetes": {**PICKER["kubernetes"],
+                                                                **GATEWAY_API_EDGE["kubernetes"]}}),
+}
+
+
 def cluster(d: Deployment, settings) -> dict[str, Endpoint]:
-    ns, prefix = settings.kubernetes.namespace, settings.name_prefix
+    """Our pods (from the declared workloads and the charts' documented labels) and the world around them."""
+    k8s = settings.kubernetes
+    ns = k8s.namespace
     found = objects(d)
     pods: dict[str, Endpoint] = {}
     for i, (kind, name, _pod) in enumerate(pod_templates(found)):
         labels = found[(kind, name)]["spec"]["template"]["metadata"]["labels"]
         pods[name] = Endpoint(name, ns, labels, ip=f"10.1.0.{i + 10}")
-    pods["traefik"] = Endpoint("traefik", ns, {"app.kubernetes.io/name": "traefik",
-                                               "app.kubernetes.io/instance": f"traefik-{ns}"}, ip="10.1.1.1")
-    pods["prometheus"] = Endpoint("prometheus", settings.kubernetes.monitoring_namespace,
+    if k8s.edge == "traefik":
+        pods["traefik"] = Endpoint("traefik", ns, {"app.kubernetes.io/name": "traefik",
+                                                   "app.kubernetes.io/instance": f"traefik-{ns}"}, ip="10.1.1.1")
+    else:
+        parent_ns = k8s.gateway_api_parent.split("/")[0]
+        pods["edge-proxy"] = Endpoint("edge-proxy", parent_ns, {"app": "edge-proxy"}, ip="10.1.1.2")
+    if k8s.endpoint_picker == "inference-extension":
+        pods["epp"] = Endpoint("epp", ns, {"inferencepool": "engine-pool-epp"}, ip="10.1.1.3")
+        pods["inference-gateway"] = Endpoint("inference-gateway", ns, {
+            "gateway.networking.k8s.io/gateway-name": "inference-gateway"}, ip="10.1.1.4")
+        pods["mesh-control-plane"] = Endpoint("mesh-control-plane", "kgateway-system", {"app": "kgateway"},
+                                              ip="10.1.5.1")
+    pods["prometheus"] = Endpoint("prometheus", k8s.monitoring_namespace,
                                   {"app.kubernetes.io/name": "prometheus"}, ip="10.1.2.1")
     pods["kube-dns"] = Endpoint("kube-dns", "kube-system", {"k8s-app": "kube-dns"}, ip="10.1.3.1")
     pods["other-tenant"] = Endpoint("other-tenant", "tenant-b", {"app": "whatever"}, ip="10.1.4.1")
@@ -281,37 +305,58 @@ LISTENING = {  # (port, protocol) each endpoint listens on
     "redis": [(6379, "TCP")], "traefik": [(8000, "TCP"), (8443, "TCP"), (9100, "TCP")],
     "prometheus": [(9090, "TCP")], "kube-dns": [(53, "UDP"), (53, "TCP")], "other-tenant": [(8080, "TCP")],
     "api-server": [(443, "TCP"), (6443, "TCP")], "hf-hub": [(443, "TCP")], "gateway-migrate": [], "quantize": [],
-    "internet": [],
+    "internet": [], "edge-proxy": [(443, "TCP")], "epp": [(9002, "TCP"), (9090, "TCP")],
+    "inference-gateway": [(80, "TCP")], "mesh-control-plane": [(9977, "TCP")],
 }
-OURS = {"engine", "gateway", "gateway-migrate", "postgres", "redis", "quantize", "traefik"}
+OURS = {"engine", "gateway", "gateway-migrate", "postgres", "redis", "quantize", "traefik", "epp",
+        "inference-gateway"}
 
 
-def intended_flows(pods: dict[str, Endpoint]) -> set[tuple[str, str, int, str]]:
+def api_server_egress(source: str, pods: dict[str, Endpoint]) -> set[tuple[str, str, int, str]]:
+    """The API server's address is the cluster's, unknown to the program: egress to it is "any
+    address on 443/6443", which (ipBlock read conservatively) includes any pod listening there."""
+    return {(source, name, port, proto) for name in pods if name != source
+            for port, proto in LISTENING[name] if port in manifests.API_SERVER_PORTS}
+
+
+def intended_flows(pods: dict[str, Endpoint], settings) -> set[tuple[str, str, int, str]]:
     """The Docker networks' isolation, as flows (source, destination, port, protocol)."""
+    k8s = settings.kubernetes
+    picker = k8s.endpoint_picker == "inference-extension"
     outside = {name for name in pods if name not in OURS}
-    flows = {("traefik", "gateway", 8080, "TCP"),
-             ("gateway", "engine", 8000, "TCP"), ("gateway", "postgres", 5432, "TCP"), ("gateway", "redis", 6379, "TCP"),
+    flows = {("gateway", "postgres", 5432, "TCP"), ("gateway", "redis", 6379, "TCP"),
              ("gateway-migrate", "postgres", 5432, "TCP"),
              # metrics: only Prometheus
-             ("prometheus", "engine", 8000, "TCP"), ("prometheus", "gateway", 9101, "TCP"),
-             ("prometheus", "traefik", 9100, "TCP"),
-             # Traefik: the API server (Ingress watch) and ACME over https.
-             ("traefik", "api-server", 443, "TCP"), ("traefik", "api-server", 6443, "TCP"),
-             ("traefik", "hf-hub", 443, "TCP")}
-    flows |= {(source, "traefik", port, "TCP") for source in outside for port in (8000, 8443)}  # the edge
+             ("prometheus", "engine", 8000, "TCP"), ("prometheus", "gateway", 9101, "TCP")}
+    if k8s.edge == "traefik":
+        flows |= {("traefik", "gateway", 8080, "TCP"), ("prometheus", "traefik", 9100, "TCP")}
+        flows |= api_server_egress("traefik", pods)  # the Ingress watch; ACME over https
+        flows |= {(source, "traefik", port, "TCP") for source in outside for port in (8000, 8443)}  # the edge
+    else:
+        flows |= {("edge-proxy", "gateway", 8080, "TCP")}  # the shared Gateway's namespace only
+    if picker:
+        flows |= {("gateway", "inference-gateway", 80, "TCP"),
+                  ("inference-gateway", "engine", 8000, "TCP"), ("inference-gateway", "epp", 9002, "TCP"),
+                  ("epp", "engine", 8000, "TCP"), ("prometheus", "epp", 9090, "TCP")}
+        flows |= api_server_egress("epp", pods)  # it watches pods and its InferencePool
+        # The inference gateway's proxy talks to its control plane in another namespace (any pod there).
+        flows |= {("inference-gateway", name, port, proto) for name, pod in pods.items()
+                  if pod.namespace not in (None, k8s.namespace) for port, proto in LISTENING[name]}
+    else:
+        flows |= {("gateway", "engine", 8000, "TCP")}
     flows |= {(source, "kube-dns", 53, proto) for source in pods if source in OURS for proto in ("UDP", "TCP")}
     return flows
 
 
-@pytest.mark.parametrize("stack", STACKS)
+@pytest.mark.parametrize("variant", VARIANTS)
 @pulumi.runtime.test
-def test_network_policies_allow_exactly_the_intended_flows(stack):
-    settings = load_stack_settings(stack)
+def test_network_policies_allow_exactly_the_intended_flows(variant):
+    stack, overrides = VARIANTS[variant]
+    settings = parse_settings(deep_merge(read_stack_values(stack), overrides), stack)
 
     def check(d: Deployment):
         policies = Policies(objects(d).values())
         pods = cluster(d, settings)
-        assert OURS & set(pods) == {n for n in OURS if n != "quantize" or settings.quantize is not None}
         allowed = set()
         for source in pods.values():
             for destination in pods.values():
@@ -320,15 +365,17 @@ def test_network_policies_allow_exactly_the_intended_flows(stack):
                 for port, protocol in LISTENING[destination.name]:
                     if policies.can_reach(source, destination, port, protocol):
                         allowed.add((source.name, destination.name, port, protocol))
-        expected = {flow for flow in intended_flows(pods) if flow[0] in pods and flow[1] in pods}
+        expected = intended_flows(pods, settings)
+        assert {f[:2] for f in expected} <= {(a, b) for a in pods for b in pods}
         assert allowed - expected == set(), "unintended flows"
         assert expected - allowed == set(), "intended flows blocked"
-        # The issue's statements, spelled out.
+        # The issue's statements, spelled out: data stores and engines only from the gateway
+        # (or, with the picker, its inference gateway and picker); metrics only from Prometheus.
         for store, port in (("postgres", 5432), ("redis", 6379), ("engine", 8000)):
             reachers = {s for s in pods if policies.can_reach(pods[s], pods[store], port)}
-            assert reachers <= {"gateway", "gateway-migrate", "prometheus"}, store
+            assert reachers <= {"gateway", "gateway-migrate", "prometheus", "inference-gateway", "epp"}, store
         assert {s for s in pods if policies.can_reach(pods[s], pods["gateway"], 9101)} == {"prometheus"}
-    return checked(stack, check)
+    return checked(stack, check, overrides=overrides)
 
 
 def test_reachability_function_sees_a_missing_policy():
