@@ -332,6 +332,7 @@ _GATEWAY_RULES: Mapping[str, Mapping[str, Any]] = {
     "circuit_failure_threshold": {"minimum": 1},
     "circuit_open_seconds": {"above": 0},
     "model_refresh_seconds": {"above": 0},
+    "engine_dns_ttl_seconds": {"minimum": 0},
 }
 
 
@@ -632,7 +633,8 @@ def parse_settings(values: Mapping[str, Any], stack: str, *, secrets_present: Se
     target = parse_target(values)
     kubernetes = parse_kubernetes(values.get("kubernetes"), target=target, engine=engine,
                                   raw_engine=values.get("engine"), tunnel_enabled=tunnel_enabled,
-                                  models_host_dir=models_host_dir)
+                                  models_host_dir=models_host_dir,
+                                  engine_dns_ttl_seconds=gateway.engine_dns_ttl_seconds)
 
     return NodeSettings(
         stack=stack,

@@ -8,8 +8,8 @@ stacks/gateway.py); only locations differ (the engine URLs the gateway is given)
 Layout (one namespace, ``kubernetes.namespace``):
   engine          StatefulSet (one per served model; this configuration serves one) behind a
                   headless Service. Stable pod names give the gateway one URL per replica
-                  (engine-0.engine.<ns>.svc...), which it keeps re-resolving (aiohttp's DNS
-                  cache expires every 10 s), so its least-outstanding choice and per-engine
+                  (engine-0.engine.<ns>.svc...), which it keeps re-resolving (its DNS cache
+                  lasts gateway.engine_dns_ttl_seconds, <= 30 s here), so its least-outstanding choice and per-engine
                   breakers work unchanged; replicas KEDA has not started yet fail DNS, count
                   as refused and are skipped until they exist. Autoscaled by a KEDA
                   ScaledObject on vllm:num_requests_waiting.

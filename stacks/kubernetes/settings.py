@@ -30,6 +30,8 @@ KUBERNETES_KEYS = (
     "inference_gateway_class", "inference_pool_chart_version",
 )
 
+# The gateway re-resolves the engines' per-pod names at least this often on a cluster.
+MAX_ENGINE_DNS_TTL_SECONDS = 30
 # Kubernetes versions kubernetes-validate ships schemas for (the tests validate against the one named).
 SUPPORTED_VERSIONS = (25, 37)
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -92,7 +94,7 @@ def parse_target(values: Mapping[str, Any]) -> str:
 
 def parse_kubernetes(values: Mapping[str, Any] | None, *, target: str, engine: "EngineDeployment",
                      raw_engine: Mapping[str, Any] | None, tunnel_enabled: bool, models_host_dir: str | None,
-                     ) -> KubernetesSettings | None:
+                     engine_dns_ttl_seconds: int | None = None) -> KubernetesSettings | None:
     """The ``kubernetes`` object, validated (None on the docker target, where it must be absent)."""
     from stacks.config import ConfigError, _Section
 
@@ -112,6 +114,11 @@ def parse_kubernetes(values: Mapping[str, Any] | None, *, target: str, engine: "
     if models_host_dir is not None:
         raise ConfigError("volumes.models_host_dir", "is a Docker host directory; on kubernetes the models live "
                                                      "in a PersistentVolumeClaim (kubernetes.models_storage_class)")
+
+    if engine_dns_ttl_seconds is not None and engine_dns_ttl_seconds > MAX_ENGINE_DNS_TTL_SECONDS:
+        raise ConfigError("gateway.engine_dns_ttl_seconds", f"{engine_dns_ttl_seconds} is too long on kubernetes "
+                                                            f"(at most {MAX_ENGINE_DNS_TTL_SECONDS}): engines are "
+                                                            "per-pod DNS names whose address changes on replacement")
 
     def label(key: str, default: Any = ...) -> Any:
         value = s.string(key) if default is ... else s.string(key, default)

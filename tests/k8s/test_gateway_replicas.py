@@ -157,3 +157,38 @@ async def test_the_rpm_check_would_see_per_replica_limits(log_dir, upstream, mak
     finally:
         for gateway in separate:
             gateway.stop()
+
+
+def test_engine_names_that_do_not_resolve_yet_are_skipped(log_dir, upstream, make_key, migrated_database_url,
+                                                          redis_url):
+    """The kubernetes target gives the gateway one per-pod name per possible engine replica; the
+    replicas KEDA has not started have no DNS record yet. The gateway marks them down (a failed
+    lookup is a refused connection) and serves from the engines that exist."""
+    missing = "http://engine-7.engine.llm-node-test.invalid:8000"
+    gateway = start_gateway(log_dir, name="gateway-dns", engines=[missing, upstream.url], workers=1,
+                            engine_dns_ttl_seconds=10, shutdown_grace_seconds=5.0,
+                            database_url=migrated_database_url, redis_url=redis_url)
+    try:
+        upstream.mode = "ok"
+        key = make_key()
+        import requests
+
+        body = {"model": upstream.model, "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}
+        statuses = [requests.post(gateway.url + CHAT, json=body, headers=auth(key), timeout=10).status_code
+                    for _ in range(10)]
+        assert statuses == [200] * 10
+        assert gateway.metric("gateway_engine_healthy", upstream=missing) == 0
+        assert gateway.metric("gateway_engine_healthy", upstream=upstream.url) == 1
+    finally:
+        gateway.stop()
+
+
+def test_the_dns_cache_setting_reaches_the_gateway(monkeypatch):
+    from llm_gateway.settings import Settings
+    from services.launch import GatewaySpec, gateway_env
+
+    for name, value in gateway_env(GatewaySpec(engines=["http://engine-0.engine:8000"], engine_dns_ttl_seconds=10)).items():
+        monkeypatch.setenv(name, value)
+    assert Settings().engine_dns_ttl_seconds == 10
+    monkeypatch.delenv("GATEWAY_ENGINE_DNS_TTL_SECONDS")
+    assert Settings().engine_dns_ttl_seconds == GatewaySpec(engines=["x"]).engine_dns_ttl_seconds == 300

@@ -59,3 +59,9 @@ def test_every_kubernetes_key_is_a_config_key():
 
     assert {f"kubernetes.{key}" for key in KUBERNETES_KEYS} <= set(all_keys())
     assert "target" in all_keys()
+
+
+@pulumi.runtime.test
+def test_long_engine_dns_cache_is_refused_on_kubernetes():
+    with pytest.raises(ConfigError, match=r"^llm-node:gateway.engine_dns_ttl_seconds: 300 is too long"):
+        run_program("k8s-dev", overrides={"gateway": {"engine_dns_ttl_seconds": 300}}).ready()
