@@ -25,6 +25,7 @@ Layout (one namespace, ``kubernetes.namespace``):
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -109,6 +110,7 @@ class Chart:
     repository: str | None
     values: dict[str, Any]
     depends_on: Sequence[str] = ()
+    harden: bool = False  # fill in resources/securityContext its templates leave out (harden_chart_workload)
 
 
 @dataclass(frozen=True)
@@ -742,7 +744,7 @@ def _inference_extension(plan: Plan, settings: NodeSettings, meta) -> None:
                                                    "targetPorts": [{"number": settings.engine.spec.port}],
                                                    "modelServerType": "vllm"},
                                  "provider": {"name": "none"},
-                             }, depends_on=["statefulset-engine"]))
+                             }, depends_on=["statefulset-engine"], harden=True))
     plan.add(Manifest("gateway.networking.k8s.io/v1", "Gateway", INFERENCE_GATEWAY, {
         "metadata": meta(INFERENCE_GATEWAY, INFERENCE_GATEWAY),
         "spec": {"gatewayClassName": k8s.inference_gateway_class,
@@ -756,6 +758,32 @@ def _inference_extension(plan: Plan, settings: NodeSettings, meta) -> None:
                             "backendRefs": [{"group": "inference.networking.k8s.io", "kind": "InferencePool",
                                              "name": pool}]}]},
     }, depends_on=[f"gateway-{INFERENCE_GATEWAY}"]))
+
+
+# The endpoint picker's Deployment in the inferencepool chart (v1.0.1, templates/epp-deployment.yaml)
+# sets no resources and no securityContext, and the chart has no values for them: the program
+# fills them in on the rendered object (a Pulumi transform on the chart), so the pack's
+# k8s-probes-and-resources and k8s-no-privilege hold for it too.
+EPP_RESOURCES = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "2", "memory": "2Gi"}}
+
+
+def harden_chart_workload(resource_type: str, props: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A chart's Deployment with resources and a non-privileged securityContext where it has none
+    (None: not a Deployment, nothing to change)."""
+    if resource_type != "kubernetes:apps/v1:Deployment":
+        return None
+    changed = False
+    props = copy.deepcopy(dict(props))
+    for container in (((props.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or []:
+        if not container.get("resources"):
+            container["resources"] = copy.deepcopy(EPP_RESOURCES)
+            changed = True
+        context = container.setdefault("securityContext", {})
+        for key, value in (("privileged", False), ("allowPrivilegeEscalation", False)):
+            if key not in context:
+                context[key] = value
+                changed = True
+    return props if changed else None
 
 
 # -- isolation ---------------------------------------------------------------------------------------

@@ -100,7 +100,8 @@ class KubernetesNode(pulumi.ComponentResource):
                 repository_opts=k8s.helm.v4.RepositoryOptsArgs(repo=chart.repository) if chart.repository else None,
                 values=chart.values,
                 opts=pulumi.ResourceOptions(parent=self, provider=self.provider,
-                                            depends_on=[self.resources[key] for key in chart.depends_on]))
+                                            depends_on=[self.resources[key] for key in chart.depends_on],
+                                            transforms=[_harden] if chart.harden else None))
 
         public_url = f"https://{settings.domain}"
         self.outputs = {
@@ -139,3 +140,9 @@ class KubernetesNode(pulumi.ComponentResource):
             return k8s.apiextensions.CustomResource(item.key, api_version=item.api_version, kind=item.kind,
                                                     opts=opts, **item.body)
         return cls(item.key, opts=opts, **{_SNAKE.get(key, key): value for key, value in item.body.items()})
+
+
+def _harden(args: pulumi.ResourceTransformArgs) -> pulumi.ResourceTransformResult | None:
+    """Applied to a chart's rendered objects (Pulumi transforms reach a packaged component's children)."""
+    props = manifests.harden_chart_workload(args.type_, args.props)
+    return pulumi.ResourceTransformResult(props=props, opts=args.opts) if props is not None else None

@@ -192,3 +192,32 @@ def test_network_policy_for_every_workload_catches_violations():
                            edited(node, "statefulset-engine", relabelled, STATEFULSET))
         assert len(found) == 1 and found[0].startswith("statefulset-engine: no NetworkPolicy selects")
     return with_k8s_node("k8s-prod", check)
+
+
+def test_the_endpoint_picker_deployment_is_hardened_to_pass_the_pack():
+    """The inferencepool chart's EPP Deployment as its template renders it (no resources, no
+    securityContext) fails the pack; after the program's transform it passes."""
+    from stacks.kubernetes.manifests import harden_chart_workload
+
+    rendered = {"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "engine-pool-epp", "namespace": "llm-node"},
+                "spec": {"template": {"metadata": {"labels": {"inferencepool": "engine-pool-epp"}}, "spec": {
+                    "containers": [{"name": "epp", "image": "registry.k8s.io/gateway-api-inference-extension/epp:v1.0.1",
+                                    "readinessProbe": {"grpc": {"port": 9003}}, "livenessProbe": {"grpc": {"port": 9003}}}]}}}}
+    node = [k8s_rules.rules.Resource(DEPLOYMENT, "engine-pool-epp", rendered)]
+    assert violations("k8s-probes-and-resources", node)
+    assert violations("k8s-no-privilege", node)
+    hardened = harden_chart_workload(DEPLOYMENT, rendered)
+    node = [k8s_rules.rules.Resource(DEPLOYMENT, "engine-pool-epp", hardened)]
+    assert violations("k8s-probes-and-resources", node) == violations("k8s-no-privilege", node) == []
+    assert harden_chart_workload(DEPLOYMENT, hardened) is None  # nothing left to change
+    assert harden_chart_workload("kubernetes:core/v1:Service", {}) is None
+
+
+@pulumi.runtime.test
+def test_only_the_picker_chart_is_transformed():
+    def check(d):
+        transforms = {name: opts.transforms for (type_, name), opts in d.options.items() if type_ == CHART}
+        assert transforms["engine-pool"] and not transforms["traefik"]
+    return run_program("k8s-dev", overrides={"kubernetes": {"endpoint_picker": "inference-extension",
+                                                            "inference_gateway_class": "kgateway"}}).ready().apply(check)
