@@ -41,7 +41,8 @@ STACKS_DIR = Path(__file__).resolve().parent
 ROOT_DIR = STACKS_DIR.parent
 
 # Keys whose values are secrets: read only as secret Outputs, never parsed here.
-SECRET_KEYS = ("tunnel_token", "tls_private_key")
+SECRET_KEYS = ("tunnel_token", "tls_private_key",
+               "external_database_url", "external_redis_url")  # the last two: kubernetes.data_stores external
 # Keys holding objects (Pulumi hands them to the program as JSON text).
 OBJECT_KEYS = ("images", "engine", "gateway", "edge", "tunnel", "quantize", "observability", "volumes",
                "kubernetes")
@@ -634,7 +635,8 @@ def parse_settings(values: Mapping[str, Any], stack: str, *, secrets_present: Se
     kubernetes = parse_kubernetes(values.get("kubernetes"), target=target, engine=engine,
                                   raw_engine=values.get("engine"), tunnel_enabled=tunnel_enabled,
                                   models_host_dir=models_host_dir,
-                                  engine_dns_ttl_seconds=gateway.engine_dns_ttl_seconds)
+                                  engine_dns_ttl_seconds=gateway.engine_dns_ttl_seconds,
+                                  secrets_present=secrets_present)
 
     return NodeSettings(
         stack=stack,
@@ -712,6 +714,8 @@ class NodeSecrets:
 
     tunnel_token: "pulumi.Output[str] | None"
     tls_private_key: "pulumi.Output[str] | None"
+    external_database_url: "pulumi.Output[str] | None" = None  # kubernetes.data_stores: external
+    external_redis_url: "pulumi.Output[str] | None" = None
 
 
 @dataclass(frozen=True)
@@ -756,5 +760,7 @@ def load_node_config() -> NodeConfig:
     secrets = NodeSecrets(
         tunnel_token=config.require_secret("tunnel_token") if settings.tunnel_enabled else None,
         tls_private_key=config.require_secret("tls_private_key") if settings.edge.tls_mode == "provided" else None,
+        **({key: config.require_secret(key) for key in ("external_database_url", "external_redis_url")}
+           if settings.kubernetes is not None and settings.kubernetes.data_stores == "external" else {}),
     )
     return NodeConfig(settings=settings, secrets=secrets)

@@ -271,9 +271,11 @@ def build(settings: NodeSettings, images: Images, secrets: SecretValues) -> Plan
                   "ReadWriteMany"))
 
     # -- secrets (files, never env) ----------------------------------------------------------------
-    plan.add(_secret("postgres", ns, prefix, POSTGRES, {"postgres_password": secrets.postgres_password}))
-    plan.add(_secret("redis", ns, prefix, REDIS, {"redis.conf": secrets.redis_conf,
-                                                  "redis_password": secrets.redis_password}))
+    in_cluster = k8s.data_stores == "in-cluster"
+    if in_cluster:
+        plan.add(_secret("postgres", ns, prefix, POSTGRES, {"postgres_password": secrets.postgres_password}))
+        plan.add(_secret("redis", ns, prefix, REDIS, {"redis.conf": secrets.redis_conf,
+                                                      "redis_password": secrets.redis_password}))
     plan.add(_secret("gateway", ns, prefix, GATEWAY, {gateway_secret_file("database_url"): secrets.database_url,
                                                       gateway_secret_file("redis_url"): secrets.redis_url,
                                                       gateway_secret_file("admin_token"): secrets.admin_token}))
@@ -284,9 +286,10 @@ def build(settings: NodeSettings, images: Images, secrets: SecretValues) -> Plan
                                                           "tls.key": secrets.tls_private_key},
                          type_="kubernetes.io/tls"))
 
-    # -- data stores -------------------------------------------------------------------------------
-    _postgres(plan, settings, images, meta)
-    _redis(plan, settings, images, meta)
+    # -- data stores (or the external ones' URLs in the gateway's Secret) ----------------------------
+    if in_cluster:
+        _postgres(plan, settings, images, meta)
+        _redis(plan, settings, images, meta)
 
     # -- quantize job, engines ---------------------------------------------------------------------
     engine_after = []
@@ -592,7 +595,7 @@ def _gateway(plan: Plan, settings: NodeSettings, images: Images, meta) -> None:
                 },
             },
         },
-    }, depends_on=["statefulset-postgres", "secret-gateway-migrate"],
+    }, depends_on=[*(["statefulset-postgres"] if k8s.data_stores == "in-cluster" else []), "secret-gateway-migrate"],
         create_timeout_seconds=MIGRATE_TIMEOUT_SECONDS + 300))
 
     grace = math.ceil(spec.shutdown_grace_seconds) + 5  # drain, then flush usage records (as on Docker)
@@ -628,7 +631,8 @@ def _gateway(plan: Plan, settings: NodeSettings, images: Images, meta) -> None:
                 },
             },
         },
-    }, depends_on=["job-gateway-migrate", "statefulset-redis", "secret-gateway", "statefulset-engine"],
+    }, depends_on=["job-gateway-migrate", *(["statefulset-redis"] if k8s.data_stores == "in-cluster" else []),
+                   "secret-gateway", "statefulset-engine"],
         ignore_changes=["spec.replicas"], create_timeout_seconds=900))
     plan.add(_pdb(GATEWAY, k8s.namespace, prefix, GATEWAY, minAvailable=1))
     plan.add(Manifest("autoscaling/v2", "HorizontalPodAutoscaler", GATEWAY, {
@@ -845,6 +849,13 @@ def network_policies(settings: NodeSettings) -> list[Manifest]:
         return {"to": peers, "ports": _ports(*ports)}
 
     sel = lambda component: {"matchLabels": selector(component, prefix)}  # noqa: E731
+    if k8s.data_stores == "in-cluster":
+        postgres_egress = egress([p(POSTGRES)], naming.POSTGRES_PORT)
+        redis_egress = egress([p(REDIS)], naming.REDIS_PORT)
+    else:  # the external stores' addresses (kubernetes.external_data_cidrs), their ports only
+        external = [{"ipBlock": {"cidr": cidr}} for cidr in k8s.external_data_cidrs]
+        postgres_egress = egress(external, k8s.external_postgres_port)
+        redis_egress = egress(external, k8s.external_redis_port)
     policies = [
         policy("default-deny", {}, [], [], "network"),
         # Every pod resolves names (the gateway re-resolves the engines' pod names).
@@ -860,13 +871,16 @@ def network_policies(settings: NodeSettings) -> list[Manifest]:
                [ingress([_peer(namespace=k8s.gateway_api_parent.split("/")[0])] if k8s.edge == "gateway-api"
                         else [traefik], gateway.port),
                 ingress([prometheus], gateway.metrics_port)],
-               [egress([p(POSTGRES)], naming.POSTGRES_PORT), egress([p(REDIS)], naming.REDIS_PORT),
+               [postgres_egress, redis_egress,
                 egress([inference_gateway], INFERENCE_GATEWAY_PORT) if picker else egress([p(ENGINE)], engine_port)],
                GATEWAY),
-        policy(MIGRATE, sel(MIGRATE), [], [egress([p(POSTGRES)], naming.POSTGRES_PORT)], MIGRATE),
-        policy(POSTGRES, sel(POSTGRES), [ingress([p(GATEWAY), p(MIGRATE)], naming.POSTGRES_PORT)], [], POSTGRES),
-        policy(REDIS, sel(REDIS), [ingress([p(GATEWAY)], naming.REDIS_PORT)], [], REDIS),
+        policy(MIGRATE, sel(MIGRATE), [], [postgres_egress], MIGRATE),
     ]
+    if k8s.data_stores == "in-cluster":
+        policies += [
+            policy(POSTGRES, sel(POSTGRES), [ingress([p(GATEWAY), p(MIGRATE)], naming.POSTGRES_PORT)], [], POSTGRES),
+            policy(REDIS, sel(REDIS), [ingress([p(GATEWAY)], naming.REDIS_PORT)], [], REDIS),
+        ]
     if settings.quantize is not None:
         policies.append(policy(QUANTIZE, sel(QUANTIZE), [], [], QUANTIZE))  # offline: no traffic at all
     if k8s.edge == "traefik":

@@ -65,22 +65,29 @@ class KubernetesNode(pulumi.ComponentResource):
             self.images["quantize"] = self._pushed("quantize", QUANTIZE_BUILD, images["python"],
                                                    k8s_settings.image_registry, builder)
 
-        # -- generated secrets (as on Docker) ---------------------------------------------------------
-        postgres_password = containers.generated_secret("postgres-password", self)
-        redis_password = containers.generated_secret("redis-password", self)
+        # -- generated secrets (as on Docker), or the external data stores' URLs -----------------------
+        external = k8s_settings.data_stores == "external"
         self.admin_token = containers.generated_secret("gateway-admin-token", self, length=48)
-        secret_values = manifests.SecretValues(
-            postgres_password=postgres_password,
-            redis_password=redis_password,
-            redis_conf=pulumi.Output.secret(redis_password.apply(redis_conf)),
-            database_url=pulumi.Output.secret(pulumi.Output.concat(
-                "postgresql://", USER, ":", postgres_password, "@", naming.POSTGRES, ":", str(naming.POSTGRES_PORT),
-                "/", DATABASE)),
-            redis_url=pulumi.Output.secret(pulumi.Output.concat(
-                "redis://:", redis_password, "@", naming.REDIS, ":", str(naming.REDIS_PORT), "/0")),
-            admin_token=self.admin_token,
-            tls_private_key=secrets.tls_private_key,
-        )
+        if external:
+            secret_values = manifests.SecretValues(
+                postgres_password=None, redis_password=None, redis_conf=None,
+                database_url=secrets.external_database_url, redis_url=secrets.external_redis_url,
+                admin_token=self.admin_token, tls_private_key=secrets.tls_private_key)
+        else:
+            postgres_password = containers.generated_secret("postgres-password", self)
+            redis_password = containers.generated_secret("redis-password", self)
+            secret_values = manifests.SecretValues(
+                postgres_password=postgres_password,
+                redis_password=redis_password,
+                redis_conf=pulumi.Output.secret(redis_password.apply(redis_conf)),
+                database_url=pulumi.Output.secret(pulumi.Output.concat(
+                    "postgresql://", USER, ":", postgres_password, "@", naming.POSTGRES, ":",
+                    str(naming.POSTGRES_PORT), "/", DATABASE)),
+                redis_url=pulumi.Output.secret(pulumi.Output.concat(
+                    "redis://:", redis_password, "@", naming.REDIS, ":", str(naming.REDIS_PORT), "/0")),
+                admin_token=self.admin_token,
+                tls_private_key=secrets.tls_private_key,
+            )
         self.plan = manifests.build(settings, manifests.Images(
             engine=self.images["engine"].image_name, gateway=self.images["gateway"].image_name,
             quantize=self.images["quantize"].image_name if "quantize" in self.images else None,

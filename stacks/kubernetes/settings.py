@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+import ipaddress
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 if TYPE_CHECKING:
     from stacks.config import EngineDeployment
@@ -27,8 +28,10 @@ KUBERNETES_KEYS = (
     "engine_cpu", "engine_memory", "gateway_min_replicas", "gateway_max_replicas", "gateway_cpu_target_percent",
     "gateway_cpu", "gateway_memory", "edge", "edge_service_type", "traefik_chart_version", "gateway_api_parent",
     "prometheus_url", "monitoring_namespace", "prometheus_release_label", "endpoint_picker",
-    "inference_gateway_class", "inference_pool_chart_version",
+    "inference_gateway_class", "inference_pool_chart_version", "data_stores", "external_data_cidrs",
+    "external_postgres_port", "external_redis_port",
 )
+DATA_STORES = ("in-cluster", "external")
 
 # The gateway re-resolves the engines' per-pod names at least this often on a cluster.
 MAX_ENGINE_DNS_TTL_SECONDS = 30
@@ -77,6 +80,10 @@ class KubernetesSettings:
     endpoint_picker: str  # none | inference-extension
     inference_gateway_class: str | None
     inference_pool_chart_version: str
+    data_stores: str = "in-cluster"  # in-cluster | external (the secrets external_database_url/_redis_url)
+    external_data_cidrs: tuple[str, ...] = ()  # where the external data stores are (NetworkPolicy egress)
+    external_postgres_port: int = 5432
+    external_redis_port: int = 6379
 
     @property
     def version_minor(self) -> int:
@@ -94,7 +101,8 @@ def parse_target(values: Mapping[str, Any]) -> str:
 
 def parse_kubernetes(values: Mapping[str, Any] | None, *, target: str, engine: "EngineDeployment",
                      raw_engine: Mapping[str, Any] | None, tunnel_enabled: bool, models_host_dir: str | None,
-                     engine_dns_ttl_seconds: int | None = None) -> KubernetesSettings | None:
+                     engine_dns_ttl_seconds: int | None = None, secrets_present: Sequence[str] = (),
+                     ) -> KubernetesSettings | None:
     """The ``kubernetes`` object, validated (None on the docker target, where it must be absent)."""
     from stacks.config import ConfigError, _Section
 
@@ -103,6 +111,9 @@ def parse_kubernetes(values: Mapping[str, Any] | None, *, target: str, engine: "
     if target != "kubernetes":
         if s.values:
             raise ConfigError("kubernetes", "applies only to target: kubernetes (this stack's target is docker)")
+        for secret in ("external_database_url", "external_redis_url"):
+            if secret in secrets_present:
+                raise ConfigError(secret, "applies only to target: kubernetes with kubernetes.data_stores: external")
         return None
     # Docker-only settings would silently do nothing on a cluster: refuse them.
     if raw_engine and raw_engine.get("gpu_ids") is not None:
@@ -185,7 +196,29 @@ def parse_kubernetes(values: Mapping[str, Any] | None, *, target: str, engine: "
             raise ConfigError(s.key(key), f"{value!r} is not a pinned chart version (x.y.z)")
         return value
 
+    data_stores = s.string("data_stores", "in-cluster", choices=DATA_STORES)
+    cidrs = s.strings("external_data_cidrs")
+    for cidr in cidrs:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ConfigError("kubernetes.external_data_cidrs", f"{cidr!r} is not a CIDR range") from None
+    if data_stores == "external":
+        for secret in ("external_database_url", "external_redis_url"):
+            if secret not in secrets_present:
+                raise ConfigError(secret, "is required when kubernetes.data_stores is external: "
+                                          f"pulumi config set --secret {secret} <url>")
+        if not cidrs:
+            raise ConfigError("kubernetes.external_data_cidrs", "is required when kubernetes.data_stores is external "
+                                                                "(the gateway's NetworkPolicy egress to them)")
+    elif cidrs or any(k in s.values for k in ("external_postgres_port", "external_redis_port")):
+        raise ConfigError("kubernetes.data_stores", "external_* settings need kubernetes.data_stores: external")
+
     return KubernetesSettings(
+        data_stores=data_stores,
+        external_data_cidrs=cidrs,
+        external_postgres_port=s.integer("external_postgres_port", 5432, minimum=1, maximum=65535),
+        external_redis_port=s.integer("external_redis_port", 6379, minimum=1, maximum=65535),
         namespace=namespace,
         version=version,
         context=s.string("context", None),

@@ -34,6 +34,12 @@ BAD = [
     ("k8s-dev", {"kubernetes": {"traefik_chart_version": "latest"}}, "kubernetes.traefik_chart_version",
      "is not a pinned chart version"),
     ("k8s-dev", {"kubernetes": {"replicas": 2}}, "kubernetes.replicas", "unknown setting"),
+    ("k8s-prod", {"kubernetes": {"data_stores": "external", "external_data_cidrs": ["10.0.0.0/24"]}},
+     "external_database_url", "is required when kubernetes.data_stores is external"),
+    ("k8s-prod", {"kubernetes": {"external_data_cidrs": ["10.0.0.0/24"]}}, "kubernetes.data_stores",
+     "need kubernetes.data_stores: external"),
+    ("k8s-prod", {"kubernetes": {"data_stores": "external", "external_data_cidrs": ["10.0.0/33"]}},
+     "kubernetes.external_data_cidrs", "is not a CIDR range"),
 ]
 
 
@@ -65,3 +71,15 @@ def test_every_kubernetes_key_is_a_config_key():
 def test_long_engine_dns_cache_is_refused_on_kubernetes():
     with pytest.raises(ConfigError, match=r"^llm-node:gateway.engine_dns_ttl_seconds: 300 is too long"):
         run_program("k8s-dev", overrides={"gateway": {"engine_dns_ttl_seconds": 300}}).ready()
+
+
+def test_external_data_stores_need_their_addresses_and_only_apply_to_kubernetes():
+    from stacks.config import parse_settings, read_stack_values
+    from tests.stacks.mock_runtime import deep_merge
+
+    both = ["external_database_url", "external_redis_url"]
+    values = deep_merge(read_stack_values("k8s-prod"), {"kubernetes": {"data_stores": "external"}})
+    with pytest.raises(ConfigError, match=r"^llm-node:kubernetes.external_data_cidrs: is required"):
+        parse_settings(values, "k8s-prod", secrets_present=both)
+    with pytest.raises(ConfigError, match=r"^llm-node:external_database_url: applies only to target: kubernetes"):
+        parse_settings(read_stack_values("prod"), "prod", secrets_present=both[:1])

@@ -260,12 +260,17 @@ def _holds_secret(value) -> bool:
 
 PICKER = {"kubernetes": {"endpoint_picker": "inference-extension", "inference_gateway_class": "kgateway"}}
 GATEWAY_API_EDGE = {"kubernetes": {"edge": "gateway-api", "gateway_api_parent": "edge/public"}}
-VARIANTS = {
-    "k8s-dev": ("k8s-dev", {}),
-    "k8s-prod": ("k8s-prod", {}),
-    "k8s-dev-picker": ("k8s-dev", PICKER),
+EXTERNAL = {"kubernetes": {"data_stores": "external", "external_data_cidrs": ["10.20.0.0/24"],
+                           "external_redis_port": 6380}}
+EXTERNAL_SECRETS = {"external_database_url": f"postgresql://llmnode:{MOCK_SECRET_MARK}-db@10.20.0.5:5432/llmnode",
+                    "external_redis_url": f"rediss://:{MOCK_SECRET_MARK}-redis@10.20.0.6:6380/0"}
+VARIANTS = {  # name -> (stack, overrides, secrets)
+    "k8s-dev": ("k8s-dev", {}, {}),
+    "k8s-prod": ("k8s-prod", {}, {}),
+    "k8s-dev-picker": ("k8s-dev", PICKER, {}),
     "k8s-prod-gateway-api-picker": ("k8s-prod", {"kubernetes": {**PICKER["kubernetes"],
-                                                                **GATEWAY_API_EDGE["kubernetes"]}}),
+                                                                **GATEWAY_API_EDGE["kubernetes"]}}, {}),
+    "k8s-prod-external-data": ("k8s-prod", EXTERNAL, EXTERNAL_SECRETS),
 }
 
 
@@ -297,6 +302,8 @@ def cluster(d: Deployment, settings) -> dict[str, Endpoint]:
     pods["internet"] = Endpoint("internet", None, ip="203.0.113.7")
     pods["api-server"] = Endpoint("api-server", None, ip="192.168.10.1")
     pods["hf-hub"] = Endpoint("hf-hub", None, ip="198.51.100.20")
+    if k8s.data_stores == "external":
+        pods["external-db"] = Endpoint("external-db", None, ip="10.20.0.5")
     return pods
 
 
@@ -307,6 +314,7 @@ LISTENING = {  # (port, protocol) each endpoint listens on
     "api-server": [(443, "TCP"), (6443, "TCP")], "hf-hub": [(443, "TCP")], "gateway-migrate": [], "quantize": [],
     "internet": [], "edge-proxy": [(443, "TCP")], "epp": [(9002, "TCP"), (9090, "TCP")],
     "inference-gateway": [(80, "TCP")], "mesh-control-plane": [(9977, "TCP")],
+    "external-db": [(5432, "TCP"), (6380, "TCP")],
 }
 OURS = {"engine", "gateway", "gateway-migrate", "postgres", "redis", "quantize", "traefik", "epp",
         "inference-gateway"}
@@ -324,9 +332,13 @@ def intended_flows(pods: dict[str, Endpoint], settings) -> set[tuple[str, str, i
     k8s = settings.kubernetes
     picker = k8s.endpoint_picker == "inference-extension"
     outside = {name for name in pods if name not in OURS}
-    flows = {("gateway", "postgres", 5432, "TCP"), ("gateway", "redis", 6379, "TCP"),
-             ("gateway-migrate", "postgres", 5432, "TCP"),
-             # metrics: only Prometheus
+    if k8s.data_stores == "in-cluster":
+        flows = {("gateway", "postgres", 5432, "TCP"), ("gateway", "redis", 6379, "TCP"),
+                 ("gateway-migrate", "postgres", 5432, "TCP")}
+    else:
+        flows = {("gateway", "external-db", 5432, "TCP"), ("gateway", "external-db", 6380, "TCP"),
+                 ("gateway-migrate", "external-db", 5432, "TCP")}
+    flows |= {# metrics: only Prometheus
              ("prometheus", "engine", 8000, "TCP"), ("prometheus", "gateway", 9101, "TCP")}
     if k8s.edge == "traefik":
         flows |= {("traefik", "gateway", 8080, "TCP"), ("prometheus", "traefik", 9100, "TCP")}
@@ -351,8 +363,8 @@ def intended_flows(pods: dict[str, Endpoint], settings) -> set[tuple[str, str, i
 @pytest.mark.parametrize("variant", VARIANTS)
 @pulumi.runtime.test
 def test_network_policies_allow_exactly_the_intended_flows(variant):
-    stack, overrides = VARIANTS[variant]
-    settings = parse_settings(deep_merge(read_stack_values(stack), overrides), stack)
+    stack, overrides, secrets = VARIANTS[variant]
+    settings = parse_settings(deep_merge(read_stack_values(stack), overrides), stack, secrets_present=list(secrets))
 
     def check(d: Deployment):
         policies = Policies(objects(d).values())
@@ -371,11 +383,42 @@ def test_network_policies_allow_exactly_the_intended_flows(variant):
         assert expected - allowed == set(), "intended flows blocked"
         # The issue's statements, spelled out: data stores and engines only from the gateway
         # (or, with the picker, its inference gateway and picker); metrics only from Prometheus.
-        for store, port in (("postgres", 5432), ("redis", 6379), ("engine", 8000)):
-            reachers = {s for s in pods if policies.can_reach(pods[s], pods[store], port)}
+        for store, port in (("postgres", 5432), ("redis", 6379), ("engine", 8000), ("external-db", 5432)):
+            if store not in pods:
+                continue
+            reachers = {s for s in pods if policies.can_reach(pods[s], pods[store], port)
+                        and (pods[store].namespace is not None or s in OURS)}  # outside: only our pods are ours
             assert reachers <= {"gateway", "gateway-migrate", "prometheus", "inference-gateway", "epp"}, store
         assert {s for s in pods if policies.can_reach(pods[s], pods["gateway"], 9101)} == {"prometheus"}
-    return checked(stack, check, overrides=overrides)
+    return checked(stack, check, overrides=overrides, secrets=secrets)
+
+
+@pulumi.runtime.test
+def test_external_data_stores():
+    """kubernetes.data_stores: external: no PostgreSQL/Redis in the cluster, their URLs (Pulumi
+    secrets) only in the gateway's Secrets, egress to their addresses only."""
+    def check(d: Deployment):
+        found = objects(d)
+        assert names(found, "StatefulSet") == {"engine"}
+        assert names(found, "Service") == {"engine", "gateway"}
+        assert names(found, "Secret") == {"gateway", "gateway-migrate"}
+        assert names(found, "NetworkPolicy") == {"default-deny", "dns", "engine", "gateway", "gateway-migrate",
+                                                 "traefik", "quantize"}
+        assert found[("Secret", "gateway")]["stringData"]["gateway_database_url"] == \
+            EXTERNAL_SECRETS["external_database_url"]
+        assert set(found[("Secret", "gateway-migrate")]["stringData"]) == {"gateway_database_url"}
+        assert not [i for i in d.declared if i.type == "random:index/randomPassword:RandomPassword"
+                    and i.name in ("postgres-password", "redis-password")]
+        for item in declared_objects(d):
+            if item.props["kind"] != "Secret":
+                assert not _holds_secret(item.inputs) and MOCK_SECRET_MARK not in json.dumps(
+                    [str(leaf) for leaf in plain_parts(item.inputs)]), item.name
+            else:
+                assert is_secret_value(item.inputs["stringData"])
+        for (kind, _), manifest in found.items():
+            if kind in BUILT_IN_KINDS:
+                kubernetes_validate.validate(manifest, "1.33", strict=True)
+    return checked("k8s-prod", check, overrides=EXTERNAL, secrets=EXTERNAL_SECRETS)
 
 
 def test_reachability_function_sees_a_missing_policy():
