@@ -40,12 +40,26 @@ def container(props: dict, index: int = 0) -> dict:
     return spec["containers"][index]
 
 
-@pytest.mark.parametrize("stack", ["k8s-dev", "k8s-prod"])
+NODES = {  # name -> (stack, run_program kwargs)
+    "k8s-dev": ("k8s-dev", {}),
+    "k8s-prod": ("k8s-prod", {}),
+    "k8s-dev-picker-gateway-api": ("k8s-dev", {"overrides": {"kubernetes": {
+        "endpoint_picker": "inference-extension", "inference_gateway_class": "kgateway",
+        "edge": "gateway-api", "gateway_api_parent": "edge/public"}}}),
+    "k8s-prod-external-data": ("k8s-prod", {
+        "overrides": {"kubernetes": {"data_stores": "external", "external_data_cidrs": ["10.20.0.0/24"]}},
+        "secrets": {"external_database_url": f"postgresql://u:{MOCK_SECRET_MARK}@10.20.0.5/db",
+                    "external_redis_url": f"redis://:{MOCK_SECRET_MARK}@10.20.0.6:6379/0"}}),
+}
+
+
+@pytest.mark.parametrize("node_name", NODES)
 @pytest.mark.parametrize("policy_name", [p.name for p in POLICIES])  # the Docker rules too
 @pulumi.runtime.test
-def test_declared_k8s_node_complies(policy_name, stack):
+def test_declared_k8s_node_complies(policy_name, node_name):
     assert set(K8S_POLICIES) <= {p.name for p in POLICIES}
-    return with_k8s_node(stack, lambda node: _assert_clean(policy_name, node))
+    stack, kwargs = NODES[node_name]
+    return with_k8s_node(stack, lambda node: _assert_clean(policy_name, node), **kwargs)
 
 
 def _assert_clean(policy_name: str, node: Node) -> None:
