@@ -43,6 +43,7 @@ APP = "llm-node"
 COMPONENT = "app.kubernetes.io/component"
 JOB_LABEL = "llm-node.io/job"  # the Services' label ServiceMonitors take the job name from
 DASHBOARD_LABEL = "grafana_dashboard"  # kube-prometheus-stack's Grafana sidecar default label
+DATASOURCE_LABEL = "grafana_datasource"  # ... and its datasource sidecar's
 
 ENGINE = "engine"
 GATEWAY = naming.GATEWAY
@@ -908,8 +909,8 @@ def network_policies(settings: NodeSettings) -> list[Manifest]:
 
 
 def _observability(plan: Plan, settings: NodeSettings, meta) -> None:
-    from grafana.render import render_dashboards
-    from prometheus.render import rule_files
+    from grafana.render import provisioning_files, render_dashboards
+    from prometheus.render import SCRAPE_INTERVAL, rule_files
 
     k8s = settings.kubernetes
     release = {"release": k8s.prometheus_release_label}  # kube-prometheus-stack's default selector
@@ -920,7 +921,8 @@ def _observability(plan: Plan, settings: NodeSettings, meta) -> None:
                      "namespaceSelector": {"matchNames": [k8s.namespace]},
                      # job = the Service's llm-node.io/job label: "vllm" / "gateway", as the rules expect.
                      "jobLabel": JOB_LABEL,
-                     "endpoints": [{"port": port, "path": "/metrics", "interval": "15s"}]},
+                     # The Docker target's scrape interval: the rules' and dashboards' rate windows assume it.
+                     "endpoints": [{"port": port, "path": "/metrics", "interval": SCRAPE_INTERVAL}]},
         }))
     for file_name, text in rule_files().items():
         name = file_name.removesuffix(".rules.yml").replace("_", "-")
@@ -928,6 +930,17 @@ def _observability(plan: Plan, settings: NodeSettings, meta) -> None:
             "metadata": meta(name, "observability", extra_labels=release),
             "spec": {"groups": yaml.safe_load(text)["groups"]},
         }))
+    # The dashboards query a fixed datasource uid: provision it for Grafana's datasource sidecar
+    # (kube-prometheus-stack: label grafana_datasource), from the Docker target's provisioning
+    # file, not as the default (the chart's own Prometheus datasource is).
+    datasources = yaml.safe_load(next(text for path, text in provisioning_files(k8s.prometheus_url).items()
+                                      if path.startswith("provisioning/datasources/")))
+    for datasource in datasources["datasources"]:
+        datasource |= {"name": "llm-node Prometheus", "isDefault": False}
+    plan.add(Manifest("v1", "ConfigMap", "grafana-datasource", {
+        "metadata": meta("grafana-datasource", "observability", extra_labels={DATASOURCE_LABEL: "1"}),
+        "data": {"llm-node-datasource.yaml": yaml.safe_dump(datasources, sort_keys=False)},
+    }))
     for file_name, text in render_dashboards().items():
         name = f"dashboard-{file_name.removesuffix('.json')}"
         plan.add(Manifest("v1", "ConfigMap", name, {

@@ -528,9 +528,14 @@ def test_monitoring_resources(stack):
         dashboards = [m for (kind, _), m in found.items() if kind == "ConfigMap"
                       and m["metadata"]["labels"].get("grafana_dashboard") == "1"]
         assert len(dashboards) == 3
+        (datasource_map,) = [m for (kind, _), m in found.items() if kind == "ConfigMap"
+                             and m["metadata"]["labels"].get("grafana_datasource") == "1"]
+        (datasource,) = yaml.safe_load(next(iter(datasource_map["data"].values())))["datasources"]
+        assert datasource["url"] == settings.kubernetes.prometheus_url and datasource["isDefault"] is False
         for dashboard in dashboards:
             (text,) = dashboard["data"].values()
-            assert json.loads(text)["uid"]
+            uids = set(re.findall(r'"uid": "([^"]+)"', text))
+            assert datasource["uid"] in uids  # the panels' datasource is the provisioned one
     return checked(stack, check)
 
 
