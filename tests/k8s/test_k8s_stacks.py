@@ -75,6 +75,12 @@ def test_exact_workloads_services_policies_volumes_secrets(stack):
         assert names(found, "ServiceMonitor") == {"engine", "gateway"}
         assert names(found, "PrometheusRule") == {"alerts", "recording"}
         assert set(charts(d)) == {"traefik"}
+        # The data stores' own claims (volumeClaimTemplates), on the stack's storage class.
+        storage_class = load_stack_settings(stack).kubernetes.storage_class
+        claims = {name: [(t["metadata"]["name"], t["spec"]["storageClassName"])
+                         for t in found[("StatefulSet", name)]["spec"].get("volumeClaimTemplates", [])]
+                  for name in names(found, "StatefulSet")}
+        assert claims == {"engine": [], "postgres": [("data", storage_class)], "redis": [("data", storage_class)]}
         # Nothing of the Docker target is declared on a cluster.
         assert not [item for item in d.declared if item.type.startswith("docker:index/container")]
         assert {i.type for i in d.declared if i.type.startswith("docker:")} == {"docker:index/image:Image"}
