@@ -44,8 +44,8 @@ import aiohttp  # noqa: E402
 from scripts.bench.nginx_upstream import NginxUpstream  # noqa: E402
 from scripts.bench.report import ms, percentile, print_table  # noqa: E402
 from scripts.bench.stack_floor import StackFloor  # noqa: E402
-from tests.support.gateway_fixtures import start_gateway  # noqa: E402
-from tests.support.services import ensure_shared_postgres, ensure_shared_redis, shared_postgres_admin_dsn  # noqa: E402
+from scripts.devnode.gateway import start_gateway  # noqa: E402
+from scripts.devnode.local_services import admin_dsn as postgres_admin_dsn, ensure_redis  # noqa: E402
 
 PATH = "/v1/chat/completions"
 BIG = 1_000_000_000
@@ -110,9 +110,8 @@ def wrk(url: str, headers: dict, body: bytes, connections: int, duration: int, t
 
 
 def create_database() -> tuple[str, str]:
-    ensure_shared_postgres()
-    ensure_shared_redis()
-    admin_dsn = shared_postgres_admin_dsn()
+    ensure_redis()
+    admin_dsn = postgres_admin_dsn()
     name = f"llmnode_bench_{uuid.uuid4().hex[:8]}"
     subprocess.run(["psql", admin_dsn, "-qc", f"CREATE DATABASE {name}"], check=True)
     return admin_dsn, admin_dsn.rsplit("/", 1)[0] + f"/{name}"

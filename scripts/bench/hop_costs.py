@@ -35,7 +35,7 @@ from llm_gateway.limiter import _ScriptRunner, _script, create_redis  # noqa: E4
 from scripts.bench.gateway_overhead import body_for  # noqa: E402
 from scripts.bench.nginx_upstream import NginxUpstream  # noqa: E402
 from scripts.bench.report import ms, percentile, print_table  # noqa: E402
-from tests.support.services import ensure_shared_redis  # noqa: E402
+from scripts.devnode.local_services import ensure_redis  # noqa: E402
 
 BIG = 1_000_000_000
 KEYS = ("rl:v1:{hop-costs}:b", "rl:v1:{hop-costs}:c")
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pause-ms", type=float, default=5.0, help="idle pause before each call (5 ms = 200 req/s)")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     args = parser.parse_args(argv)
-    ensure_shared_redis()
+    ensure_redis()
     upstream = NginxUpstream(Path(tempfile.mkdtemp(prefix="hop-costs-"))).start()
     try:
         rows = uvloop.run(measure(upstream.url, upstream.port, args.redis_url, args.calls, args.pause_ms / 1000))

@@ -1,6 +1,6 @@
 """A private local node for the benchmarks and the load test.
 
-Built from the test suite's building blocks (``tests/support``) and ``services/launch.py``,
+Built from the local node's building blocks (``scripts/devnode``) and ``services/launch.py``,
 so it starts exactly what ``make test`` and ``make dev`` start: the real CPU vLLM (or an
 engine you point it at), a ``python -m llm_gateway`` process on free ports, a fresh
 PostgreSQL database with the gateway's migrations, and the machine's Redis. Keys are made
@@ -33,9 +33,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from services.launch import GATEWAY_SECRET_ENV  # noqa: E402
-from tests.support import gateway_fixtures as fixtures  # noqa: E402
-from tests.support.engine import SERVED_MODEL, Engine, start_engine  # noqa: E402
-from tests.support.services import ensure_shared_postgres, ensure_shared_redis, shared_postgres_admin_dsn  # noqa: E402
+from scripts.devnode import gateway as fixtures  # noqa: E402
+from scripts.devnode.engine import Engine, served_model_name, start_engine  # noqa: E402
+from scripts.devnode.local_services import admin_dsn as postgres_admin_dsn, ensure_redis  # noqa: E402
 
 # Environment variable naming an engine that is already running (skips a ~1 min start).
 ENGINE_URL_ENV = "LLM_NODE_BENCH_ENGINE_URL"
@@ -49,9 +49,9 @@ def served_model(engine_url: str) -> str:
         with urllib.request.urlopen(engine_url + "/v1/models", timeout=10) as response:
             cards = json.load(response)["data"]
     except OSError:
-        return SERVED_MODEL  # not reachable (yet): the benchmarks that need it will say so
+        return served_model_name()  # not reachable (yet): the benchmarks that need it will say so
     base = [card["id"] for card in cards if not card.get("parent")]
-    return (base or [SERVED_MODEL])[0]
+    return (base or [served_model_name()])[0]
 
 
 def engine_url_from_env() -> str | None:
@@ -101,9 +101,8 @@ class LocalNode:
                 print("starting a private CPU vLLM (about a minute) ...", file=sys.stderr, flush=True)
                 engine = start_engine(log_dir)
                 cleanup.callback(engine.proc.stop)
-            ensure_shared_postgres()
-            ensure_shared_redis()
-            admin_dsn = shared_postgres_admin_dsn()
+            ensure_redis()
+            admin_dsn = postgres_admin_dsn()
             name = f"llmnode_bench_{uuid.uuid4().hex[:10]}"
             subprocess.run(["psql", admin_dsn, "-qc", f"CREATE DATABASE {name}"], check=True)
             cleanup.callback(subprocess.run, ["psql", admin_dsn, "-qc", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"],

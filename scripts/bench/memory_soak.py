@@ -19,7 +19,7 @@ from collections import Counter
 
 import aiohttp
 
-from tests.support.procs import ManagedProcess, free_port, http_ok
+from scripts.devnode.processes import ManagedProcess, free_port, http_ok
 
 from .client import auth, chat_body
 from .localnode import ROOT, LocalNode

@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.support.procs import ManagedProcess, free_port, port_open
+from scripts.devnode.processes import ManagedProcess, free_port, port_open
 
 MODEL = "bench-model"
 

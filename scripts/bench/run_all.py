@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     engine_url = engine_url_from_env()
     engine = None
     if not engine_url:
-        from tests.support.engine import start_engine
+        from scripts.devnode.engine import start_engine
 
         print("starting a private CPU vLLM for the benchmarks (about a minute) ...", flush=True)
         engine = start_engine(Path(tempfile.mkdtemp(prefix="llmnode-bench-engine-")))

@@ -83,7 +83,7 @@ class StackFloor:
 
     def __init__(self, upstream_url: str, log_dir: Path, *, workers: int = 2, with_redis: bool = True,
                  redis_url: str = "redis://127.0.0.1:6379/0"):
-        from tests.support.procs import free_port
+        from scripts.devnode.processes import free_port
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -97,7 +97,7 @@ class StackFloor:
         self._proc = None
 
     def start(self) -> "StackFloor":
-        from tests.support.procs import ManagedProcess, port_open
+        from scripts.devnode.processes import ManagedProcess, port_open
 
         root = Path(__file__).resolve().parents[2]
         self._proc = ManagedProcess(self.name, self._argv, self._log_dir, env=self._env, cwd=root)

@@ -9,22 +9,14 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import time
-from pathlib import Path
+
+from .paths import CACHE
+from .processes import port_open
 
 POSTGRES = ("127.0.0.1", 5432)
 REDIS = ("127.0.0.1", 6379)
-CACHE = Path(os.environ.get("LLM_NODE_CACHE", Path.home() / ".cache" / "llm-node"))
-
-
-def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def wait_port(addr: tuple[str, int], timeout: float, what: str) -> None:
@@ -103,3 +95,11 @@ def ensure_database(admin_dsn: str, name: str) -> str:
     if not exists:
         subprocess.run(["psql", admin_dsn, "-qc", f"CREATE DATABASE {name}"], check=True)
     return admin_dsn.rsplit("/", 1)[0] + f"/{name}"
+
+
+def admin_dsn() -> str:
+    """The admin DSN of the PostgreSQL on 127.0.0.1 (trust auth on loopback), started if absent.
+
+    LLM_NODE_TEST_PG_ADMIN_DSN names another (a machine where user postgres needs a password).
+    """
+    return os.environ.get("LLM_NODE_TEST_PG_ADMIN_DSN") or ensure_postgres()

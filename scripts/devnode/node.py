@@ -11,10 +11,8 @@ import dataclasses
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +20,13 @@ from pathlib import Path
 from services.launch import (GATEWAY_SECRET_ENV, EngineSpec, GatewaySpec, engine_env, engine_process_argv,
                              gateway_env, gateway_process_argv)
 
-from .local_services import CACHE, ensure_database, ensure_postgres, ensure_redis
+from .engine import local_engine_spec
+from .local_services import ensure_database, ensure_postgres, ensure_redis
+from .paths import ENGINE_PYTHON
+from .processes import DetachedProcess, http_ok
 
 ROOT = Path(__file__).resolve().parents[2]
 STATE = Path(os.environ.get("LLM_NODE_DEV_DIR", ROOT / ".dev"))
-ENGINE_PYTHON = Path(os.environ.get("ENGINE_VENV", CACHE / "venv-engine")) / "bin" / "python"
-TINY_MODEL_DIR = Path(os.environ.get("TINY_MODEL_DIR", CACHE / "models" / "tiny-llama"))
 PROJECT_PYTHON = sys.executable
 
 
@@ -42,69 +41,15 @@ def dev_specs(ports: DevPorts) -> tuple[EngineSpec, GatewaySpec]:
     """The dev stack's engine and gateway specs, re-pointed at local paths and ports."""
     from stacks.config import load_stack_specs
 
-    engine, gateway = load_stack_specs("dev")
-    engine = dataclasses.replace(engine, model=str(TINY_MODEL_DIR), host="127.0.0.1", port=ports.engine,
-                                 lora_modules={})
+    _, gateway = load_stack_specs("dev")
+    engine = local_engine_spec(ports.engine)
     gateway = dataclasses.replace(gateway, engines=[f"http://127.0.0.1:{ports.engine}"], host="127.0.0.1",
                                   port=ports.gateway, metrics_port=ports.metrics)
     return engine, gateway
 
 
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except Exception:
-        return False
-
-
-class Process:
-    """A detached background process with a pid file and a log file under .dev/."""
-
-    def __init__(self, name: str):
-        self.name = name
-        self.pid_file = STATE / f"{name}.pid"
-        self.log_file = STATE / "logs" / f"{name}.log"
-
-    def pid(self) -> int | None:
-        try:
-            pid = int(self.pid_file.read_text())
-            os.kill(pid, 0)
-            return pid
-        except (OSError, ValueError):
-            return None
-
-    def start(self, argv: list[str], env: dict[str, str]) -> None:
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file, "ab") as log:
-            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=os.environ | env,
-                                    cwd=ROOT, start_new_session=True)
-        self.pid_file.write_text(str(proc.pid))
-
-    def wait_healthy(self, url: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.pid() is None:
-                tail = "\n".join(self.log_file.read_text(errors="replace").splitlines()[-30:])
-                raise RuntimeError(f"{self.name} exited during start-up; last log lines:\n{tail}")
-            if _http_ok(url):
-                return
-            time.sleep(0.5)
-        raise TimeoutError(f"{self.name} not healthy at {url} after {timeout:.0f}s (log: {self.log_file})")
-
-    def stop(self, timeout: float = 30) -> bool:
-        pid = self.pid()
-        if pid is None:
-            self.pid_file.unlink(missing_ok=True)
-            return False
-        os.killpg(pid, signal.SIGTERM)  # graceful: the gateway drains and flushes usage
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.pid() is not None:
-            time.sleep(0.2)
-        if self.pid() is not None:
-            os.killpg(pid, signal.SIGKILL)
-        self.pid_file.unlink(missing_ok=True)
-        return True
+def _process(name: str) -> DetachedProcess:
+    return DetachedProcess(name, STATE)
 
 
 def _secret(name: str) -> str:
@@ -131,7 +76,7 @@ def start(ports: DevPorts = DevPorts()) -> dict[str, str]:
     database_url = ensure_database(admin_dsn, "llmnode_dev")
     redis_url = ensure_redis() + "/1"
 
-    engine, gateway = Process("engine"), Process("gateway")
+    engine, gateway = _process("engine"), _process("gateway")
     external_engine = os.environ.get("LLM_NODE_DEV_ENGINE_URL")  # reuse a running engine (tests do)
     if external_engine:
         gateway_spec = dataclasses.replace(gateway_spec, engines=[external_engine.rstrip("/")])
@@ -139,8 +84,8 @@ def start(ports: DevPorts = DevPorts()) -> dict[str, str]:
         if engine.pid() is None:
             print(f"starting vLLM (CPU) on 127.0.0.1:{ports.engine}; first start takes about a minute ...",
                   flush=True)
-            engine.start(engine_process_argv(engine_spec, str(ENGINE_PYTHON)), engine_env(engine_spec))
-        engine.wait_healthy(f"http://127.0.0.1:{ports.engine}/health", 600)
+            engine.start(engine_process_argv(engine_spec, str(ENGINE_PYTHON)), engine_env(engine_spec), ROOT)
+        engine.wait_until(lambda: http_ok(f"http://127.0.0.1:{ports.engine}/health"), 600, "healthy")
 
     _admin(["migrate"], database_url)
     if gateway.pid() is None:
@@ -149,8 +94,8 @@ def start(ports: DevPorts = DevPorts()) -> dict[str, str]:
             GATEWAY_SECRET_ENV["redis_url"]: redis_url,
             GATEWAY_SECRET_ENV["admin_token"]: _secret("admin-token"),
         }
-        gateway.start(gateway_process_argv(PROJECT_PYTHON), gateway_env(gateway_spec) | secret_env)
-    gateway.wait_healthy(f"http://127.0.0.1:{ports.gateway}/readyz", 120)
+        gateway.start(gateway_process_argv(PROJECT_PYTHON), gateway_env(gateway_spec) | secret_env, ROOT)
+    gateway.wait_until(lambda: http_ok(f"http://127.0.0.1:{ports.gateway}/readyz"), 120, "ready")
 
     env_file = STATE / "env"
     key = _existing_key(env_file) or json.loads(_admin(
@@ -180,8 +125,8 @@ def _existing_key(env_file: Path) -> str | None:
 
 def stop() -> list[str]:
     # Gateway first, so in-flight requests drain while the engine still answers.
-    return [name for name in ("gateway", "engine") if Process(name).stop()]
+    return [name for name in ("gateway", "engine") if _process(name).stop()]
 
 
 def status() -> dict[str, int | None]:
-    return {name: Process(name).pid() for name in ("engine", "gateway")}
+    return {name: _process(name).pid() for name in ("engine", "gateway")}

@@ -9,18 +9,15 @@ copy, which is the path an operator's adapter takes on a node.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
+from scripts.devnode.paths import QUANTIZE_PYTHON, TINY_ADAPTER_DIR, TINY_MODEL_DIR
 from services.engine.adapter_sanitizer import Policy, sanitize_adapter
 
 REPO = Path(__file__).resolve().parents[2]
-CACHE = Path(os.environ.get("LLM_NODE_CACHE", Path.home() / ".cache" / "llm-node"))
-QUANTIZE_PYTHON = Path(os.environ.get("QUANTIZE_VENV", CACHE / "venv-quantize")) / "bin" / "python"
-TINY_MODEL_DIR = Path(os.environ.get("TINY_MODEL_DIR", CACHE / "models" / "tiny-llama"))
-TINY_ADAPTER_CACHE = CACHE / "adapters" / "tiny-lora"
+TINY_ADAPTER_CACHE = TINY_ADAPTER_DIR
 
 STATIC_ADAPTER = "tiny-lora"
 # The session engine's --max-lora-rank (tests/support/engine.py).

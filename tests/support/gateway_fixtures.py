@@ -23,20 +23,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import secrets
-import sys
-from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Iterable
 
 import pytest
 import pytest_asyncio
 
-from services.launch import GATEWAY_SECRET_ENV, GatewaySpec, gateway_env, gateway_process_argv
-from tests.support.procs import ManagedProcess, free_port, http_ok
-from tests.support.scrape import metric_sum, scrape
+from scripts.devnode.gateway import ADMIN_TOKEN, Gateway, start_gateway
 
-ADMIN_TOKEN = "test-admin-" + secrets.token_hex(8)
+__all__ = ["ADMIN_TOKEN", "Gateway", "start_gateway", "key_id_of"]
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
@@ -86,65 +81,6 @@ def make_key(migrated_database_url):
 
 
 # -- gateways --------------------------------------------------------------------------------------
-
-@dataclass
-class Gateway:
-    spec: GatewaySpec
-    proc: ManagedProcess
-    admin_token: str
-    database_url: str
-    redis_url: str
-    url: str = field(init=False)
-    metrics_url: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.url = f"http://127.0.0.1:{self.spec.port}"
-        self.metrics_url = f"http://127.0.0.1:{self.spec.metrics_port}/metrics"
-
-    def metrics_text(self) -> str:
-        return scrape(self.metrics_url)
-
-    def metric(self, name: str, **labels: str) -> float:
-        """Sum of the samples named ``name`` whose labels include ``labels`` (0.0 if none)."""
-        return metric_sum(self.metrics_text(), name, **labels)
-
-    def log_tail(self, lines: int = 60) -> str:
-        return self.proc.log_tail(lines)
-
-    def log_text(self) -> str:
-        return Path(self.proc.log_path).read_text(errors="replace")
-
-    def signal(self, sig: int) -> None:
-        self.proc.signal(sig)
-
-    def alive(self) -> bool:
-        return self.proc.alive()
-
-    def stop(self, timeout: float = 30.0) -> int | None:
-        return self.proc.stop(timeout)
-
-
-def start_gateway(log_dir: Path, *, database_url: str, redis_url: str, admin_token: str | None = ADMIN_TOKEN,
-                  wait_ready: bool = True, name: str | None = None, **spec_fields) -> Gateway:
-    spec_fields.setdefault("host", "127.0.0.1")
-    spec_fields.setdefault("port", free_port())
-    spec_fields.setdefault("metrics_port", free_port())
-    spec = GatewaySpec(**spec_fields)
-    env = gateway_env(spec)
-    env[GATEWAY_SECRET_ENV["database_url"]] = database_url
-    env[GATEWAY_SECRET_ENV["redis_url"]] = redis_url
-    if admin_token:
-        env[GATEWAY_SECRET_ENV["admin_token"]] = admin_token
-    proc = ManagedProcess(name or f"gateway-{spec.port}", gateway_process_argv(sys.executable), log_dir, env=env)
-    gateway = Gateway(spec, proc, admin_token or "", database_url, redis_url)
-    try:
-        path = "/readyz" if wait_ready else "/healthz"
-        proc.wait_until(lambda: http_ok(gateway.url + path), 90, "ready" if wait_ready else "live")
-    except Exception:
-        proc.stop()
-        raise
-    return gateway
-
 
 @pytest.fixture
 def gateway_factory(log_dir, migrated_database_url, redis_url, engine):

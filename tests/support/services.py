@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .procs import ManagedProcess, free_port, port_open
 
-from scripts.devnode.local_services import ensure_postgres, ensure_redis, pg_bin as _pg_bin
+from scripts.devnode.local_services import admin_dsn, ensure_postgres, ensure_redis, pg_bin as _pg_bin
 
 
 def ensure_shared_postgres() -> None:
@@ -28,8 +28,7 @@ def ensure_shared_redis() -> None:
 
 
 def shared_postgres_admin_dsn() -> str:
-    # Trust auth on this machine's loopback; CI machines are set up the same way.
-    return os.environ.get("LLM_NODE_TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+    return admin_dsn()
 
 
 class ThrowawayRedis:

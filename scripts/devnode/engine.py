@@ -1,0 +1,61 @@
+"""The real CPU vLLM as a local process: the dev stack's engine settings (stacks/Pulumi.dev.yaml,
+read by stacks/config.py, started by services/launch.py), with a local model directory and
+port. The dev node, the tests (once per session) and the benchmarks start it this way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from services.launch import EngineSpec, engine_env, engine_process_argv
+
+from .paths import ENGINE_PYTHON, TINY_MODEL_DIR
+from .processes import ManagedProcess, free_port, http_ok
+from .scrape import metric_sum, scrape
+
+START_TIMEOUT_SECONDS = 300
+
+
+def local_engine_spec(port: int, *, lora_modules: Mapping[str, str] | None = None,
+                      model_dir: Path = TINY_MODEL_DIR) -> EngineSpec:
+    """The dev stack's engine on 127.0.0.1:``port``, serving ``model_dir`` (and ``lora_modules``)."""
+    from stacks.config import load_stack_specs
+
+    engine, _ = load_stack_specs("dev")
+    return dataclasses.replace(engine, model=str(model_dir), host="127.0.0.1", port=port,
+                               lora_modules=dict(lora_modules or {}))
+
+
+def served_model_name() -> str:
+    return local_engine_spec(free_port()).served_model_name
+
+
+@dataclass
+class Engine:
+    url: str
+    model: str
+    proc: ManagedProcess | None = None
+
+    def metrics_text(self) -> str:
+        return scrape(self.url + "/metrics")
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples named ``name`` whose labels include ``labels`` (0.0 if none)."""
+        return metric_sum(self.metrics_text(), name, **labels)
+
+
+def start_engine(log_dir: Path, lora_modules: Mapping[str, str] | None = None) -> Engine:
+    if not ENGINE_PYTHON.exists():
+        raise RuntimeError(f"{ENGINE_PYTHON} missing: run scripts/bootstrap")
+    spec = local_engine_spec(free_port(), lora_modules=lora_modules)
+    proc = ManagedProcess("vllm", engine_process_argv(spec, str(ENGINE_PYTHON)), log_dir, env=engine_env(spec))
+    url = f"http://127.0.0.1:{spec.port}"
+    try:
+        proc.wait_until(lambda: http_ok(url + "/health"), START_TIMEOUT_SECONDS, "healthy")
+    except Exception:
+        proc.stop()
+        raise
+    return Engine(url=url, model=spec.served_model_name, proc=proc)
