@@ -182,12 +182,17 @@ def _resources(cpu: str, memory: str, extra: Mapping[str, str] | None = None) ->
     return {"requests": dict(requests), "limits": dict(requests)}
 
 
-def _security(add: Sequence[str] = ()) -> dict[str, Any]:
+def _security(add: Sequence[str] = (), *, non_root_uid: int | None = None) -> dict[str, Any]:
     context: dict[str, Any] = {"privileged": False, "allowPrivilegeEscalation": False,
                                "capabilities": {"drop": ["NET_RAW"]}}
     if add:
         context["capabilities"]["add"] = list(add)
+    if non_root_uid is not None:  # an image whose Dockerfile sets USER <uid>: nothing in it needs root
+        context |= {"runAsNonRoot": True, "runAsUser": non_root_uid, "capabilities": {"drop": ["ALL"]}}
     return context
+
+
+GATEWAY_UID = 10001  # services/gateway/Dockerfile: USER 10001
 
 
 def _pvc(name: str, namespace: str, prefix: str, component: str, storage_class: str, gib: int,
@@ -589,7 +594,7 @@ def _gateway(plan: Plan, settings: NodeSettings, images: Images, meta) -> None:
                         "command": MIGRATE_ARGV,
                         "env": _env({GATEWAY_SECRETS_DIR_ENV: SECRETS_DIR}),
                         "resources": _resources("250m", "256Mi"),
-                        "securityContext": _security(),
+                        "securityContext": _security(non_root_uid=GATEWAY_UID),
                         "volumeMounts": [secrets_mount],
                     }],
                     "volumes": [{"name": "secrets", "secret": {"secretName": MIGRATE, "defaultMode": 0o444}}],
@@ -621,7 +626,7 @@ def _gateway(plan: Plan, settings: NodeSettings, images: Images, meta) -> None:
                         "readinessProbe": _http_probe("/readyz", "http", period=5, timeout=3, failures=3),
                         "livenessProbe": _http_probe("/healthz", "http", period=10, timeout=5, failures=5),
                         "resources": _resources(k8s.gateway_cpu, k8s.gateway_memory),
-                        "securityContext": _security(),
+                        "securityContext": _security(non_root_uid=GATEWAY_UID),
                         "volumeMounts": [secrets_mount],
                     }],
                     "volumes": [secrets_volume],

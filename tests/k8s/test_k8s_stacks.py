@@ -598,3 +598,19 @@ def test_optional_inference_extension_picker_and_gateway_api_edge():
             if kind in BUILT_IN_KINDS:
                 kubernetes_validate.validate(manifest, "1.33", strict=True)
     return checked("k8s-dev", check, overrides=overrides)
+
+
+@pulumi.runtime.test
+def test_the_gateway_runs_as_its_image_s_non_root_user():
+    from pathlib import Path
+
+    dockerfile = (Path(manifests.__file__).resolve().parents[2] / "services" / "gateway" / "Dockerfile").read_text()
+    assert f"USER {manifests.GATEWAY_UID}" in dockerfile
+
+    def check(d: Deployment):
+        found = objects(d)
+        for kind, name in (("Deployment", "gateway"), ("Job", "gateway-migrate")):
+            context = found[(kind, name)]["spec"]["template"]["spec"]["containers"][0]["securityContext"]
+            assert context["runAsNonRoot"] is True and context["runAsUser"] == manifests.GATEWAY_UID
+            assert context["capabilities"] == {"drop": ["ALL"]}
+    return checked("k8s-dev", check)
