@@ -83,3 +83,28 @@ def test_external_data_stores_need_their_addresses_and_only_apply_to_kubernetes(
         parse_settings(values, "k8s-prod", secrets_present=both)
     with pytest.raises(ConfigError, match=r"^llm-node:external_database_url: applies only to target: kubernetes"):
         parse_settings(read_stack_values("prod"), "prod", secrets_present=both[:1])
+
+
+@pulumi.runtime.test
+def test_the_kubernetes_stack_reads_its_config_as_a_real_run_passes_it():
+    """PULUMI_CONFIG / PULUMI_CONFIG_SECRET_KEYS, as the language host hands them over; external secrets flagged."""
+    secrets = {"external_database_url": f"postgresql://u:{MOCK_SECRET_MARK}@10.20.0.5/db",
+               "external_redis_url": f"redis://:{MOCK_SECRET_MARK}@10.20.0.6:6379/0"}
+    overrides = {"kubernetes": {"data_stores": "external", "external_data_cidrs": ["10.20.0.0/24"]}}
+    deployment = run_program("k8s-prod", overrides=overrides, secrets=secrets, config_via_env=True)
+
+    def check(d):
+        assert d.outputs["namespace"] == "llm-node"
+    return deployment.ready().apply(check)
+
+
+def test_an_external_url_in_plain_text_is_refused():
+    @pulumi.runtime.test
+    def deploy():
+        return run_program("k8s-prod", overrides={"kubernetes": {"data_stores": "external",
+                                                                 "external_data_cidrs": ["10.20.0.0/24"]}},
+                           secrets={"external_database_url": "postgresql://u:p@h/db", "external_redis_url": "redis://h"},
+                           plaintext_secrets=True).ready()
+
+    with pytest.raises(ConfigError, match=r"^llm-node:external_\w+_url: is stored in plain text"):
+        deploy()
