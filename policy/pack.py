@@ -8,8 +8,9 @@ from pulumi_policy import (EnforcementLevel, PolicyConfigSchema, ReportViolation
                            ResourceValidationPolicy, StackValidationArgs, StackValidationPolicy)
 
 try:  # imported as the package `policy` (tests) or run from this directory by the Pulumi CLI
-    from . import rules
+    from . import k8s_rules, rules
 except ImportError:
+    import k8s_rules  # type: ignore[no-redef]
     import rules  # type: ignore[no-redef]
 
 PACK_NAME = "llm-node"
@@ -91,4 +92,59 @@ POLICIES = [
         rules.no_docker_socket,
         "Give the container what it reads from Docker as files instead (Traefik: dynamic/routes.yml, "
         "stacks/traefik.py)."),
+]
+
+
+# -- the kubernetes target (policy/k8s_rules.py) ---------------------------------------------------------
+
+
+def _k8s_network_policies(args: StackValidationArgs, report_violation: ReportViolation) -> None:
+    resources = [rules.Resource(r.resource_type, r.name, r.props) for r in args.resources]
+    urns = {r.name: r.urn for r in args.resources}
+    for name, message in k8s_rules.network_policy_for_every_workload(resources):
+        report_violation(f"{name}: {message}", urns.get(name))
+
+
+POLICIES += [
+    _resource_policy(
+        "k8s-edge-only-external-service",
+        "No Service of type LoadBalancer or NodePort except the edge's (Traefik), and no chart but the edge's "
+        "asks for one.",
+        k8s_rules.no_external_services,
+        "Use a ClusterIP Service and route through the edge (Ingress/HTTPRoute)."),
+    _resource_policy(
+        "k8s-probes-and-resources",
+        "Every long-running container has readiness and liveness probes; every container has cpu and memory "
+        "requests and limits.",
+        k8s_rules.probes_and_resources,
+        "Add readinessProbe/livenessProbe and resources.requests/limits (stacks/kubernetes/manifests.py)."),
+    _resource_policy(
+        "k8s-no-privilege",
+        "No privileged container, privilege escalation, added capability (but SYS_NICE), host namespace, "
+        "hostPath volume or hostPort.",
+        k8s_rules.no_privilege,
+        "Set securityContext.privileged: false and allowPrivilegeEscalation: false; drop the host access."),
+    _resource_policy(
+        "k8s-pinned-images",
+        "Every pod's container images, every chart version and chart image tag are pinned.",
+        k8s_rules.pinned_images,
+        "Pin a version tag or digest (stacks/images.py, the stack's kubernetes.*_chart_version)."),
+    _resource_policy(
+        "k8s-no-secret-env",
+        "No secret in a pod's env or argv: not as a value, not from secretKeyRef, not through envFrom; Secrets "
+        "are mounted as files.",
+        k8s_rules.no_secret_env,
+        "Mount the Secret as a volume and point the service at the file (GATEWAY_SECRETS_DIR, *_FILE).",
+        config_schema=PolicyConfigSchema(properties={"allowedSecretEnv": {
+            "type": "array", "items": {"type": "string"}, "default": list(rules.DEFAULT_ALLOWED_SECRET_ENV),
+            "description": "Env vars allowed to hold a secret."}}),
+        rule_kwargs=lambda args: {"allowed_env": args.get_config().get("allowedSecretEnv",
+                                                                        rules.DEFAULT_ALLOWED_SECRET_ENV)}),
+    StackValidationPolicy(
+        name="k8s-network-policy-for-every-workload",
+        description="A namespace with workloads has a default-deny NetworkPolicy, and every workload is selected by "
+                    "a NetworkPolicy of its own.",
+        validate=_k8s_network_policies,
+        enforcement_level=MANDATORY,
+        remediation_steps="Add the workload's flows to stacks/kubernetes/manifests.py:network_policies()."),
 ]

@@ -138,6 +138,7 @@ class GatewaySpec:
     circuit_failure_threshold: int = 3
     circuit_open_seconds: float = 5.0
     model_refresh_seconds: float = 30.0
+    engine_dns_ttl_seconds: int = 300  # engine host names re-resolved this often (Kubernetes: per-pod names)
 
     def __post_init__(self) -> None:
         if not self.engines:
@@ -184,6 +185,7 @@ def gateway_env(spec: GatewaySpec) -> dict[str, str]:
         "GATEWAY_CIRCUIT_FAILURE_THRESHOLD": str(spec.circuit_failure_threshold),
         "GATEWAY_CIRCUIT_OPEN_SECONDS": str(spec.circuit_open_seconds),
         "GATEWAY_MODEL_REFRESH_SECONDS": str(spec.model_refresh_seconds),
+        "GATEWAY_ENGINE_DNS_TTL_SECONDS": str(spec.engine_dns_ttl_seconds),
     }
 
 

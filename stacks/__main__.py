@@ -19,9 +19,14 @@ from stacks.jobs import DockerJobHistory  # noqa: E402
 from stacks.node import Node, NodeArgs  # noqa: E402
 
 config = load_node_config()
-docker_host = docker.Provider("docker-host", host=config.settings.docker_host)
-node = Node("llm-node", NodeArgs(config=config, job_history=DockerJobHistory(config.settings.docker_host)),
-            opts=pulumi.ResourceOptions(providers=[docker_host]))
+if config.settings.target == "kubernetes":  # the same settings on a cluster (stacks/kubernetes/)
+    from stacks.kubernetes.node import KubernetesNode, KubernetesNodeArgs  # noqa: E402
+
+    node = KubernetesNode("llm-node", KubernetesNodeArgs(config=config))
+else:
+    docker_host = docker.Provider("docker-host", host=config.settings.docker_host)
+    node = Node("llm-node", NodeArgs(config=config, job_history=DockerJobHistory(config.settings.docker_host)),
+                opts=pulumi.ResourceOptions(providers=[docker_host]))
 
 for output_name, value in node.outputs.items():
     pulumi.export(output_name, value)

@@ -31,6 +31,7 @@ import yaml
 from services.launch import QUANTIZATION_METHODS, EngineSpec, GatewaySpec, QuantizeSpec
 from stacks import naming
 from stacks.images import DEFAULT_IMAGES, is_pinned
+from stacks.kubernetes.settings import KUBERNETES_KEYS, KubernetesSettings, parse_kubernetes, parse_target
 
 if TYPE_CHECKING:  # Pulumi is only needed by load_node_config()
     import pulumi
@@ -40,10 +41,12 @@ STACKS_DIR = Path(__file__).resolve().parent
 ROOT_DIR = STACKS_DIR.parent
 
 # Keys whose values are secrets: read only as secret Outputs, never parsed here.
-SECRET_KEYS = ("tunnel_token", "tls_private_key")
+SECRET_KEYS = ("tunnel_token", "tls_private_key",
+               "external_database_url", "external_redis_url")  # the last two: kubernetes.data_stores external
 # Keys holding objects (Pulumi hands them to the program as JSON text).
-OBJECT_KEYS = ("images", "engine", "gateway", "edge", "tunnel", "quantize", "observability", "volumes")
-STRING_KEYS = ("docker_host", "name_prefix", "domain", "tls_certificate")
+OBJECT_KEYS = ("images", "engine", "gateway", "edge", "tunnel", "quantize", "observability", "volumes",
+               "kubernetes")
+STRING_KEYS = ("docker_host", "name_prefix", "domain", "tls_certificate", "target")
 
 TLS_MODES = ("acme", "provided", "self-signed")
 BODY_LIMIT_MODES = ("gateway", "edge")
@@ -330,6 +333,7 @@ _GATEWAY_RULES: Mapping[str, Mapping[str, Any]] = {
     "circuit_failure_threshold": {"minimum": 1},
     "circuit_open_seconds": {"above": 0},
     "model_refresh_seconds": {"above": 0},
+    "engine_dns_ttl_seconds": {"minimum": 0},
 }
 
 
@@ -536,6 +540,9 @@ class NodeSettings:
     observability: ObservabilitySettings
     models_host_dir: str | None  # dev: bind a host directory at /models instead of the models volume
     tls_certificate: str | None  # PEM, edge.tls_mode provided (its key is the secret tls_private_key)
+    # Where the node runs: one Docker host (stacks/node.py) or a cluster (stacks/kubernetes/).
+    target: str = "docker"
+    kubernetes: "KubernetesSettings | None" = None  # target kubernetes only
 
     @property
     def public_url(self) -> str:
@@ -624,6 +631,13 @@ def parse_settings(values: Mapping[str, Any], stack: str, *, secrets_present: Se
             raise ConfigError("volumes.models_host_dir", "is read-only for the engine; the quantize job needs the "
                                                          "models volume (unset one of them)")
 
+    target = parse_target(values)
+    kubernetes = parse_kubernetes(values.get("kubernetes"), target=target, engine=engine,
+                                  raw_engine=values.get("engine"), tunnel_enabled=tunnel_enabled,
+                                  models_host_dir=models_host_dir,
+                                  engine_dns_ttl_seconds=gateway.engine_dns_ttl_seconds,
+                                  secrets_present=secrets_present)
+
     return NodeSettings(
         stack=stack,
         name_prefix=name_prefix,
@@ -639,6 +653,8 @@ def parse_settings(values: Mapping[str, Any], stack: str, *, secrets_present: Se
         observability=_observability(values.get("observability")),
         models_host_dir=models_host_dir,
         tls_certificate=tls_certificate,
+        target=target,
+        kubernetes=kubernetes,
     )
 
 
@@ -653,6 +669,7 @@ def all_keys() -> list[str]:
         "quantize": QUANTIZE_KEYS,
         "observability": OBSERVABILITY_KEYS,
         "volumes": VOLUMES_KEYS,
+        "kubernetes": KUBERNETES_KEYS,
     }
     assert set(sections) == set(OBJECT_KEYS)
     return [*STRING_KEYS, *SECRET_KEYS, *(f"{section}.{key}" for section, keys in sections.items() for key in keys)]
@@ -697,6 +714,8 @@ class NodeSecrets:
 
     tunnel_token: "pulumi.Output[str] | None"
     tls_private_key: "pulumi.Output[str] | None"
+    external_database_url: "pulumi.Output[str] | None" = None  # kubernetes.data_stores: external
+    external_redis_url: "pulumi.Output[str] | None" = None
 
 
 @dataclass(frozen=True)
@@ -741,5 +760,7 @@ def load_node_config() -> NodeConfig:
     secrets = NodeSecrets(
         tunnel_token=config.require_secret("tunnel_token") if settings.tunnel_enabled else None,
         tls_private_key=config.require_secret("tls_private_key") if settings.edge.tls_mode == "provided" else None,
+        **({key: config.require_secret(key) for key in ("external_database_url", "external_redis_url")}
+           if settings.kubernetes is not None and settings.kubernetes.data_stores == "external" else {}),
     )
     return NodeConfig(settings=settings, secrets=secrets)

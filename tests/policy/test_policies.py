@@ -296,7 +296,10 @@ def test_every_policy_is_mandatory_and_documented():
     assert {p.name for p in POLICIES} == {
         "internal-services-publish-no-host-ports", "healthcheck-and-restart-policy", "pinned-images",
         "no-plain-secrets-in-env-or-args", "traefik-exposed-by-default-off", "no-docker-socket",
-        "graceful-stop", "create-timeout-covers-waits"}
+        "graceful-stop", "create-timeout-covers-waits",
+        # the kubernetes target (tests/policy/test_k8s_policies.py)
+        "k8s-edge-only-external-service", "k8s-probes-and-resources", "k8s-no-privilege", "k8s-pinned-images",
+        "k8s-no-secret-env", "k8s-network-policy-for-every-workload"}
     for policy in POLICIES:
         assert policy.enforcement_level == MANDATORY and policy.description and policy.remediation_steps
 

@@ -74,7 +74,7 @@ class Runtime:
         # Accept-Encoding: answers are relayed byte for byte, never compressed.
         http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, limit_per_host=settings.max_in_flight + 16,
-                                           keepalive_timeout=4, ttl_dns_cache=300),
+                                           keepalive_timeout=4, ttl_dns_cache=settings.engine_dns_ttl_seconds),
             auto_decompress=False, skip_auto_headers=("User-Agent", "Accept-Encoding"))
         engines = EnginePool(settings.engines, http, failure_threshold=settings.circuit_failure_threshold,
                              open_seconds=settings.circuit_open_seconds,

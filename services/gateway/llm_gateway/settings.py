@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     circuit_failure_threshold: int = Field(default=3, ge=1)
     circuit_open_seconds: float = Field(default=5.0, gt=0)
     model_refresh_seconds: float = Field(default=30.0, gt=0)
+    # How long an engine host name's addresses are cached (aiohttp's DNS cache). On Kubernetes the
+    # engines are per-pod DNS names whose address changes when a pod is replaced: keep it short there.
+    engine_dns_ttl_seconds: int = Field(default=300, ge=0)
 
     @field_validator("engines", mode="before")
     @classmethod

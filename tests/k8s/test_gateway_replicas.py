@@ -1,0 +1,194 @@
+"""Limits are global across gateway replicas: three real gateway processes, one Redis, one PostgreSQL.
+
+What the kubernetes target's gateway Deployment (2..N replicas behind one Service) relies on:
+the replicas share nothing but PostgreSQL (keys, usage) and Redis (the limiter's atomic Lua
+scripts), so a key's RPM, its concurrency cap and its usage are the same whichever replica
+each request lands on (the opposite of per-replica limits that multiply with the replica count).
+The engine is the fake upstream (tests/support/flaky_upstream.py), counting requests in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+
+import aiohttp
+import asyncpg
+import pytest
+
+from tests.gateway.api_helpers import CHAT, auth
+from tests.support.flaky_upstream import FlakyUpstream
+from tests.support.gateway_fixtures import key_id_of, start_gateway
+
+REPLICAS = 3
+
+
+class CountingUpstream(FlakyUpstream):
+    """The fake engine, also counting completions in flight (the most ever at once)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    async def _complete(self, request):
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await super()._complete(request)
+        finally:
+            self.in_flight -= 1
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    with CountingUpstream() as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def replicas(log_dir, migrated_database_url, redis_url, upstream):
+    started = []
+    try:
+        for i in range(REPLICAS):
+            started.append(start_gateway(log_dir, name=f"gateway-replica-{i}", engines=[upstream.url], workers=1,
+                                         limiter_failure_mode="closed", key_cache_ttl_seconds=1.0,
+                                         shutdown_grace_seconds=5.0, database_url=migrated_database_url,
+                                         redis_url=redis_url))
+        yield started
+    finally:
+        for gateway in started:
+            gateway.stop()
+
+
+async def _usage_rows(database_url: str, key: str) -> int:
+    connection = await asyncpg.connect(database_url)
+    try:
+        return await connection.fetchval("SELECT count(*) FROM usage_records WHERE key_id = $1", key_id_of(key))
+    finally:
+        await connection.close()
+
+
+async def _wait_for_usage_rows(database_url: str, key: str, expected: int, timeout: float = 20.0) -> int:
+    deadline = time.monotonic() + timeout
+    while (rows := await _usage_rows(database_url, key)) < expected and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(1.0)  # and no more arrive (a double count would show now)
+    return await _usage_rows(database_url, key)
+
+
+async def test_rpm_is_global_across_replicas(replicas, upstream, make_key, migrated_database_url):
+    limit, clients = 7, 60
+    key = make_key(rpm=limit)
+    body = {"model": upstream.model, "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}
+    upstream.mode = "ok"
+    targets = itertools.cycle(replicas)
+    async with aiohttp.ClientSession() as session:
+        async def one(gateway):
+            async with session.post(gateway.url + CHAT, json=body, headers=auth(key)) as response:
+                await response.read()
+                return gateway.url, response.status
+        started = time.monotonic()
+        results = await asyncio.gather(*(one(next(targets)) for _ in range(clients)))
+        assert time.monotonic() - started < 30  # well inside the minute's window
+    statuses = [status for _, status in results]
+    assert statuses.count(200) == limit, statuses
+    assert statuses.count(429) == clients - limit
+    # Every replica answered some of them: the limit held across processes, not inside one.
+    assert {url for url, _ in results} == {g.url for g in replicas}
+    assert await _wait_for_usage_rows(migrated_database_url, key, limit) == limit
+
+
+async def test_concurrency_cap_is_global_across_replicas(replicas, upstream, make_key, migrated_database_url):
+    cap, requests_ = 2, 9
+    key = make_key(max_concurrent=cap)
+    upstream.mode, upstream.events, upstream.event_interval = "slow", 5, 0.1
+    upstream.max_in_flight = 0
+    body = {"model": upstream.model, "messages": [{"role": "user", "content": "x"}], "max_tokens": 5,
+            "stream": True}
+    rejected = 0
+    async with aiohttp.ClientSession() as session:
+        async def until_served(gateway):
+            nonlocal rejected
+            deadline = time.monotonic() + 60
+            while True:
+                async with session.post(gateway.url + CHAT, json=body, headers=auth(key)) as response:
+                    text = await response.text()
+                    if response.status == 200:
+                        assert text.rstrip().endswith("data: [DONE]")
+                        return
+                    assert response.status == 429, text
+                    rejected += 1
+                assert time.monotonic() < deadline, "never admitted"
+                await asyncio.sleep(0.05)
+        await asyncio.gather(*(until_served(replicas[i % REPLICAS]) for i in range(requests_)))
+    try:
+        assert upstream.max_in_flight == cap  # reached, never exceeded, across the three processes
+        assert rejected > 0
+        assert await _wait_for_usage_rows(migrated_database_url, key, requests_) == requests_
+    finally:
+        upstream.mode = "ok"
+
+
+async def test_the_rpm_check_would_see_per_replica_limits(log_dir, upstream, make_key, migrated_database_url,
+                                                          redis_url):
+    """The measurement discriminates: replicas that do NOT share Redis (one database each, as
+    per-replica limiter state would be) admit the limit once per replica, and the first test's
+    `== limit` would fail."""
+    base = redis_url.rsplit("/", 1)[0]
+    separate = [start_gateway(log_dir, name=f"gateway-unshared-{i}", engines=[upstream.url], workers=1,
+                              limiter_failure_mode="closed", shutdown_grace_seconds=5.0,
+                              database_url=migrated_database_url, redis_url=f"{base}/{13 + i}")
+                for i in range(REPLICAS)]
+    try:
+        limit = 4
+        key = make_key(rpm=limit)
+        body = {"model": upstream.model, "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}
+        upstream.mode = "ok"
+        targets = itertools.cycle(separate)
+        async with aiohttp.ClientSession() as session:
+            async def one(gateway):
+                async with session.post(gateway.url + CHAT, json=body, headers=auth(key)) as response:
+                    await response.read()
+                    return response.status
+            statuses = await asyncio.gather(*(one(next(targets)) for _ in range(30)))
+        assert statuses.count(200) == REPLICAS * limit
+    finally:
+        for gateway in separate:
+            gateway.stop()
+
+
+def test_engine_names_that_do_not_resolve_yet_are_skipped(log_dir, upstream, make_key, migrated_database_url,
+                                                          redis_url):
+    """The kubernetes target gives the gateway one per-pod name per possible engine replica; the
+    replicas KEDA has not started have no DNS record yet. The gateway marks them down (a failed
+    lookup is a refused connection) and serves from the engines that exist."""
+    missing = "http://engine-7.engine.llm-node-test.invalid:8000"
+    gateway = start_gateway(log_dir, name="gateway-dns", engines=[missing, upstream.url], workers=1,
+                            engine_dns_ttl_seconds=10, shutdown_grace_seconds=5.0,
+                            database_url=migrated_database_url, redis_url=redis_url)
+    try:
+        upstream.mode = "ok"
+        key = make_key()
+        import requests
+
+        body = {"model": upstream.model, "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}
+        statuses = [requests.post(gateway.url + CHAT, json=body, headers=auth(key), timeout=10).status_code
+                    for _ in range(10)]
+        assert statuses == [200] * 10
+        assert gateway.metric("gateway_engine_healthy", upstream=missing) == 0
+        assert gateway.metric("gateway_engine_healthy", upstream=upstream.url) == 1
+    finally:
+        gateway.stop()
+
+
+def test_the_dns_cache_setting_reaches_the_gateway(monkeypatch):
+    from llm_gateway.settings import Settings
+    from services.launch import GatewaySpec, gateway_env
+
+    for name, value in gateway_env(GatewaySpec(engines=["http://engine-0.engine:8000"], engine_dns_ttl_seconds=10)).items():
+        monkeypatch.setenv(name, value)
+    assert Settings().engine_dns_ttl_seconds == 10
+    monkeypatch.delenv("GATEWAY_ENGINE_DNS_TTL_SECONDS")
+    assert Settings().engine_dns_ttl_seconds == GatewaySpec(engines=["x"]).engine_dns_ttl_seconds == 300
