@@ -54,7 +54,6 @@ from pulumi.runtime import settings as runtime_settings
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
-from stacks.config import NAMESPACE  # noqa: F401  (the program's config namespace, via engine_config)
 from tests.stacks.mock_runtime import engine_config, unwrap
 
 ROOT = Path(__file__).resolve().parents[2]
