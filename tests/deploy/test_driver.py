@@ -106,3 +106,9 @@ def test_everything_the_program_declares_is_implemented(stack):
             driver.check_options(item.type, item.name, deployed.options.get((item.type, item.name)))
 
     return deployment.ready().apply(check)
+
+
+def test_gpu_device_requests_are_refused_on_the_local_engine():
+    gpu = [{"driver": "nvidia", "deviceIds": ["0"], "capabilities": ["gpu"]}]
+    with pytest.raises(driver.DeployError, match="GPU device requests"):
+        new_resource(driver.CONTAINER, container_inputs(deviceRequests=gpu))
