@@ -11,6 +11,8 @@ max_model_len, /tokenize, the two completion routes) and misbehaves as told:
 
 Every completion body it receives is kept in `.bodies` (to check what the gateway sent:
 priority, max_tokens, stream_options). `healthy = False` makes /health answer 503.
+`/tokenize` calls are counted in `.tokenize_calls`; `hold_tokenize = True` makes them wait until
+their client hangs up (counted in `.tokenize_abandoned`).
 Runs an aiohttp server on its own thread and loop, so sync and async tests can use it.
 
     with FlakyUpstream() as upstream:
@@ -45,6 +47,9 @@ class FlakyUpstream:
         self.bodies: list[dict] = []
         self.completions_started = 0
         self.connections_closed_early = 0   # requests whose client went away before the end
+        self.tokenize_calls = 0
+        self.hold_tokenize = False
+        self.tokenize_abandoned = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
@@ -105,6 +110,11 @@ class FlakyUpstream:
 
     async def _tokenize(self, request: web.Request) -> web.Response:
         body = await request.json()
+        self.tokenize_calls += 1
+        if self.hold_tokenize:
+            await self._until_client_leaves(request)
+            self.tokenize_abandoned += 1
+            return web.Response(status=499)
         text = body.get("prompt") or orjson.dumps(body.get("messages")).decode()
         count = len(text.encode())  # one token per byte: the worst case the gateway's bound assumes
         return web.json_response({"count": count, "max_model_len": self.max_model_len, "tokens": []})
@@ -118,9 +128,7 @@ class FlakyUpstream:
             return web.json_response({"error": {"message": "injected failure", "type": "InternalServerError",
                                                 "param": None, "code": 500}}, status=500)
         if mode == "hang":
-            # aiohttp does not cancel a handler whose client left: watch the connection instead.
-            while request.transport is not None and not request.transport.is_closing():
-                await asyncio.sleep(0.05)
+            await self._until_client_leaves(request)
             self.connections_closed_early += 1
             return web.Response(status=499)
         chat = request.path.endswith("chat/completions")
@@ -149,6 +157,12 @@ class FlakyUpstream:
             if not finished and mode != "die_mid_stream":
                 self.connections_closed_early += 1
         return response
+
+    @staticmethod
+    async def _until_client_leaves(request: web.Request) -> None:
+        # aiohttp does not cancel a handler whose client left: watch the connection instead.
+        while request.transport is not None and not request.transport.is_closing():
+            await asyncio.sleep(0.05)
 
     def _completion(self, chat: bool) -> dict:
         choice = ({"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"} if chat

@@ -112,12 +112,13 @@ class Books:
                 prompt, completion = _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens"))
                 actual = prompt + completion
                 acc.count_tokens(self.key.tier, prompt, completion)
-            elif failure is None and status != 499 and (not self.reached or 400 <= status < 500):
+            elif failure is None and (status != 499 or self.engine is None) and (
+                    not self.reached or 400 <= status < 500):
                 prompt = completion = actual = 0
             else:
                 prompt, completion, actual = self.plan.prompt_tokens, chunks, None
             # 499: the client left after the request was sent, maybe before the engine answered.
-            if self.reached or failure is not None or status == 499:
+            if self.reached or failure is not None or (status == 499 and self.engine is not None):
                 acc.usage.record(request_id=self.request_id, key_id=self.key.id, tier=self.key.tier,
                                  model=self.plan.served.id, prompt_tokens=prompt, completion_tokens=completion,
                                  status=status)

@@ -1,7 +1,11 @@
 """The OpenAI-compatible routes. `_complete` is the whole request path, top to bottom:
 
-    authenticate -> validate -> reserve (limiter) -> admit (in-flight cap) -> pick an engine
-    -> proxy / stream -> close the books (reconcile tokens, release, record usage)
+    authenticate -> validate -> reserve (limiter) -> count what validation left open (engine
+    /tokenize) -> admit (in-flight cap) -> pick an engine -> proxy / stream -> close the books
+    (reconcile tokens, release, record usage)
+
+Nothing reaches an engine before the limiter has admitted the request: a key over its request
+limit costs the engines nothing, whatever its body.
 
 Metrics and the access line are observed around it (observe.py); errors become OpenAI-shaped
 responses in one place (app.py).
@@ -45,6 +49,9 @@ async def _complete(request: Request, kind: str, path: str) -> Response:
     reservation = await rt.limiter.reserve(key, obs.request_id, plan.reserved_tokens)
     books = rt.accounting.open(key, plan, reservation, obs.request_id)
     try:
+        if not plan.settled:
+            with rt.hangups.watch(request.receive):      # a client that leaves stops the counting
+                await rt.validator.settle(plan, body)
         await rt.admission.enter()
         books.admitted = True
 

@@ -26,6 +26,20 @@ from .errors import ServiceUnavailable
 log = logging.getLogger(__name__)
 
 SLOW_PROBES_TO_DOWN = 2
+_JSON_HEADERS = {"content-type": "application/json"}
+
+
+async def post(session: aiohttp.ClientSession, url: str, data: bytes, timeout: aiohttp.ClientTimeout,
+               headers: dict[str, str] = _JSON_HEADERS) -> aiohttp.ClientResponse:
+    """POST to an engine; returns once the response headers are in (the caller releases it).
+
+    The keep-alive race: the engine may close an idle pooled connection just as a request goes
+    out on it, and then never read it (ServerDisconnectedError before any answer). That request
+    is sent once more, on a new connection; any other failure is the caller's to label."""
+    try:
+        return await session.post(url, data=data, headers=headers, timeout=timeout)
+    except aiohttp.ServerDisconnectedError:
+        return await session.post(url, data=data, headers=headers, timeout=timeout)
 
 
 @dataclass(eq=False)

@@ -34,11 +34,11 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive
 
+from . import engines
 from .accounting import Books
 from .engines import Engine
 from .errors import GatewayError, UpstreamError
 
-_JSON_HEADERS = {"content-type": "application/json"}
 _DONE = b"data: [DONE]"
 _USAGE = b'"usage":{'
 
@@ -61,12 +61,7 @@ async def send(session: aiohttp.ClientSession, engine: Engine, path: str, body: 
     try:
         # The request id is not forwarded: vLLM would adopt it as its own, and two clients
         # reusing one X-Request-ID would then collide inside the engine.
-        try:
-            return await session.post(engine.url + path, data=data, headers=_JSON_HEADERS, timeout=timeout)
-        except aiohttp.ServerDisconnectedError:
-            # The keep-alive race: the engine closed an idle pooled connection just as this
-            # request went out on it, so the engine never read it. Once more, on a new connection.
-            return await session.post(engine.url + path, data=data, headers=_JSON_HEADERS, timeout=timeout)
+        return await engines.post(session, engine.url + path, data, timeout)
     except aiohttp.ClientConnectorError:
         raise EngineFailure("The inference engine is unreachable; retry shortly.", kind="connect", status=503,
                             code="engine_unavailable", headers={"Retry-After": "1"}) from None
