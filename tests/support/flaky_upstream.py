@@ -44,6 +44,7 @@ class FlakyUpstream:
         self.chunks_before_failure = 2
         self.events = 5
         self.event_interval = 0.2
+        self.event_padding = 0      # bytes of filler text in each streamed event (to fill buffers)
         self.bodies: list[dict] = []
         self.completions_started = 0
         self.connections_closed_early = 0   # requests whose client went away before the end
@@ -174,5 +175,8 @@ class FlakyUpstream:
     def _chunk(self, chat: bool, i: int) -> dict:
         delta = {"index": 0, "delta": {"content": f"t{i}"}, "finish_reason": None} if chat else \
             {"index": 0, "text": f"t{i}", "finish_reason": None}
-        return {"id": "cmpl-flaky", "object": "chat.completion.chunk" if chat else "text_completion",
-                "model": self.model, "choices": [delta]}
+        chunk = {"id": "cmpl-flaky", "object": "chat.completion.chunk" if chat else "text_completion",
+                 "model": self.model, "choices": [delta]}
+        if self.event_padding:
+            chunk["padding"] = "x" * self.event_padding
+        return chunk

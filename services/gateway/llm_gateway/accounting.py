@@ -4,7 +4,8 @@ Once the limiter has admitted a request it holds a reservation (tokens, a concur
 lease), then an admission slot and an engine. `Books.close()` runs when the answer is
 complete -- after the last byte for streams, after the response is sent otherwise, or on any
 failure -- and:
-- hands the engine back, with the outcome for its circuit breaker;
+- hands the engine back, with the outcome for its circuit breaker (a success was already told
+  the breaker when the engine answered: `engine_answered()`, at the first byte);
 - leaves the admission slot;
 - queues the usage record (UsageRecorder batches it to PostgreSQL off the hot path) and
   counts the tokens in gateway_prompt/completion_tokens_total;
@@ -77,7 +78,7 @@ class Accounting:
 
 class Books:
     __slots__ = ("_acc", "key", "plan", "reservation", "request_id", "admitted", "engine", "reached",
-                 "_closed", "opened_at")
+                 "answered", "_closed", "opened_at")
 
     def __init__(self, acc: Accounting, key: ApiKey, plan: Plan, reservation: Reservation, request_id: str):
         self._acc = acc
@@ -88,8 +89,16 @@ class Books:
         self.admitted = False          # holds an admission slot
         self.engine: Engine | None = None
         self.reached = False           # the engine answered (response headers received)
+        self.answered = False          # its breaker has the verdict already (engine_answered())
         self._closed = False
         self.opened_at = time.monotonic()
+
+    def engine_answered(self) -> None:
+        """The engine answered (status below 500 and first bytes): tell its breaker now, so a
+        half-open trial does not last as long as the whole answer."""
+        if not self.answered and self.engine is not None:
+            self.answered = True
+            self._acc.engines.answered(self.engine)
 
     async def close(self, status: int, *, usage: dict | None = None, failure: str | None = None,
                     chunks: int = 0) -> None:
@@ -101,7 +110,7 @@ class Books:
         try:
             if self.engine is not None:
                 if failure is not None or self.reached:
-                    acc.engines.done(self.engine, failure)
+                    acc.engines.done(self.engine, failure, answered=self.answered)
                 else:
                     acc.engines.release_unused(self.engine)
             if self.admitted:

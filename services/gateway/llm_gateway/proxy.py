@@ -184,6 +184,7 @@ async def buffered_response(upstream: aiohttp.ClientResponse, books: Books, head
         raise
     if upstream.status >= 500:
         raise _engine_error(upstream.status, payload)
+    books.engine_answered()
     return Response(payload, upstream.status, headers=headers, media_type="application/json",
                     background=BackgroundTask(_close_after_sending, books, upstream.status, payload))
 
@@ -234,6 +235,8 @@ async def _relay(upstream: aiohttp.ClientResponse, books: Books, strip_usage: bo
     try:
         try:
             async for chunk in upstream.content.iter_any():
+                if not books.answered:
+                    books.engine_answered()          # the first byte: the breaker's verdict
                 out = events.feed(chunk)
                 if out:
                     yield out
