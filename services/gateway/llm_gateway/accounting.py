@@ -11,11 +11,15 @@ failure -- and:
   counts the tokens in gateway_prompt/completion_tokens_total;
 - reconciles the reservation with the real usage and frees the lease (one Redis call).
 
-Tokens when the engine reported no usage: a request that never reached an engine, or that
-the engine refused (4xx), used none, so its reservation is given back in full. One cut short
-(client gone -- even before the engine answered, since it was already working on it --, engine
-failed) keeps its reservation, and its usage record carries estimates: the prompt estimate and
-one completion token per streamed event.
+Billing. A request the engine never received -- refused before it was sent (no engine, limits,
+admission, validation), or a connection the engine refused ("connect": nothing was written to
+it) -- is not billed: no usage record, and its token reservation is given back in full. One
+the engine received:
+- with the engine's usage: billed that usage;
+- refused by the engine (4xx): a record with no tokens, reservation given back;
+- cut short (client gone -- even before the engine answered, since it was already working on
+  it --, engine failed): keeps its reservation, and its record carries estimates: the prompt
+  estimate and one completion token per streamed event.
 """
 
 from __future__ import annotations
@@ -116,18 +120,18 @@ class Books:
             if self.admitted:
                 acc.admission.leave()
 
+            # An engine is chosen only to send the request at once; "connect" means it never got it.
+            received = self.engine is not None and failure != "connect"
             actual: int | None
             if usage is not None:
                 prompt, completion = _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens"))
                 actual = prompt + completion
                 acc.count_tokens(self.key.tier, prompt, completion)
-            elif failure is None and (status != 499 or self.engine is None) and (
-                    not self.reached or 400 <= status < 500):
+            elif not received or (failure is None and status != 499 and 400 <= status < 500):
                 prompt = completion = actual = 0
             else:
                 prompt, completion, actual = self.plan.prompt_tokens, chunks, None
-            # 499: the client left after the request was sent, maybe before the engine answered.
-            if self.reached or failure is not None or (status == 499 and self.engine is not None):
+            if received:
                 acc.usage.record(request_id=self.request_id, key_id=self.key.id, tier=self.key.tier,
                                  model=self.plan.served.id, prompt_tokens=prompt, completion_tokens=completion,
                                  status=status)

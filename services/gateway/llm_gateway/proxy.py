@@ -62,7 +62,8 @@ async def send(session: aiohttp.ClientSession, engine: Engine, path: str, body: 
         # The request id is not forwarded: vLLM would adopt it as its own, and two clients
         # reusing one X-Request-ID would then collide inside the engine.
         return await engines.post(session, engine.url + path, data, timeout)
-    except aiohttp.ClientConnectorError:
+    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError):
+        # Refused, or no connection within sock_connect: the engine never received the request.
         raise EngineFailure("The inference engine is unreachable; retry shortly.", kind="connect", status=503,
                             code="engine_unavailable", headers={"Retry-After": "1"}) from None
     except asyncio.TimeoutError:
