@@ -5,6 +5,7 @@ max_model_len, /tokenize, the two completion routes) and misbehaves as told:
 
     ok              answer normally (a short stream ending in [DONE], or JSON with usage)
     die_mid_stream  send `chunks_before_failure` events, then drop the connection
+    truncated       send `chunks_before_failure` events, then end the response cleanly, no [DONE]
     status_500      answer 500 with an OpenAI-shaped error
     hang            accept the request and never answer
     slow            stream one event every `event_interval` seconds, `events` of them
@@ -45,6 +46,7 @@ class FlakyUpstream:
         self.events = 5
         self.event_interval = 0.2
         self.event_padding = 0      # bytes of filler text in each streamed event (to fill buffers)
+        self.event_text: str | None = None   # the text of every streamed event (default t0, t1, ...)
         self.bodies: list[dict] = []
         self.completions_started = 0
         self.connections_closed_early = 0   # requests whose client went away before the end
@@ -137,7 +139,7 @@ class FlakyUpstream:
             return web.json_response(self._completion(chat))
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await response.prepare(request)
-        count = self.chunks_before_failure if mode == "die_mid_stream" else self.events
+        count = self.chunks_before_failure if mode in ("die_mid_stream", "truncated") else self.events
         finished = False
         try:
             for i in range(count):
@@ -146,6 +148,10 @@ class FlakyUpstream:
                     await asyncio.sleep(self.event_interval)
             if mode == "die_mid_stream":
                 request.transport.close()   # the engine "crashes": connection gone, no [DONE]
+                return response
+            if mode == "truncated":
+                await response.write_eof()  # a well-formed end of the HTTP response, but no [DONE]
+                finished = True
                 return response
             if (body.get("stream_options") or {}).get("include_usage"):
                 usage = {"prompt_tokens": 3, "completion_tokens": count, "total_tokens": 3 + count}
@@ -173,8 +179,9 @@ class FlakyUpstream:
                 "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
 
     def _chunk(self, chat: bool, i: int) -> dict:
-        delta = {"index": 0, "delta": {"content": f"t{i}"}, "finish_reason": None} if chat else \
-            {"index": 0, "text": f"t{i}", "finish_reason": None}
+        text = f"t{i}" if self.event_text is None else self.event_text
+        delta = {"index": 0, "delta": {"content": text}, "finish_reason": None} if chat else \
+            {"index": 0, "text": text, "finish_reason": None}
         chunk = {"id": "cmpl-flaky", "object": "chat.completion.chunk" if chat else "text_completion",
                  "model": self.model, "choices": [delta]}
         if self.event_padding:

@@ -39,7 +39,9 @@ from .accounting import Books
 from .engines import Engine
 from .errors import GatewayError, UpstreamError
 
-_DONE = b"data: [DONE]"
+# The end of a vLLM stream: this whole event, never just these bytes somewhere (a model can write
+# "data: [DONE]" in its text; JSON escapes its newlines, so it can never be a whole event).
+_DONE_EVENT = b"data: [DONE]\n\n"
 _USAGE = b'"usage":{'
 
 
@@ -271,7 +273,11 @@ def error_event(error: GatewayError) -> bytes:
 
 
 class SseEvents:
-    """Cuts the engine's byte stream into complete SSE events (vLLM ends each with a blank line)."""
+    """Cuts the engine's byte stream into complete SSE events (vLLM ends each with a blank line).
+
+    Hand-rolled rather than an SSE library (httpx-sse, sse-starlette's parser): those yield
+    parsed events, and the relay must pass the engine's bytes on exactly as they came, in the
+    reads they came in; all it needs is where events end, the usage chunk and [DONE]."""
 
     __slots__ = ("_pending", "_strip_usage", "usage", "done", "count")
 
@@ -293,8 +299,9 @@ class SseEvents:
         self.count += complete.count(b"\n\n")
         if _USAGE in complete:
             complete = self._take_usage(complete)
-        if _DONE in complete:
-            self.done = True
+        # `complete` starts at an event boundary and ends with one: [DONE] is its last event.
+        self.done = complete.endswith(_DONE_EVENT) and (
+            len(complete) == len(_DONE_EVENT) or complete.endswith(b"\n\n" + _DONE_EVENT))
         return complete
 
     def _take_usage(self, complete: bytes) -> bytes:
