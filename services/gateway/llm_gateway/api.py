@@ -91,7 +91,7 @@ async def list_models(request: Request) -> Response:
     obs: Observation = request.state.obs
     key = await rt.keys.authenticate(request.headers.get("authorization"))
     obs.key_id, obs.tier = key.id, key.tier
-    cards = [served.card for served in rt.catalog.all() if key.allows(served.id)]
+    cards = [served.public_card for served in rt.catalog.all() if key.allows(served.id)]
     return Response(orjson.dumps({"object": "list", "data": cards}), media_type="application/json")
 
 
