@@ -136,3 +136,11 @@ def test_a_client_that_hangs_up_mid_upload_is_a_499_not_a_500(gateway_factory, m
         time.sleep(0.1)
     assert gw.metric("gateway_requests_total", route=CHAT, status="500") == 0
     assert "unhandled error" not in gw.log_text()
+
+
+def test_n_above_the_gateway_maximum_is_400(gateway, key, engine):
+    """Issue 14, defect 10: every choice is a whole answer; `n` is bounded (GATEWAY_MAX_N, 16)."""
+    error = assert_openai_error(post(gateway, CHAT, key, chat_body(engine.model, max_tokens=1, n=17)), 400,
+                                "integer_above_max_value")
+    assert error["param"] == "n" and "16" in error["message"]
+    assert post(gateway, CHAT, key, chat_body(engine.model, max_tokens=1, n=2)).status_code == 200

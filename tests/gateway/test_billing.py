@@ -53,3 +53,25 @@ def test_a_request_the_engine_refused_to_connect_is_not_billed(gateway_factory, 
         assert _usage_rows(gw, key) == []
     finally:
         upstream.stop()
+
+
+def test_an_answer_too_large_to_hold_is_a_502_billed_as_cut_short(gateway_factory, make_key):
+    """Issue 14, defect 10: a non-streaming answer is held whole before it is relayed, so its size
+    is bounded (GATEWAY_MAX_BUFFERED_RESPONSE_BYTES, 16 MiB by default). A larger one is a clear
+    502; the engine did its work (its breaker hears a success, the key keeps its reservation and
+    the record has the prompt estimate), but no answer was delivered, so no completion is billed."""
+    with FlakyUpstream() as upstream:
+        gw = gateway_factory(engines=[upstream.url], circuit_failure_threshold=1)
+        key = make_key(tpm=TPM)
+        upstream.answer_padding = 17 * 1024 * 1024
+        error = assert_openai_error(post(gw, CHAT, key, _body(upstream.model)), 502, "response_too_large")
+        assert "stream" in error["message"]
+        assert _tokens_left(gw, key) < TPM - 1000                    # the reservation is kept
+        assert gw.metric("gateway_upstream_errors_total", upstream=upstream.url) == 0
+        upstream.answer_padding = 1024
+        ok = post(gw, CHAT, key, _body(upstream.model))               # the breaker stayed closed
+        assert ok.status_code == 200 and len(ok.content) > 1024
+        gw.stop()
+        big, fine = sorted(_usage_rows(gw, key), reverse=True)
+        assert fine == (200, 3, 1)                                     # the engine's usage
+        assert big[0] == 502 and big[1] > 0 and big[2] == 0            # prompt estimate, no completion

@@ -47,6 +47,7 @@ class FlakyUpstream:
         self.event_interval = 0.2
         self.event_padding = 0      # bytes of filler text in each streamed event (to fill buffers)
         self.event_text: str | None = None   # the text of every streamed event (default t0, t1, ...)
+        self.answer_padding = 0     # bytes of filler text in a non-streaming answer (before its usage)
         self.bodies: list[dict] = []
         self.completions_started = 0
         self.connections_closed_early = 0   # requests whose client went away before the end
@@ -174,6 +175,8 @@ class FlakyUpstream:
     def _completion(self, chat: bool) -> dict:
         choice = ({"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"} if chat
                   else {"index": 0, "text": "ok", "finish_reason": "stop"})
+        if self.answer_padding:
+            choice["padding"] = "x" * self.answer_padding
         return {"id": "cmpl-flaky", "object": "chat.completion" if chat else "text_completion",
                 "created": int(time.time()), "model": self.model, "choices": [choice],
                 "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}

@@ -64,12 +64,14 @@ async def _complete(request: Request, kind: str, path: str) -> Response:
             if upstream.status == 200:
                 return proxy.streaming_response(upstream, books, reservation.headers,
                                                 strip_usage=not plan.client_wants_usage, set_outcome=obs.set_outcome)
-            response = await proxy.buffered_response(upstream, books, reservation.headers)   # an error answer
+            response = await proxy.buffered_response(upstream, books, reservation.headers,   # an error answer
+                                                     rt.settings.max_buffered_response_bytes)
         else:
             with rt.hangups.watch(request.receive):     # a hang-up while vLLM generates ends the wait
                 upstream = await proxy.send(rt.http, books.engine, path, body, rt.upstream_timeout)
                 books.reached = True
-                response = await proxy.buffered_response(upstream, books, reservation.headers)
+                response = await proxy.buffered_response(upstream, books, reservation.headers,
+                                                         rt.settings.max_buffered_response_bytes)
         if upstream.status == 404:
             rt.catalog.refresh_soon()   # the engine no longer serves it (e.g. adapter unloaded elsewhere)
         obs.upstream_seconds = time.perf_counter() - sent_at

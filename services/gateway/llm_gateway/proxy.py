@@ -6,7 +6,8 @@
   until all is generated, and in `buffered_response()`): if the client hangs up, the
   upstream connection is closed (vLLM aborts a request whose client is gone) instead of
   generating for nobody; within 0.2 s of the request's start, at once after that.
-- `buffered_response()` relays a non-streaming answer once it is complete.
+- `buffered_response()` relays a non-streaming answer once it is complete, up to
+  `max_buffered_response_bytes` (a larger one is a 502, not held in memory).
 - `streaming_response()` relays Server-Sent Events as they arrive: every complete event is
   passed on the moment it is read, in the bytes the engine sent (event-aligned: a partial
   event waits for its end, so events are never split or merged differently than upstream
@@ -24,6 +25,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import AsyncIterator, Callable
 
@@ -43,6 +45,7 @@ from .errors import GatewayError, UpstreamError
 # "data: [DONE]" in its text; JSON escapes its newlines, so it can never be a whole event).
 _DONE_EVENT = b"data: [DONE]\n\n"
 _USAGE = b'"usage":{'
+_JSON = json.JSONDecoder()
 
 
 class EngineFailure(UpstreamError):
@@ -172,10 +175,18 @@ class ClientWatch:
             raise ClientGone() from None
 
 
-async def buffered_response(upstream: aiohttp.ClientResponse, books: Books, headers: dict[str, str]) -> Response:
-    """The engine's whole answer, relayed once complete; closes the books after it is sent."""
+async def buffered_response(upstream: aiohttp.ClientResponse, books: Books, headers: dict[str, str],
+                            limit: int) -> Response:
+    """The engine's whole answer, relayed once complete; closes the books after it is sent.
+    An answer over `limit` bytes is not held: 502 `response_too_large` (the engine did nothing
+    wrong, so its breaker hears a success)."""
     try:
-        payload = await upstream.read()
+        payload = await _read_bounded(upstream, limit)
+    except ResponseTooLarge:
+        upstream.close()
+        if upstream.status < 500:
+            books.engine_answered()
+        raise
     except asyncio.TimeoutError:
         upstream.close()
         raise _timeout() from None
@@ -192,6 +203,25 @@ async def buffered_response(upstream: aiohttp.ClientResponse, books: Books, head
                     background=BackgroundTask(_close_after_sending, books, upstream.status, payload))
 
 
+class ResponseTooLarge(UpstreamError):
+    code = "response_too_large"
+
+
+async def _read_bounded(upstream: aiohttp.ClientResponse, limit: int) -> bytes:
+    length = upstream.content_length         # vLLM sends one with every JSON answer
+    if length is None or length > limit:
+        chunks, size = [], 0
+        async for chunk in upstream.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise ResponseTooLarge(
+                    f"The answer is larger than this gateway relays without streaming ({limit} bytes). Ask for "
+                    "fewer or shorter choices (n, max_tokens, logprobs), or stream it (stream: true).")
+            chunks.append(chunk)
+        return b"".join(chunks)
+    return await upstream.read()
+
+
 async def _close_after_sending(books: Books, status: int, payload: bytes) -> None:
     try:
         # uvloop writes to sockets at the end of a loop iteration: yielding once first lets the
@@ -202,10 +232,20 @@ async def _close_after_sending(books: Books, status: int, payload: bytes) -> Non
 
 
 def _usage(payload: bytes) -> dict | None:
-    try:
-        return orjson.loads(payload).get("usage")
-    except (orjson.JSONDecodeError, AttributeError):
-        return None
+    """The answer's top-level `usage`, parsed from its key to the end of that object only: vLLM
+    writes it after `choices` (which can be megabytes of logprobs), and the last `"usage"` key is
+    it (inside a JSON string the quotes would be escaped, so no text can look like a key)."""
+    end = len(payload)
+    while (start := payload.rfind(b'"usage"', 0, end)) >= 0:
+        rest = payload[start + 7:start + 64].lstrip()
+        if rest.startswith(b":"):
+            try:
+                usage, _ = _JSON.raw_decode(payload[start + 7:].decode().lstrip().removeprefix(":").lstrip())
+            except ValueError:      # UnicodeDecodeError included
+                return None
+            return usage if isinstance(usage, dict) else None
+        end = start                 # "usage" as a value, not a key: look further back
+    return None
 
 
 class _RelayResponse(StreamingResponse):

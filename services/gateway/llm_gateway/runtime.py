@@ -87,7 +87,7 @@ class Runtime:
         admission = Admission(settings.max_in_flight, settings.admission_wait_seconds)
         rt = cls(settings=settings, pool=pool, redis=redis, http=http,
                  keys=KeyStore(pool, settings.key_cache_ttl_seconds), limiter=limiter, usage=usage,
-                 engines=engines, catalog=catalog, validator=Validator(catalog, TokenCounter(engines, http)),
+                 engines=engines, catalog=catalog, validator=Validator(catalog, TokenCounter(engines, http), settings.max_n),
                  priorities=TierPriorities(settings.tier_priorities), admission=admission,
                  accounting=Accounting(limiter, admission, engines, usage),
                  upstream_timeout=_upstream_timeout(settings.request_timeout_seconds))

@@ -6,7 +6,8 @@ In order, each failure answered in OpenAI's error shape:
 - `model` missing -> 400; the key may not use it -> 403 (`model_not_allowed`, checked before
   existence so a restricted key learns nothing about other models); not served -> 404
   (503 with Retry-After instead while no engine is reachable: the model may just be unseen)
-- malformed `messages` / `prompt` / `max_tokens` / `n` / `stream` -> 400
+- malformed `messages` / `prompt` / `max_tokens` / `n` / `stream` -> 400; `n` above `max_n` -> 400
+  (every choice is a whole answer the engine generates and, unstreamed, the gateway holds)
 - `max_tokens` above the key's cap -> 400 (rejected, not clamped: a silently shortened
   completion is worse than a clear error). Absent -> set to min(key cap, context - prompt).
 - a `prompt` list of more than MAX_PROMPTS prompts -> 400 (vLLM refuses it too)
@@ -85,9 +86,10 @@ async def read_json_body(request: Request, limit: int) -> tuple[dict, int]:
 
 
 class Validator:
-    def __init__(self, catalog: ModelCatalog, counter: tokens.TokenCounter):
+    def __init__(self, catalog: ModelCatalog, counter: tokens.TokenCounter, max_n: int = 16):
         self._catalog = catalog
         self._counter = counter
+        self._max_n = max_n
 
     async def plan(self, body: dict, body_size: int, key: ApiKey, kind: str) -> Plan:
         served = await self._model(body, key)
@@ -101,6 +103,10 @@ class Validator:
             # The final chunk then carries `usage`, which reconciles the rate-limit reservation.
             body["stream_options"] = {**options, "include_usage": True}
         choices = _positive_int(body, "n") or 1
+        if choices > self._max_n:
+            # OpenAI's wording and code for an integer above its maximum.
+            raise InvalidRequest(f"Invalid 'n': integer above maximum value. Expected a value <= {self._max_n}, "
+                                 f"but got {choices} instead.", param="n", code="integer_above_max_value")
 
         requested = _requested_max_tokens(body, kind)
         if requested is not None and key.max_tokens is not None and requested > key.max_tokens:
