@@ -67,3 +67,12 @@ def test_counting_stops_when_the_client_hangs_up(gateway_factory, make_key):
         assert calls <= COUNT_CONCURRENCY
         _wait(lambda: upstream.tokenize_abandoned == calls, "counts in flight were not dropped")
         assert upstream.completions_started == 0
+
+
+def test_max_tokens_that_leave_no_room_for_any_prompt_are_refused_without_counting(gateway_factory, make_key):
+    with FlakyUpstream() as upstream:
+        gw = gateway_factory(engines=[upstream.url])
+        body = {"model": upstream.model, "prompt": "x", "max_tokens": upstream.max_model_len}
+        error = assert_openai_error(post(gw, COMPLETIONS, make_key(), body), 400, "context_length_exceeded")
+        assert f"maximum context length is {upstream.max_model_len} tokens" in error["message"]
+        assert upstream.tokenize_calls == 0

@@ -114,6 +114,14 @@ class Validator:
                                  f"{key.max_tokens} completion tokens per request.",
                                  param="max_tokens", code="max_tokens_exceeded")
 
+        context = served.max_model_len
+        if requested is not None and context is not None and requested >= context:
+            # No prompt fits beside it, whatever its length: no need to count anything.
+            param = "messages" if kind == CHAT else "prompt"
+            raise InvalidRequest(
+                f"This model's maximum context length is {context} tokens. However, you requested {requested} "
+                f"tokens for the completion alone. Please reduce the length of the completion.",
+                param=param, code="context_length_exceeded")
         if kind == CHAT:
             prompt_tokens, max_tokens, unsettled = self._fit_chat(body, body_size, served, requested, key.max_tokens)
             prompt_count = 1
