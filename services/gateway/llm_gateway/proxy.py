@@ -209,17 +209,22 @@ class ResponseTooLarge(UpstreamError):
 
 async def _read_bounded(upstream: aiohttp.ClientResponse, limit: int) -> bytes:
     length = upstream.content_length         # vLLM sends one with every JSON answer
-    if length is None or length > limit:
-        chunks, size = [], 0
-        async for chunk in upstream.content.iter_any():
-            size += len(chunk)
-            if size > limit:
-                raise ResponseTooLarge(
-                    f"The answer is larger than this gateway relays without streaming ({limit} bytes). Ask for "
-                    "fewer or shorter choices (n, max_tokens, logprobs), or stream it (stream: true).")
-            chunks.append(chunk)
-        return b"".join(chunks)
-    return await upstream.read()
+    if length is not None:
+        if length > limit:
+            raise _too_large(limit)
+        return await upstream.read()
+    chunks, size = [], 0
+    async for chunk in upstream.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> ResponseTooLarge:
+    return ResponseTooLarge(f"The answer is larger than this gateway relays without streaming ({limit} bytes). "
+                            "Ask for fewer or shorter choices (n, max_tokens, logprobs), or stream it (stream: true).")
 
 
 async def _close_after_sending(books: Books, status: int, payload: bytes) -> None:
