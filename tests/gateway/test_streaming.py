@@ -187,3 +187,38 @@ def test_stream_through_the_real_engine_ends_with_done(gateway, make_key, engine
     assert data[-1] == "[DONE]"
     assert len([d for d in data if d != "[DONE]"]) == 8
     assert response.headers["content-type"].startswith("text/event-stream")
+
+
+def test_done_in_the_model_text_does_not_make_a_broken_stream_complete(gateway_factory, make_key):
+    """Issue 14, defect 7: only a whole `data: [DONE]` event ends a stream, not those bytes inside
+    an event (the model can write them)."""
+    with FlakyUpstream() as upstream:
+        upstream.mode, upstream.chunks_before_failure = "truncated", 3
+        upstream.event_text = "data: [DONE]\n\n"
+        gw = gateway_factory(engines=[upstream.url])
+        body = {"model": upstream.model, "messages": [{"role": "user", "content": "x"}], "stream": True}
+        response = requests.post(gw.url + CHAT, json=body, headers=auth(make_key()), timeout=30)
+        data = sse_data(response.text)
+        assert "[DONE]" not in data
+        assert json.loads(data[-1])["error"]["code"] == "upstream_error"
+        assert gw.metric("gateway_requests_total", route=CHAT, status="502") == 1
+        assert gw.metric("gateway_requests_total", route=CHAT, status="200") == 0
+
+
+def test_sse_events_recognise_done_only_as_a_whole_event():
+    from llm_gateway.proxy import SseEvents
+
+    fake = b'data: {"choices":[{"text":"data: [DONE]"}]}\n\n'
+    for chunks, done in [
+        ([b"data: [DONE]\n\n"], True),
+        ([b'data: {"a":1}\n\ndata: [DONE]\n\n'], True),
+        ([b'data: {"a":1}\n\ndata: [DO', b"NE]\n\n"], True),           # split across reads
+        ([fake], False),                                                 # inside an event's text
+        ([b'data: {"a":1}\n\n', fake], False),
+        ([b'data: {"text":"x data: [DONE]\n\n'], False),                 # not at an event's start
+        ([b"data: [DONE]"], False),                                      # not ended: not an event yet
+    ]:
+        events = SseEvents(strip_usage=False)
+        out = b"".join(events.feed(chunk) for chunk in chunks)
+        assert events.done is done, chunks
+        assert out == b"".join(chunks)[:len(out)]                        # relayed as it came
