@@ -131,6 +131,8 @@ class GatewaySpec:
     max_in_flight: int = 512
     admission_wait_seconds: float = 0.5
     request_timeout_seconds: float = 600.0
+    max_n: int = 16
+    max_buffered_response_bytes: int = 16_777_216
     shutdown_grace_seconds: float = 30.0
     tier_priorities: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_TIER_PRIORITIES))
     log_level: str = "info"
@@ -178,6 +180,8 @@ def gateway_env(spec: GatewaySpec) -> dict[str, str]:
         "GATEWAY_MAX_IN_FLIGHT": str(spec.max_in_flight),
         "GATEWAY_ADMISSION_WAIT_SECONDS": str(spec.admission_wait_seconds),
         "GATEWAY_REQUEST_TIMEOUT_SECONDS": str(spec.request_timeout_seconds),
+        "GATEWAY_MAX_N": str(spec.max_n),
+        "GATEWAY_MAX_BUFFERED_RESPONSE_BYTES": str(spec.max_buffered_response_bytes),
         "GATEWAY_SHUTDOWN_GRACE_SECONDS": str(spec.shutdown_grace_seconds),
         "GATEWAY_TIER_PRIORITIES": json.dumps(dict(spec.tier_priorities), sort_keys=True),
         "GATEWAY_LOG_LEVEL": spec.log_level,

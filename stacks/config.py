@@ -327,6 +327,8 @@ _GATEWAY_RULES: Mapping[str, Mapping[str, Any]] = {
     "max_in_flight": {"minimum": 1},
     "admission_wait_seconds": {"minimum": 0},
     "request_timeout_seconds": {"above": 0},
+    "max_n": {"minimum": 1},
+    "max_buffered_response_bytes": {"minimum": 1},
     "shutdown_grace_seconds": {"minimum": 0},
     "log_level": {"choices": LOG_LEVELS},
     "health_check_interval_seconds": {"above": 0},

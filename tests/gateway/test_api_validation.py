@@ -116,3 +116,31 @@ def test_token_id_prompts_are_counted_without_the_engine(gateway, key, engine):
                                                          "max_tokens": 100}), 400, "context_length_exceeded")
     ok = post(gateway, COMPLETIONS, key, {"model": engine.model, "prompt": [5, 6, 7], "max_tokens": 2})
     assert ok.status_code == 200 and ok.json()["usage"]["prompt_tokens"] == 3
+
+
+def test_a_client_that_hangs_up_mid_upload_is_a_499_not_a_500(gateway_factory, make_key, engine):
+    """Issue 14, defect 9."""
+    import socket
+    import time
+
+    gw = gateway_factory()
+    sock = socket.create_connection(("127.0.0.1", gw.spec.port), timeout=30)
+    sock.sendall(b"POST " + CHAT.encode() + b" HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+                 b"Authorization: Bearer " + make_key().encode() + b"\r\nContent-Length: 100000\r\n\r\n"
+                 b'{"model": "' + engine.model.encode() + b'", "messages": [')
+    time.sleep(0.5)                   # the gateway is reading the body
+    sock.close()
+    deadline = time.monotonic() + 10
+    while gw.metric("gateway_requests_total", route=CHAT, status="499") == 0:
+        assert time.monotonic() < deadline, gw.log_tail()
+        time.sleep(0.1)
+    assert gw.metric("gateway_requests_total", route=CHAT, status="500") == 0
+    assert "unhandled error" not in gw.log_text()
+
+
+def test_n_above_the_gateway_maximum_is_400(gateway, key, engine):
+    """Issue 14, defect 10: every choice is a whole answer; `n` is bounded (GATEWAY_MAX_N, 16)."""
+    error = assert_openai_error(post(gateway, CHAT, key, chat_body(engine.model, max_tokens=1, n=17)), 400,
+                                "integer_above_max_value")
+    assert error["param"] == "n" and "16" in error["message"]
+    assert post(gateway, CHAT, key, chat_body(engine.model, max_tokens=1, n=2)).status_code == 200

@@ -3,6 +3,8 @@ breaker, fast 503 for a dead engine, request timeout."""
 
 from __future__ import annotations
 
+import json
+import socket
 import threading
 import time
 
@@ -116,3 +118,92 @@ def test_request_timeout_aborts_upstream_with_504(gateway_factory, make_key):
         assert 0.9 < time.monotonic() - started < 5
         _wait(lambda: upstream.connections_closed_early == 1, 5, "the upstream request was not aborted")
         assert gw.metric("gateway_upstream_errors_total", upstream=upstream.url, kind="timeout") == 1
+
+
+def _open_breaker(gw, key, upstream, failures: int) -> None:
+    upstream.mode = "status_500"
+    for _ in range(failures):
+        assert_openai_error(post(gw, CHAT, key, _body(upstream.model)), 502, "upstream_error")
+    assert gw.metric("gateway_circuit_state", upstream=upstream.url) == 2          # open
+
+
+def test_a_long_half_open_trial_ends_when_the_engine_answers_not_when_its_stream_ends(gateway_factory, make_key):
+    """Issue 14, defect 1: the trial request's verdict is its first byte; a stream that then goes
+    on for minutes must not keep the engine shut for everyone else."""
+    with FlakyUpstream() as upstream:
+        gw = gateway_factory(engines=[upstream.url], circuit_failure_threshold=1, circuit_open_seconds=0.5)
+        key = make_key()
+        _open_breaker(gw, key, upstream, 1)
+        upstream.mode, upstream.events, upstream.event_interval = "slow", 600, 0.1      # a minute-long stream
+        deadline = time.monotonic() + 10
+        while True:       # 503 until the open period is over; then this stream is the trial
+            trial = _raw_stream(gw, key, _body(upstream.model, stream=True))
+            head = trial.recv(65536)
+            if b" 200 OK" in head.split(b"\r\n")[0]:
+                break
+            assert b" 503 " in head.split(b"\r\n")[0] and time.monotonic() < deadline, head[:200]
+            trial.close()
+            time.sleep(0.1)
+        try:
+            while b"data: " not in head:                                                # the engine answered
+                head += trial.recv(65536)
+            assert gw.metric("gateway_circuit_state", upstream=upstream.url) == 0      # closed
+            assert post(gw, CHAT, key, _body(upstream.model)).status_code == 200      # others get through
+            assert upstream.connections_closed_early == 0                             # the trial still streams
+        finally:
+            trial.close()
+
+
+def _raw_stream(gw, key: str, body: dict) -> socket.socket:
+    """A request on a raw socket: the test alone decides when the connection ends."""
+    payload = json.dumps(body).encode()
+    sock = socket.create_connection(("127.0.0.1", gw.spec.port), timeout=30)
+    sock.sendall(b"POST " + CHAT.encode() + b" HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+                 b"Authorization: Bearer " + key.encode() + b"\r\nContent-Length: " + str(len(payload)).encode()
+                 + b"\r\n\r\n" + payload)
+    return sock
+
+
+def test_a_slow_reader_never_counts_against_the_engine(gateway_factory, make_key):
+    """Issue 14, defect 1: time the relay spends blocked on a client that reads slowly is not the
+    engine's; with a request timeout shorter than the client's pause, the stream still completes
+    and the engine's breaker (one failure opens it here) stays closed."""
+    with FlakyUpstream() as upstream:
+        # ~26 MB, far beyond what the sockets between the engine, the gateway and the client buffer.
+        upstream.events, upstream.event_padding = 400, 65536
+        gw = gateway_factory(engines=[upstream.url], request_timeout_seconds=2.0, circuit_failure_threshold=1)
+        key = make_key()
+        with requests.post(gw.url + CHAT, json=_body(upstream.model, stream=True), headers=auth(key), stream=True,
+                           timeout=60) as response:
+            chunks = response.iter_content(65536)
+            first = next(chunks)
+            time.sleep(5)                     # the client stops reading for longer than the timeout
+            body = first + b"".join(chunks)
+        assert body.rstrip().endswith(b"data: [DONE]"), body[-300:]
+        assert gw.metric("gateway_upstream_errors_total", upstream=upstream.url) == 0
+        assert gw.metric("gateway_circuit_state", upstream=upstream.url) == 0
+        assert post(gw, CHAT, key, _body(upstream.model)).status_code == 200
+
+
+def test_a_restarted_engine_takes_traffic_again_without_waiting_for_its_breaker(gateway_factory, make_key):
+    """Issue 14, defect 1: an engine that was down is probed until it is back, and passing that
+    probe closes the breaker its absence opened. Health checks and the open period are set to a
+    minute here, so only that can bring it back within the test."""
+    upstream = FlakyUpstream().start()
+    port = upstream.port
+    try:
+        gw = gateway_factory(engines=[upstream.url], health_check_interval_seconds=60,
+                             circuit_failure_threshold=1, circuit_open_seconds=60)
+        key = make_key()
+        assert post(gw, CHAT, key, _body(upstream.model)).status_code == 200
+        upstream.stop()
+        assert_openai_error(post(gw, CHAT, key, _body(upstream.model)), 503)   # refused: down, breaker open
+        assert gw.metric("gateway_circuit_state", upstream=upstream.url) == 2
+        upstream = FlakyUpstream()
+        upstream.port = port
+        upstream.start()
+        _wait(lambda: post(gw, CHAT, key, _body(upstream.model)).status_code == 200, 20,
+              "the restarted engine was never used again")
+        assert gw.metric("gateway_circuit_state", upstream=upstream.url) == 0
+    finally:
+        upstream.stop()

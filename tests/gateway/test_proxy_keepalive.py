@@ -12,13 +12,17 @@ from types import SimpleNamespace
 import aiohttp
 
 from llm_gateway import proxy
+from llm_gateway.breaker import CLOSED
+from llm_gateway.engines import EnginePool
+from llm_gateway.tokens import TokenCounter
 from tests.support.procs import free_port
 
 ANSWER = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n"
           b"connection: keep-alive\r\n\r\n{}")
 
 
-async def _one_request_per_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _one_request_per_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                                      answer: bytes = ANSWER) -> None:
     served = 0
     try:
         while True:
@@ -28,7 +32,7 @@ async def _one_request_per_connection(reader: asyncio.StreamReader, writer: asyn
             await reader.readexactly(length)
             if served:
                 break                   # keep-alive expired: close without answering
-            writer.write(ANSWER)
+            writer.write(answer)
             await writer.drain()
             served += 1
     except (asyncio.IncompleteReadError, ConnectionError):
@@ -48,6 +52,31 @@ async def test_a_request_on_a_connection_the_engine_just_closed_is_sent_again():
                 response = await proxy.send(session, engine, "/v1/completions", {"prompt": "x"}, timeout)
                 assert response.status == 200
                 assert await response.read() == b"{}"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+TOKENIZE_ANSWER = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 13\r\n"
+                   b"connection: keep-alive\r\n\r\n{\"count\": 3}\n")
+
+
+async def test_counting_tokens_on_a_connection_the_engine_just_closed_is_sent_again():
+    """The same race on the /tokenize path: resent, and the engine is neither marked down nor
+    charged a failure (it was labelled a refused connection, which takes an engine out at once)."""
+    port = free_port()
+    server = await asyncio.start_server(lambda r, w: _one_request_per_connection(r, w, TOKENIZE_ANSWER),
+                                        "127.0.0.1", port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
+            pool = EnginePool([url], session, failure_threshold=1, open_seconds=60, health_interval=60)
+            engine = pool.engines[0]
+            engine.healthy = True
+            counter = TokenCounter(pool, session)
+            for _ in range(4):
+                assert await counter.count_texts("m", frozenset([url]), ["x"]) == {0: 3}
+            assert engine.healthy and engine.breaker.state == CLOSED
     finally:
         server.close()
         await server.wait_closed()

@@ -5,12 +5,15 @@ max_model_len, /tokenize, the two completion routes) and misbehaves as told:
 
     ok              answer normally (a short stream ending in [DONE], or JSON with usage)
     die_mid_stream  send `chunks_before_failure` events, then drop the connection
+    truncated       send `chunks_before_failure` events, then end the response cleanly, no [DONE]
     status_500      answer 500 with an OpenAI-shaped error
     hang            accept the request and never answer
     slow            stream one event every `event_interval` seconds, `events` of them
 
 Every completion body it receives is kept in `.bodies` (to check what the gateway sent:
 priority, max_tokens, stream_options). `healthy = False` makes /health answer 503.
+`/tokenize` calls are counted in `.tokenize_calls`; `hold_tokenize = True` makes them wait until
+their client hangs up (counted in `.tokenize_abandoned`).
 Runs an aiohttp server on its own thread and loop, so sync and async tests can use it.
 
     with FlakyUpstream() as upstream:
@@ -42,9 +45,15 @@ class FlakyUpstream:
         self.chunks_before_failure = 2
         self.events = 5
         self.event_interval = 0.2
+        self.event_padding = 0      # bytes of filler text in each streamed event (to fill buffers)
+        self.event_text: str | None = None   # the text of every streamed event (default t0, t1, ...)
+        self.answer_padding = 0     # bytes of filler text in a non-streaming answer (before its usage)
         self.bodies: list[dict] = []
         self.completions_started = 0
         self.connections_closed_early = 0   # requests whose client went away before the end
+        self.tokenize_calls = 0
+        self.hold_tokenize = False
+        self.tokenize_abandoned = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
@@ -105,6 +114,11 @@ class FlakyUpstream:
 
     async def _tokenize(self, request: web.Request) -> web.Response:
         body = await request.json()
+        self.tokenize_calls += 1
+        if self.hold_tokenize:
+            await self._until_client_leaves(request)
+            self.tokenize_abandoned += 1
+            return web.Response(status=499)
         text = body.get("prompt") or orjson.dumps(body.get("messages")).decode()
         count = len(text.encode())  # one token per byte: the worst case the gateway's bound assumes
         return web.json_response({"count": count, "max_model_len": self.max_model_len, "tokens": []})
@@ -118,9 +132,7 @@ class FlakyUpstream:
             return web.json_response({"error": {"message": "injected failure", "type": "InternalServerError",
                                                 "param": None, "code": 500}}, status=500)
         if mode == "hang":
-            # aiohttp does not cancel a handler whose client left: watch the connection instead.
-            while request.transport is not None and not request.transport.is_closing():
-                await asyncio.sleep(0.05)
+            await self._until_client_leaves(request)
             self.connections_closed_early += 1
             return web.Response(status=499)
         chat = request.path.endswith("chat/completions")
@@ -128,7 +140,7 @@ class FlakyUpstream:
             return web.json_response(self._completion(chat))
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await response.prepare(request)
-        count = self.chunks_before_failure if mode == "die_mid_stream" else self.events
+        count = self.chunks_before_failure if mode in ("die_mid_stream", "truncated") else self.events
         finished = False
         try:
             for i in range(count):
@@ -137,6 +149,10 @@ class FlakyUpstream:
                     await asyncio.sleep(self.event_interval)
             if mode == "die_mid_stream":
                 request.transport.close()   # the engine "crashes": connection gone, no [DONE]
+                return response
+            if mode == "truncated":
+                await response.write_eof()  # a well-formed end of the HTTP response, but no [DONE]
+                finished = True
                 return response
             if (body.get("stream_options") or {}).get("include_usage"):
                 usage = {"prompt_tokens": 3, "completion_tokens": count, "total_tokens": 3 + count}
@@ -150,15 +166,27 @@ class FlakyUpstream:
                 self.connections_closed_early += 1
         return response
 
+    @staticmethod
+    async def _until_client_leaves(request: web.Request) -> None:
+        # aiohttp does not cancel a handler whose client left: watch the connection instead.
+        while request.transport is not None and not request.transport.is_closing():
+            await asyncio.sleep(0.05)
+
     def _completion(self, chat: bool) -> dict:
         choice = ({"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"} if chat
                   else {"index": 0, "text": "ok", "finish_reason": "stop"})
+        if self.answer_padding:
+            choice["padding"] = "x" * self.answer_padding
         return {"id": "cmpl-flaky", "object": "chat.completion" if chat else "text_completion",
                 "created": int(time.time()), "model": self.model, "choices": [choice],
                 "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
 
     def _chunk(self, chat: bool, i: int) -> dict:
-        delta = {"index": 0, "delta": {"content": f"t{i}"}, "finish_reason": None} if chat else \
-            {"index": 0, "text": f"t{i}", "finish_reason": None}
-        return {"id": "cmpl-flaky", "object": "chat.completion.chunk" if chat else "text_completion",
-                "model": self.model, "choices": [delta]}
+        text = f"t{i}" if self.event_text is None else self.event_text
+        delta = {"index": 0, "delta": {"content": text}, "finish_reason": None} if chat else \
+            {"index": 0, "text": text, "finish_reason": None}
+        chunk = {"id": "cmpl-flaky", "object": "chat.completion.chunk" if chat else "text_completion",
+                 "model": self.model, "choices": [delta]}
+        if self.event_padding:
+            chunk["padding"] = "x" * self.event_padding
+        return chunk

@@ -4,17 +4,22 @@ Once the limiter has admitted a request it holds a reservation (tokens, a concur
 lease), then an admission slot and an engine. `Books.close()` runs when the answer is
 complete -- after the last byte for streams, after the response is sent otherwise, or on any
 failure -- and:
-- hands the engine back, with the outcome for its circuit breaker;
+- hands the engine back, with the outcome for its circuit breaker (a success was already told
+  the breaker when the engine answered: `engine_answered()`, at the first byte);
 - leaves the admission slot;
 - queues the usage record (UsageRecorder batches it to PostgreSQL off the hot path) and
   counts the tokens in gateway_prompt/completion_tokens_total;
 - reconciles the reservation with the real usage and frees the lease (one Redis call).
 
-Tokens when the engine reported no usage: a request that never reached an engine, or that
-the engine refused (4xx), used none, so its reservation is given back in full. One cut short
-(client gone -- even before the engine answered, since it was already working on it --, engine
-failed) keeps its reservation, and its usage record carries estimates: the prompt estimate and
-one completion token per streamed event.
+Billing. A request the engine never received -- refused before it was sent (no engine, limits,
+admission, validation), or a connection the engine refused ("connect": nothing was written to
+it) -- is not billed: no usage record, and its token reservation is given back in full. One
+the engine received:
+- with the engine's usage: billed that usage;
+- refused by the engine (4xx): a record with no tokens, reservation given back;
+- cut short (client gone -- even before the engine answered, since it was already working on
+  it --, engine failed): keeps its reservation, and its record carries estimates: the prompt
+  estimate and one completion token per streamed event.
 """
 
 from __future__ import annotations
@@ -77,7 +82,7 @@ class Accounting:
 
 class Books:
     __slots__ = ("_acc", "key", "plan", "reservation", "request_id", "admitted", "engine", "reached",
-                 "_closed", "opened_at")
+                 "answered", "_closed", "opened_at")
 
     def __init__(self, acc: Accounting, key: ApiKey, plan: Plan, reservation: Reservation, request_id: str):
         self._acc = acc
@@ -88,8 +93,16 @@ class Books:
         self.admitted = False          # holds an admission slot
         self.engine: Engine | None = None
         self.reached = False           # the engine answered (response headers received)
+        self.answered = False          # its breaker has the verdict already (engine_answered())
         self._closed = False
         self.opened_at = time.monotonic()
+
+    def engine_answered(self) -> None:
+        """The engine answered (status below 500 and first bytes): tell its breaker now, so a
+        half-open trial does not last as long as the whole answer."""
+        if not self.answered and self.engine is not None:
+            self.answered = True
+            self._acc.engines.answered(self.engine)
 
     async def close(self, status: int, *, usage: dict | None = None, failure: str | None = None,
                     chunks: int = 0) -> None:
@@ -101,23 +114,24 @@ class Books:
         try:
             if self.engine is not None:
                 if failure is not None or self.reached:
-                    acc.engines.done(self.engine, failure)
+                    acc.engines.done(self.engine, failure, answered=self.answered)
                 else:
                     acc.engines.release_unused(self.engine)
             if self.admitted:
                 acc.admission.leave()
 
+            # An engine is chosen only to send the request at once; "connect" means it never got it.
+            received = self.engine is not None and failure != "connect"
             actual: int | None
             if usage is not None:
                 prompt, completion = _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens"))
                 actual = prompt + completion
                 acc.count_tokens(self.key.tier, prompt, completion)
-            elif failure is None and status != 499 and (not self.reached or 400 <= status < 500):
+            elif not received or (failure is None and status != 499 and 400 <= status < 500):
                 prompt = completion = actual = 0
             else:
                 prompt, completion, actual = self.plan.prompt_tokens, chunks, None
-            # 499: the client left after the request was sent, maybe before the engine answered.
-            if self.reached or failure is not None or status == 499:
+            if received:
                 acc.usage.record(request_id=self.request_id, key_id=self.key.id, tier=self.key.tier,
                                  model=self.plan.served.id, prompt_tokens=prompt, completion_tokens=completion,
                                  status=status)

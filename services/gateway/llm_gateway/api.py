@@ -1,7 +1,11 @@
 """The OpenAI-compatible routes. `_complete` is the whole request path, top to bottom:
 
-    authenticate -> validate -> reserve (limiter) -> admit (in-flight cap) -> pick an engine
-    -> proxy / stream -> close the books (reconcile tokens, release, record usage)
+    authenticate -> validate -> reserve (limiter) -> count what validation left open (engine
+    /tokenize) -> admit (in-flight cap) -> pick an engine -> proxy / stream -> close the books
+    (reconcile tokens, release, record usage)
+
+Nothing reaches an engine before the limiter has admitted the request: a key over its request
+limit costs the engines nothing, whatever its body.
 
 Metrics and the access line are observed around it (observe.py); errors become OpenAI-shaped
 responses in one place (app.py).
@@ -45,6 +49,9 @@ async def _complete(request: Request, kind: str, path: str) -> Response:
     reservation = await rt.limiter.reserve(key, obs.request_id, plan.reserved_tokens)
     books = rt.accounting.open(key, plan, reservation, obs.request_id)
     try:
+        if not plan.settled:
+            with rt.hangups.watch(request.receive):      # a client that leaves stops the counting
+                await rt.validator.settle(plan, body)
         await rt.admission.enter()
         books.admitted = True
 
@@ -57,12 +64,14 @@ async def _complete(request: Request, kind: str, path: str) -> Response:
             if upstream.status == 200:
                 return proxy.streaming_response(upstream, books, reservation.headers,
                                                 strip_usage=not plan.client_wants_usage, set_outcome=obs.set_outcome)
-            response = await proxy.buffered_response(upstream, books, reservation.headers)   # an error answer
+            response = await proxy.buffered_response(upstream, books, reservation.headers,   # an error answer
+                                                     rt.settings.max_buffered_response_bytes)
         else:
             with rt.hangups.watch(request.receive):     # a hang-up while vLLM generates ends the wait
                 upstream = await proxy.send(rt.http, books.engine, path, body, rt.upstream_timeout)
                 books.reached = True
-                response = await proxy.buffered_response(upstream, books, reservation.headers)
+                response = await proxy.buffered_response(upstream, books, reservation.headers,
+                                                         rt.settings.max_buffered_response_bytes)
         if upstream.status == 404:
             rt.catalog.refresh_soon()   # the engine no longer serves it (e.g. adapter unloaded elsewhere)
         obs.upstream_seconds = time.perf_counter() - sent_at
@@ -84,7 +93,7 @@ async def list_models(request: Request) -> Response:
     obs: Observation = request.state.obs
     key = await rt.keys.authenticate(request.headers.get("authorization"))
     obs.key_id, obs.tier = key.id, key.tier
-    cards = [served.card for served in rt.catalog.all() if key.allows(served.id)]
+    cards = [served.public_card for served in rt.catalog.all() if key.allows(served.id)]
     return Response(orjson.dumps({"object": "list", "data": cards}), media_type="application/json")
 
 

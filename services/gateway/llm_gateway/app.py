@@ -6,7 +6,8 @@ parent process (__main__.py), never by this app, so the edge cannot expose them.
 
 Errors: every error leaves here in OpenAI's shape {"error": {message, type, param, code}}:
 GatewayError subclasses with their own status, FastAPI validation errors as 400, unknown
-routes and methods as 404/405, and anything unexpected as a 500 (logged with its request id).
+routes and methods as 404/405, a client that hangs up mid-upload as 499 (like any hang-up), and
+anything unexpected as a 500 (logged with its request id).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from . import api, lora_admin, readiness
@@ -57,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(GatewayError, _gateway_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected_error)
     app.add_middleware(RequestObserver)
     return app
@@ -84,6 +87,12 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
                   "invalid_request_error" if exc.status_code < 500 else "server_error",
                   {404: "unknown_url", 405: "method_not_allowed"}.get(exc.status_code),
                   headers=getattr(exc, "headers", None))
+
+
+async def _client_gone(request: Request, exc: ClientDisconnect) -> Response:
+    # The client hung up while its body was being read: nobody to answer, nothing went wrong
+    # here. 499 like every other hang-up (nginx's "client closed request").
+    return Response(status_code=499)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:

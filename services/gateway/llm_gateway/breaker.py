@@ -1,5 +1,9 @@
 """A circuit breaker for one engine: closed -> open after N consecutive failures -> half-open probe.
 
+The half-open probe is a single request; its verdict is recorded as soon as the engine has
+answered it (status and first byte, engines.EnginePool.answered), not when its stream ends,
+so one long answer cannot keep the engine shut for everyone else.
+
 Hand-written on purpose: the gateway needs to *ask* whether an engine may take a request
 (to choose among engines) separately from *recording* the outcome, which may come long
 after the call returned (the end of a stream). pybreaker and friends wrap a single call
@@ -55,6 +59,14 @@ class CircuitBreaker:
         return max(0.0, self._opened_at + self.open_seconds - time.monotonic())
 
     def record_success(self) -> None:
+        self._failures = 0
+        self._probe_in_flight = False
+        if self.state != CLOSED:
+            self._set(CLOSED)
+
+    def reset(self) -> None:
+        """Closed, with no failures counted: the engine proved itself some other way (it passed a
+        health check after being down, which is what a half-open trial would have shown)."""
         self._failures = 0
         self._probe_in_flight = False
         if self.state != CLOSED:

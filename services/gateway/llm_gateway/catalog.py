@@ -22,12 +22,19 @@ from .engines import EnginePool
 log = logging.getLogger(__name__)
 
 
+# What OpenAI's model object has, and all a client sees on /v1/models: vLLM's cards also carry
+# `root` (the model's or adapter's path on the engine's disk), `parent`, `max_model_len` and
+# `permission`, which are the engines' business.
+_PUBLIC_FIELDS = ("id", "object", "created", "owned_by")
+
+
 @dataclass(frozen=True)
 class ServedModel:
     id: str
     max_model_len: int | None
     engines: frozenset[str]   # URLs of the engines serving it
-    card: dict                # the engine's model object, as clients see it on /v1/models
+    card: dict                # the engine's model object as vLLM lists it (internal: has paths)
+    public_card: dict         # what clients see on /v1/models (OpenAI's fields only)
 
 
 class ModelCatalog:
@@ -89,7 +96,7 @@ class ModelCatalog:
             max_len = card.get("max_model_len")
             if max_len is None and card.get("parent") in found:  # an adapter inherits its base's window
                 max_len = found[card["parent"]][0].get("max_model_len")
-            models[model_id] = ServedModel(model_id, max_len, frozenset(urls), card)
+            models[model_id] = ServedModel(model_id, max_len, frozenset(urls), card, _public(card))
         if set(models) != set(self._models):
             log.info("served models changed", extra={"models": sorted(models)})
         self._models = models
@@ -103,6 +110,12 @@ class ModelCatalog:
                 return [card for card in cards if isinstance(card, dict) and isinstance(card.get("id"), str)]
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, orjson.JSONDecodeError, AttributeError):
             return None
+
+
+def _public(card: dict) -> dict:
+    public = {name: card[name] for name in _PUBLIC_FIELDS if name in card}
+    public.setdefault("object", "model")
+    return public
 
 
 async def _none() -> None:

@@ -6,8 +6,16 @@
   request path (a background task of each worker process). A refused connection marks an
   engine down at once; a slow or failed answer only after SLOW_PROBES_TO_DOWN in a row, since
   a busy engine (a CPU one above all) can miss one probe's deadline while serving fine.
+- Recovery: an engine that is down is probed every RECOVERY_PROBE_SECONDS instead (a refused
+  connection costs nothing), so a restarted engine takes traffic again within that, not within
+  a whole health interval. Passing a probe after being down also closes its breaker: the
+  breaker was opened by the requests that failed while the engine was away, and the probe is
+  the evidence a half-open trial would give (without it, a restart cost up to
+  circuit_open_seconds more of 503s, then one trial request while everyone else got 503).
 - Circuit breaker per engine (breaker.py): request outcomes open it; a dead engine then
-  costs a client a fast 503 with Retry-After instead of a connect timeout.
+  costs a client a fast 503 with Retry-After instead of a connect timeout. A request's verdict
+  is given when the engine has answered (`answered()`: status and first byte); what happens
+  after that only counts if it is the engine's failure.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 import aiohttp
 
@@ -26,6 +34,21 @@ from .errors import ServiceUnavailable
 log = logging.getLogger(__name__)
 
 SLOW_PROBES_TO_DOWN = 2
+RECOVERY_PROBE_SECONDS = 0.2
+_JSON_HEADERS = {"content-type": "application/json"}
+
+
+async def post(session: aiohttp.ClientSession, url: str, data: bytes, timeout: aiohttp.ClientTimeout,
+               headers: dict[str, str] = _JSON_HEADERS) -> aiohttp.ClientResponse:
+    """POST to an engine; returns once the response headers are in (the caller releases it).
+
+    The keep-alive race: the engine may close an idle pooled connection just as a request goes
+    out on it, and then never read it (ServerDisconnectedError before any answer). That request
+    is sent once more, on a new connection; any other failure is the caller's to label."""
+    try:
+        return await session.post(url, data=data, headers=headers, timeout=timeout)
+    except aiohttp.ServerDisconnectedError:
+        return await session.post(url, data=data, headers=headers, timeout=timeout)
 
 
 @dataclass(eq=False)
@@ -77,12 +100,19 @@ class EnginePool:
         best.outstanding += 1
         return best
 
-    def done(self, engine: Engine, failure: str | None = None) -> None:
+    def answered(self, engine: Engine) -> None:
+        """The engine answered a request (a status below 500 and its first bytes): a success for
+        its breaker, which ends a half-open trial now rather than when the answer ends."""
+        engine.breaker.record_success()
+
+    def done(self, engine: Engine, failure: str | None = None, *, answered: bool = False) -> None:
         """Hand an engine back; `failure` is the upstream error kind, if any
-        (connect|timeout|status_5xx|stream_broken), which counts against its breaker."""
+        (connect|timeout|status_5xx|stream_broken), which counts against its breaker. Without a
+        failure it is a success, unless `answered()` already recorded it (answered=True)."""
         engine.outstanding -= 1
         if failure is None:
-            engine.breaker.record_success()
+            if not answered:
+                engine.breaker.record_success()
         else:
             engine.count_error(failure)
             engine.breaker.record_failure()
@@ -98,22 +128,24 @@ class EnginePool:
     def _retry_after(self, serving: frozenset[str] | None) -> float:
         waits = [e.breaker.retry_after() for e in self.engines
                  if (serving is None or e.url in serving) and e.healthy and e.breaker.retry_after() > 0]
-        return min(waits) if waits else self.health_interval
+        return min(waits) if waits else 1.0   # a down engine is probed every RECOVERY_PROBE_SECONDS
 
     # -- health -----------------------------------------------------------------------------
 
     def healthy(self) -> list[Engine]:
         return [e for e in self.engines if e.healthy]
 
-    async def check_health(self) -> list[Engine]:
-        """Probe every engine once; returns the engines that just came back (healthy again)."""
-        results = await asyncio.gather(*(self._probe(e) for e in self.engines))
+    async def check_health(self, engines: list[Engine] | None = None) -> list[Engine]:
+        """Probe every engine (or those given) once; returns the engines that just came back."""
+        engines = self.engines if engines is None else engines
+        results = await asyncio.gather(*(self._probe(e) for e in engines))
         recovered = []
-        for engine, result in zip(self.engines, results):
+        for engine, result in zip(engines, results):
             if result == "ok":
                 engine.failed_probes = 0
                 if not engine.healthy:
                     recovered.append(engine)
+                    engine.breaker.reset()
                 self._set_health(engine, True)
             elif result == "refused":
                 engine.failed_probes = SLOW_PROBES_TO_DOWN
@@ -124,6 +156,18 @@ class EnginePool:
                     self._set_health(engine, False)
         metrics.DEPENDENCY_UP.labels("engine").set(1 if any(e.healthy for e in self.engines) else 0)
         return recovered
+
+    async def watch_recovery(self, on_recovered: Callable[[], object]) -> None:
+        """Probe the engines that are down every RECOVERY_PROBE_SECONDS (a background task);
+        `on_recovered()` when one comes back (the catalog re-reads its models)."""
+        while True:
+            await asyncio.sleep(RECOVERY_PROBE_SECONDS)
+            down = [e for e in self.engines if not e.healthy]
+            try:
+                if down and await self.check_health(down):
+                    on_recovered()
+            except Exception:  # noqa: BLE001 - the watcher must outlive any single failure
+                log.exception("engine recovery probe failed")
 
     async def _probe(self, engine: Engine) -> str:
         """"ok", "refused" (nothing listens: down for sure) or "failed" (slow or not 200)."""

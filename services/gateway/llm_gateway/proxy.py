@@ -6,7 +6,8 @@
   until all is generated, and in `buffered_response()`): if the client hangs up, the
   upstream connection is closed (vLLM aborts a request whose client is gone) instead of
   generating for nobody; within 0.2 s of the request's start, at once after that.
-- `buffered_response()` relays a non-streaming answer once it is complete.
+- `buffered_response()` relays a non-streaming answer once it is complete, up to
+  `max_buffered_response_bytes` (a larger one is a 502, not held in memory).
 - `streaming_response()` relays Server-Sent Events as they arrive: every complete event is
   passed on the moment it is read, in the bytes the engine sent (event-aligned: a partial
   event waits for its end, so events are never split or merged differently than upstream
@@ -24,6 +25,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import AsyncIterator, Callable
 
@@ -34,13 +36,16 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive
 
+from . import engines
 from .accounting import Books
 from .engines import Engine
 from .errors import GatewayError, UpstreamError
 
-_JSON_HEADERS = {"content-type": "application/json"}
-_DONE = b"data: [DONE]"
+# The end of a vLLM stream: this whole event, never just these bytes somewhere (a model can write
+# "data: [DONE]" in its text; JSON escapes its newlines, so it can never be a whole event).
+_DONE_EVENT = b"data: [DONE]\n\n"
 _USAGE = b'"usage":{'
+_JSON = json.JSONDecoder()
 
 
 class EngineFailure(UpstreamError):
@@ -61,13 +66,9 @@ async def send(session: aiohttp.ClientSession, engine: Engine, path: str, body: 
     try:
         # The request id is not forwarded: vLLM would adopt it as its own, and two clients
         # reusing one X-Request-ID would then collide inside the engine.
-        try:
-            return await session.post(engine.url + path, data=data, headers=_JSON_HEADERS, timeout=timeout)
-        except aiohttp.ServerDisconnectedError:
-            # The keep-alive race: the engine closed an idle pooled connection just as this
-            # request went out on it, so the engine never read it. Once more, on a new connection.
-            return await session.post(engine.url + path, data=data, headers=_JSON_HEADERS, timeout=timeout)
-    except aiohttp.ClientConnectorError:
+        return await engines.post(session, engine.url + path, data, timeout)
+    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError):
+        # Refused, or no connection within sock_connect: the engine never received the request.
         raise EngineFailure("The inference engine is unreachable; retry shortly.", kind="connect", status=503,
                             code="engine_unavailable", headers={"Retry-After": "1"}) from None
     except asyncio.TimeoutError:
@@ -174,10 +175,18 @@ class ClientWatch:
             raise ClientGone() from None
 
 
-async def buffered_response(upstream: aiohttp.ClientResponse, books: Books, headers: dict[str, str]) -> Response:
-    """The engine's whole answer, relayed once complete; closes the books after it is sent."""
+async def buffered_response(upstream: aiohttp.ClientResponse, books: Books, headers: dict[str, str],
+                            limit: int) -> Response:
+    """The engine's whole answer, relayed once complete; closes the books after it is sent.
+    An answer over `limit` bytes is not held: 502 `response_too_large` (the engine did nothing
+    wrong, so its breaker hears a success)."""
     try:
-        payload = await upstream.read()
+        payload = await _read_bounded(upstream, limit)
+    except ResponseTooLarge:
+        upstream.close()
+        if upstream.status < 500:
+            books.engine_answered()
+        raise
     except asyncio.TimeoutError:
         upstream.close()
         raise _timeout() from None
@@ -189,8 +198,33 @@ async def buffered_response(upstream: aiohttp.ClientResponse, books: Books, head
         raise
     if upstream.status >= 500:
         raise _engine_error(upstream.status, payload)
+    books.engine_answered()
     return Response(payload, upstream.status, headers=headers, media_type="application/json",
                     background=BackgroundTask(_close_after_sending, books, upstream.status, payload))
+
+
+class ResponseTooLarge(UpstreamError):
+    code = "response_too_large"
+
+
+async def _read_bounded(upstream: aiohttp.ClientResponse, limit: int) -> bytes:
+    length = upstream.content_length         # vLLM sends one with every JSON answer
+    if length is not None:
+        if length > limit:
+            raise _too_large(limit)
+        return await upstream.read()
+    chunks, size = [], 0
+    async for chunk in upstream.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> ResponseTooLarge:
+    return ResponseTooLarge(f"The answer is larger than this gateway relays without streaming ({limit} bytes). "
+                            "Ask for fewer or shorter choices (n, max_tokens, logprobs), or stream it (stream: true).")
 
 
 async def _close_after_sending(books: Books, status: int, payload: bytes) -> None:
@@ -203,10 +237,20 @@ async def _close_after_sending(books: Books, status: int, payload: bytes) -> Non
 
 
 def _usage(payload: bytes) -> dict | None:
-    try:
-        return orjson.loads(payload).get("usage")
-    except (orjson.JSONDecodeError, AttributeError):
-        return None
+    """The answer's top-level `usage`, parsed from its key to the end of that object only: vLLM
+    writes it after `choices` (which can be megabytes of logprobs), and the last `"usage"` key is
+    it (inside a JSON string the quotes would be escaped, so no text can look like a key)."""
+    end = len(payload)
+    while (start := payload.rfind(b'"usage"', 0, end)) >= 0:
+        rest = payload[start + 7:start + 64].lstrip()
+        if rest.startswith(b":"):
+            try:
+                usage, _ = _JSON.raw_decode(payload[start + 7:].decode().lstrip().removeprefix(":").lstrip())
+            except ValueError:      # UnicodeDecodeError included
+                return None
+            return usage if isinstance(usage, dict) else None
+        end = start                 # "usage" as a value, not a key: look further back
+    return None
 
 
 class _RelayResponse(StreamingResponse):
@@ -239,6 +283,8 @@ async def _relay(upstream: aiohttp.ClientResponse, books: Books, strip_usage: bo
     try:
         try:
             async for chunk in upstream.content.iter_any():
+                if not books.answered:
+                    books.engine_answered()          # the first byte: the breaker's verdict
                 out = events.feed(chunk)
                 if out:
                     yield out
@@ -272,7 +318,11 @@ def error_event(error: GatewayError) -> bytes:
 
 
 class SseEvents:
-    """Cuts the engine's byte stream into complete SSE events (vLLM ends each with a blank line)."""
+    """Cuts the engine's byte stream into complete SSE events (vLLM ends each with a blank line).
+
+    Hand-rolled rather than an SSE library (httpx-sse, sse-starlette's parser): those yield
+    parsed events, and the relay must pass the engine's bytes on exactly as they came, in the
+    reads they came in; all it needs is where events end, the usage chunk and [DONE]."""
 
     __slots__ = ("_pending", "_strip_usage", "usage", "done", "count")
 
@@ -294,8 +344,9 @@ class SseEvents:
         self.count += complete.count(b"\n\n")
         if _USAGE in complete:
             complete = self._take_usage(complete)
-        if _DONE in complete:
-            self.done = True
+        # `complete` starts at an event boundary and ends with one: [DONE] is its last event.
+        self.done = complete.endswith(_DONE_EVENT) and (
+            len(complete) == len(_DONE_EVENT) or complete.endswith(b"\n\n" + _DONE_EVENT))
         return complete
 
     def _take_usage(self, complete: bytes) -> bytes:

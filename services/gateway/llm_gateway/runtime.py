@@ -10,7 +10,9 @@ Background loops (off the request path):
   soon as an engine comes back;
 - every lease_seconds / 3: renew the concurrency leases of this process's requests in Redis;
 - every 0.1 s: watch the clients of non-streaming requests that have waited that long for a
-  hang-up (proxy.HangUpWatch).
+  hang-up (proxy.HangUpWatch);
+- every 0.2 s: probe the engines that are down, so a restarted one is back at once
+  (EnginePool.watch_recovery).
 """
 
 from __future__ import annotations
@@ -85,10 +87,10 @@ class Runtime:
         admission = Admission(settings.max_in_flight, settings.admission_wait_seconds)
         rt = cls(settings=settings, pool=pool, redis=redis, http=http,
                  keys=KeyStore(pool, settings.key_cache_ttl_seconds), limiter=limiter, usage=usage,
-                 engines=engines, catalog=catalog, validator=Validator(catalog, TokenCounter(engines, http)),
+                 engines=engines, catalog=catalog, validator=Validator(catalog, TokenCounter(engines, http), settings.max_n),
                  priorities=TierPriorities(settings.tier_priorities), admission=admission,
                  accounting=Accounting(limiter, admission, engines, usage),
-                 upstream_timeout=aiohttp.ClientTimeout(total=settings.request_timeout_seconds, sock_connect=5))
+                 upstream_timeout=_upstream_timeout(settings.request_timeout_seconds))
         await usage.start()
         await limiter.warm_up()
         # Know the engines and their models before the first request.
@@ -97,7 +99,8 @@ class Runtime:
         await limiter.ping()
         rt._tasks = [asyncio.create_task(rt._watch(), name="watch-dependencies"),
                      asyncio.create_task(rt._renew_leases(), name="renew-leases"),
-                     asyncio.create_task(rt.hangups.run(), name="watch-hang-ups")]
+                     asyncio.create_task(rt.hangups.run(), name="watch-hang-ups"),
+                     asyncio.create_task(engines.watch_recovery(catalog.refresh_soon), name="engine-recovery")]
         return rt
 
     async def close(self) -> None:
@@ -139,6 +142,14 @@ class Runtime:
         while True:
             await asyncio.sleep(self.limiter.lease_seconds / 3)
             await self.limiter.renew_leases()
+
+
+def _upstream_timeout(seconds: float) -> aiohttp.ClientTimeout:
+    """How long an engine may keep a request waiting: for the first byte of its answer, then
+    between two reads of a stream. Not a total: time the relay spends blocked on a slow client
+    must never count against the engine (aiohttp stops the sock_read timer while reading is
+    paused because the consumer's buffer is full: client_proto.py, pause_reading/_drop_timeout)."""
+    return aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=seconds)
 
 
 async def _connect_postgres(dsn: str) -> asyncpg.Pool:

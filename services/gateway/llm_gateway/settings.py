@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     max_in_flight: int = Field(default=512, gt=0)
     admission_wait_seconds: float = Field(default=0.5, ge=0)
     request_timeout_seconds: float = Field(default=600.0, gt=0)
+    # Bounds on what one request may make the gateway hold (validation.py, proxy.py).
+    max_n: int = Field(default=16, ge=1)
+    max_buffered_response_bytes: int = Field(default=16_777_216, gt=0)
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
     tier_priorities: Annotated[dict[str, int], NoDecode] = Field(
         default_factory=lambda: {"premium": 0, "standard": 10, "batch": 20}

@@ -8,7 +8,12 @@ Two steps, the cheap one first:
    ``len(body) + margin`` bounds a chat prompt, ``len(prompt.encode()) + margin`` a text prompt.
    Most requests fit their model's context by this bound alone and cost nothing more.
 2. Only when the bound does not clearly fit, the exact count from the engine's own
-   tokenizer: POST /tokenize (the engine does the work, off this process's loop).
+   tokenizer: POST /tokenize (the engine does the work, off this process's loop). vLLM's
+   /tokenize takes one prompt string (vllm/entrypoints/serve/tokenize/protocol.py,
+   TokenizeCompletionRequest.prompt: str, vLLM 0.32), so a list of prompts is counted with at
+   most COUNT_CONCURRENCY calls in flight, longest first, stopping as soon as no prompt left
+   can be longer than one already counted. The caller bounds the list (1,024 prompts, as vLLM
+   does) and counts only after the rate limiter admitted the request.
 
 The margins are deliberately generous. If a template ever added more than the margin, the
 engine would still refuse the request with its own 400: the gateway's check is a fast path,
@@ -22,7 +27,7 @@ import asyncio
 import aiohttp
 import orjson
 
-from .engines import EnginePool
+from .engines import EnginePool, post
 from .errors import InvalidRequest, ServiceUnavailable
 
 # Special tokens (BOS/EOS, a prefix space) around a plain text prompt.
@@ -53,6 +58,11 @@ def estimate(byte_count: int) -> int:
     return byte_count // ESTIMATE_BYTES_PER_TOKEN + 1
 
 
+# /tokenize calls one request keeps in flight while counting a list of prompts: enough to hide
+# the round trip, few enough that one request cannot crowd the engine's API server.
+COUNT_CONCURRENCY = 4
+
+
 class TokenCounter:
     """Exact prompt token counts from an engine's POST /tokenize."""
 
@@ -66,34 +76,67 @@ class TokenCounter:
         request.update((name, body[name]) for name in _TEMPLATE_FIELDS if name in body)
         return await self._count(engines, request)
 
-    async def count_text(self, model: str, engines: frozenset[str], prompt: str) -> int:
-        return await self._count(engines, {"model": model, "prompt": prompt})
+    async def count_texts(self, model: str, engines: frozenset[str], prompts: list[str]) -> dict[int, int]:
+        """Exact counts of the prompts that can matter: index -> tokens. The longest prompt is
+        always among them; a prompt whose byte bound is no more than a count already known is
+        skipped (it cannot be the longest)."""
+        bounds = [text_bound(prompt) for prompt in prompts]
+        order = sorted(range(len(prompts)), key=bounds.__getitem__, reverse=True)
+        counts: dict[int, int] = {}
+        if len(order) == 1:        # the common case: no task needed
+            counts[order[0]] = await self._count(engines, {"model": model, "prompt": prompts[order[0]]})
+            return counts
+        pending = iter(order)
+        longest = 0
+
+        async def worker() -> None:
+            nonlocal longest
+            for i in pending:          # shared iterator: each prompt is taken by one worker
+                if bounds[i] <= longest:
+                    return             # sorted by bound: no prompt left can be longer
+                counts[i] = count = await self._count(engines, {"model": model, "prompt": prompts[i]})
+                longest = max(longest, count)
+
+        try:
+            # Cancelled as a whole (the client left: ClientWatch), the group cancels its calls.
+            async with asyncio.TaskGroup() as group:
+                for _ in range(min(COUNT_CONCURRENCY, len(order))):
+                    group.create_task(worker())
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None     # the first failure, as a single call would raise
+        return counts
 
     async def _count(self, engines: frozenset[str], request: dict) -> int:
         engine = self._pool.pick(engines)
         failure = None
         try:
-            async with self._session.post(engine.url + "/tokenize", data=orjson.dumps(request),
-                                          headers={"content-type": "application/json"},
-                                          timeout=self._timeout) as response:
+            response = await post(self._session, engine.url + "/tokenize", orjson.dumps(request), self._timeout)
+            try:
                 payload = await response.read()
-                if response.status >= 500:
-                    failure = "status_5xx"
-                    raise ServiceUnavailable("Could not count the prompt's tokens; retry shortly.",
-                                             reason="tokenize_failed")
-                answer = orjson.loads(payload)
-                if response.status != 200:
-                    # The engine could not render the prompt: the request itself is wrong.
-                    message = answer.get("error", {}).get("message") if isinstance(answer, dict) else None
-                    raise InvalidRequest(f"The prompt could not be tokenized: {message or response.status}")
-                return int(answer["count"])
-        except (aiohttp.ClientConnectionError, OSError):
-            failure = "connect"
+            finally:
+                response.release()
+            if response.status >= 500:
+                failure = "status_5xx"
+                raise ServiceUnavailable("Could not count the prompt's tokens; retry shortly.",
+                                         reason="tokenize_failed")
+            answer = orjson.loads(payload)
+            if response.status != 200:
+                # The engine could not render the prompt: the request itself is wrong.
+                message = answer.get("error", {}).get("message") if isinstance(answer, dict) else None
+                raise InvalidRequest(f"The prompt could not be tokenized: {message or response.status}")
+            return int(answer["count"])
+        except aiohttp.ClientConnectorError:
+            failure = "connect"          # refused or unreachable: the engine is down
             raise ServiceUnavailable("Could not reach the engine to count tokens; retry shortly.",
                                      reason="no_healthy_engine") from None
         except asyncio.TimeoutError:
             failure = "timeout"
             raise ServiceUnavailable("Counting the prompt's tokens timed out; retry shortly.",
+                                     reason="tokenize_failed") from None
+        except (aiohttp.ClientError, OSError):
+            # A connection lost after it was made (post() already resent the keep-alive race).
+            failure = "stream_broken"
+            raise ServiceUnavailable("The engine closed the connection while counting tokens; retry shortly.",
                                      reason="tokenize_failed") from None
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
             failure = "status_5xx"

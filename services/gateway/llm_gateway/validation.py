@@ -6,11 +6,18 @@ In order, each failure answered in OpenAI's error shape:
 - `model` missing -> 400; the key may not use it -> 403 (`model_not_allowed`, checked before
   existence so a restricted key learns nothing about other models); not served -> 404
   (503 with Retry-After instead while no engine is reachable: the model may just be unseen)
-- malformed `messages` / `prompt` / `max_tokens` / `n` / `stream` -> 400
+- malformed `messages` / `prompt` / `max_tokens` / `n` / `stream` -> 400; `n` above `max_n` -> 400
+  (every choice is a whole answer the engine generates and, unstreamed, the gateway holds)
 - `max_tokens` above the key's cap -> 400 (rejected, not clamped: a silently shortened
   completion is worse than a clear error). Absent -> set to min(key cap, context - prompt).
+- a `prompt` list of more than MAX_PROMPTS prompts -> 400 (vLLM refuses it too)
 - prompt tokens + max_tokens beyond the model's context -> 400 `context_length_exceeded`;
   nothing is sent to the completion endpoint.
+
+Two steps, so that no engine round trip happens before the rate limiter has admitted the
+request: `plan()` checks everything it can without an engine (the byte bounds of tokens.py
+settle most requests), and `settle()` asks the engine's tokenizer for the exact counts the
+bounds left open (only then are max_tokens and the context check final).
 
 The result is a `Plan`: what the rest of the request path needs to know about the request.
 The body is edited in place (max_tokens default, stream_options) and re-serialised once.
@@ -30,6 +37,12 @@ from .keys import ApiKey
 
 CHAT, COMPLETION = "chat", "completion"
 
+# vLLM refuses a completion request with more prompts than VLLM_MAX_COMPLETION_PROMPTS (default
+# 1024; a flat list of token ids is one prompt): CompletionRequest.validate_prompt_list_length in
+# vllm/entrypoints/openai/completion/protocol.py (vLLM 0.32, vllm-project/vllm PR #47845).
+# Refused here first, before any prompt of such a list is counted.
+MAX_PROMPTS = 1024
+
 _not_allowed = metrics.AUTH_FAILURES.labels("model_not_allowed")
 
 
@@ -42,6 +55,14 @@ class Plan:
     prompt_tokens: int          # exact when counted, else an estimate (for reservation and accounting)
     reserved_tokens: int        # reserved in the limiter: prompts + every choice's max_tokens
     client_wants_usage: bool    # streaming: the client itself asked for the usage chunk
+    # Left for settle(): what the byte bounds did not settle (None: nothing left).
+    unsettled: list[str] | None = None   # chat: [] (the messages); completion: the text prompts to count
+    requested: int | None = None         # max_tokens as the client sent it
+    cap: int | None = None               # the key's max_tokens
+
+    @property
+    def settled(self) -> bool:
+        return self.unsettled is None
 
 
 async def read_json_body(request: Request, limit: int) -> tuple[dict, int]:
@@ -65,9 +86,10 @@ async def read_json_body(request: Request, limit: int) -> tuple[dict, int]:
 
 
 class Validator:
-    def __init__(self, catalog: ModelCatalog, counter: tokens.TokenCounter):
+    def __init__(self, catalog: ModelCatalog, counter: tokens.TokenCounter, max_n: int = 16):
         self._catalog = catalog
         self._counter = counter
+        self._max_n = max_n
 
     async def plan(self, body: dict, body_size: int, key: ApiKey, kind: str) -> Plan:
         served = await self._model(body, key)
@@ -81,6 +103,10 @@ class Validator:
             # The final chunk then carries `usage`, which reconciles the rate-limit reservation.
             body["stream_options"] = {**options, "include_usage": True}
         choices = _positive_int(body, "n") or 1
+        if choices > self._max_n:
+            # OpenAI's wording and code for an integer above its maximum.
+            raise InvalidRequest(f"Invalid 'n': integer above maximum value. Expected a value <= {self._max_n}, "
+                                 f"but got {choices} instead.", param="n", code="integer_above_max_value")
 
         requested = _requested_max_tokens(body, kind)
         if requested is not None and key.max_tokens is not None and requested > key.max_tokens:
@@ -88,16 +114,46 @@ class Validator:
                                  f"{key.max_tokens} completion tokens per request.",
                                  param="max_tokens", code="max_tokens_exceeded")
 
+        context = served.max_model_len
+        if requested is not None and context is not None and requested >= context:
+            # No prompt fits beside it, whatever its length: no need to count anything.
+            param = "messages" if kind == CHAT else "prompt"
+            raise InvalidRequest(
+                f"This model's maximum context length is {context} tokens. However, you requested {requested} "
+                f"tokens for the completion alone. Please reduce the length of the completion.",
+                param=param, code="context_length_exceeded")
         if kind == CHAT:
-            prompt_tokens, max_tokens = await self._fit_chat(body, body_size, served, requested, key.max_tokens)
+            prompt_tokens, max_tokens, unsettled = self._fit_chat(body, body_size, served, requested, key.max_tokens)
             prompt_count = 1
         else:
-            prompt_tokens, max_tokens, prompt_count = await self._fit_completion(body, served, requested,
-                                                                                  key.max_tokens)
-        if requested is None and max_tokens is not None:
+            prompt_tokens, max_tokens, unsettled, prompt_count = self._fit_completion(body, served, requested,
+                                                                                     key.max_tokens)
+        if requested is None and max_tokens is not None and unsettled is None:
             body["max_tokens"] = max_tokens
+        # Unsettled, max_tokens is a guess until settle(); the reservation is reconciled with the
+        # real usage when the request ends, like every reservation.
         reserved = prompt_tokens + (max_tokens or 0) * choices * prompt_count
-        return Plan(served, kind, stream, max_tokens, prompt_tokens, reserved, client_wants_usage)
+        return Plan(served, kind, stream, max_tokens, prompt_tokens, reserved, client_wants_usage, unsettled,
+                    requested, key.max_tokens)
+
+    async def settle(self, plan: Plan, body: dict) -> None:
+        """Count exactly what plan() left unsettled (engine round trips), then fix max_tokens;
+        400 `context_length_exceeded` if the prompt does not fit after all."""
+        if plan.unsettled is None:
+            return
+        served = plan.served
+        if plan.kind == CHAT:
+            longest = plan.prompt_tokens = await self._counter.count_chat(served.id, served.engines, body)
+            param = "messages"
+        else:
+            counts = await self._counter.count_texts(served.id, served.engines, plan.unsettled)
+            # Exact counts replace the estimates of the prompts that were counted.
+            plan.prompt_tokens += sum(count - _text_estimate(plan.unsettled[i]) for i, count in counts.items())
+            longest, param = max(counts.values()), "prompt"
+        plan.max_tokens = _completion_room(served, longest, plan.requested, plan.cap, param)
+        if plan.requested is None:
+            body["max_tokens"] = plan.max_tokens
+        plan.unsettled = None
 
     async def _model(self, body: dict, key: ApiKey) -> ServedModel:
         model = body.get("model")
@@ -117,42 +173,56 @@ class Validator:
         return served
 
     # -- fitting the prompt and the completion into the context window -----------------------
+    # Each returns (prompt tokens estimate, max_tokens, unsettled[, prompt count]); unsettled is
+    # None when the byte bound settled it, else what settle() must count.
 
-    async def _fit_chat(self, body: dict, body_size: int, served: ServedModel, requested: int | None,
-                        cap: int | None) -> tuple[int, int | None]:
+    def _fit_chat(self, body: dict, body_size: int, served: ServedModel, requested: int | None,
+                  cap: int | None) -> tuple[int, int | None, list[str] | None]:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise InvalidRequest("messages must be a non-empty array.", param="messages")
         bound = tokens.chat_bound(body_size, body)
         context = served.max_model_len
         wanted = requested if requested is not None else cap
+        estimate = min(bound, tokens.estimate(body_size))
         if context is None or (wanted is not None and bound + wanted <= context):
-            return min(bound, tokens.estimate(body_size)), wanted
-        exact = await self._counter.count_chat(served.id, served.engines, body)
-        return exact, _completion_room(served, exact, requested, cap, "messages")
+            return estimate, wanted, None
+        return estimate, _guess_room(context, estimate, wanted), []
 
-    async def _fit_completion(self, body: dict, served: ServedModel, requested: int | None,
-                              cap: int | None) -> tuple[int, int | None, int]:
+    def _fit_completion(self, body: dict, served: ServedModel, requested: int | None,
+                        cap: int | None) -> tuple[int, int | None, list[str] | None, int]:
         prompts = _prompts(body.get("prompt"))
         context = served.max_model_len
         wanted = requested if requested is not None else cap
-        counts: list[int] = []       # exact (token-id prompts, or counted by the engine)
+        counts: list[int] = []       # exact: token-id prompts
+        unsettled: list[str] = []    # text prompts the byte bound does not settle
         estimates = 0
         for prompt in prompts:
             if isinstance(prompt, list):
                 counts.append(len(prompt))
                 estimates += len(prompt)
                 continue
-            if context is None or (wanted is not None and tokens.text_bound(prompt) + wanted <= context):
-                estimates += min(tokens.text_bound(prompt), tokens.estimate(len(prompt.encode())))
-                continue
-            exact = await self._counter.count_text(served.id, served.engines, prompt)
-            counts.append(exact)
-            estimates += exact
-        if context is None or not counts:
-            return estimates, wanted, len(prompts)
+            estimates += _text_estimate(prompt)
+            if not (context is None or (wanted is not None and tokens.text_bound(prompt) + wanted <= context)):
+                unsettled.append(prompt)
+        if context is None:
+            return estimates, wanted, None, len(prompts)
+        if unsettled:
+            longest = max(map(_text_estimate, unsettled))
+            return estimates, _guess_room(context, longest, wanted), unsettled, len(prompts)
+        if not counts:
+            return estimates, wanted, None, len(prompts)
         # The longest prompt decides how much room is left for the completion.
-        return estimates, _completion_room(served, max(counts), requested, cap, "prompt"), len(prompts)
+        return estimates, _completion_room(served, max(counts), requested, cap, "prompt"), None, len(prompts)
+
+
+def _text_estimate(prompt: str) -> int:
+    return min(tokens.text_bound(prompt), tokens.estimate(len(prompt.encode())))
+
+
+def _guess_room(context: int, prompt_estimate: int, wanted: int | None) -> int:
+    """max_tokens to reserve before the exact count (settle() decides the real one)."""
+    return wanted if wanted is not None else max(1, context - prompt_estimate)
 
 
 def _completion_room(served: ServedModel, prompt_tokens: int, requested: int | None, cap: int | None,
@@ -180,10 +250,13 @@ def _prompts(prompt: object) -> list[str | list[int]]:
     if isinstance(prompt, str):
         return [prompt]
     if isinstance(prompt, list) and prompt:
-        if all(isinstance(p, str) for p in prompt):
-            return list(prompt)
         if all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
             return [prompt]
+        if len(prompt) > MAX_PROMPTS:
+            raise InvalidRequest(f"prompt may hold at most {MAX_PROMPTS} prompts; this request has {len(prompt)}. "
+                                 "Split it into several requests.", param="prompt")
+        if all(isinstance(p, str) for p in prompt):
+            return list(prompt)
         if all(isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool) for t in p)
                for p in prompt):
             return list(prompt)
