@@ -91,8 +91,14 @@ def go_duration(seconds: int) -> str:
 
 
 def healthcheck(test: Sequence[str], *, interval: int = 15, timeout: int = 5, retries: int = 5,
-                start_period: int = 20, start_interval: int = 2) -> docker.ContainerHealthcheckArgs:
-    """Durations in seconds, written in the provider's canonical form (``go_duration``)."""
+                start_period: int = 20, start_interval: int = 0) -> docker.ContainerHealthcheckArgs:
+    """Durations in seconds, written in the provider's canonical form (``go_duration``).
+
+    No start_interval (0s: Docker checks every ``interval`` during the start period too): the
+    Docker client refuses a non-zero one below API 1.44 (moby client/container_create.go,
+    "specify health-check start interval"), so a host with Docker 20.10-24 (Debian bookworm's
+    docker.io) could not create a single container of the node.
+    """
     return docker.ContainerHealthcheckArgs(tests=list(test), interval=go_duration(interval),
                                            timeout=go_duration(timeout), retries=retries,
                                            start_period=go_duration(start_period),

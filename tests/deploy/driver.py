@@ -211,7 +211,7 @@ class DockerResources(pulumi.runtime.Mocks):
 
     def __init__(self, client, deployment: Deployment, options: dict, *, docker_host: str = "", build_client=None,
                  omit: Mapping[str, str],
-                 drop_start_interval: bool, build_hook: Callable[[str, dict], None] | None, log: Callable[[str], None]):
+                 build_hook: Callable[[str, dict], None] | None, log: Callable[[str], None]):
         self.client = client
         self.api = client.api
         self.docker_host = docker_host  # the daemon ``client`` talks to, as the stack must name it
@@ -220,7 +220,6 @@ class DockerResources(pulumi.runtime.Mocks):
         self.deployment = deployment
         self.options = options  # (type, name) -> ResourceOptions, recorded by a stack transformation
         self.omit = dict(omit)  # llm-node.service label -> reason: not created (Traefik, Grafana, cloudflared)
-        self.drop_start_interval = drop_start_interval
         self.build_hook = build_hook
         self.log = log
         self.lock = threading.Lock()
@@ -398,10 +397,6 @@ class DockerResources(pulumi.runtime.Mocks):
             if start_interval:
                 if self.api_version >= (1, 44):
                     config["Healthcheck"]["StartInterval"] = start_interval
-                elif self.drop_start_interval:
-                    self.log(f"WARNING {name}: healthcheck start_interval dropped: the daemon speaks API "
-                             f"{'.'.join(map(str, self.api_version))} and the provider's Docker client refuses it "
-                             "below 1.44 (this Docker host could not run the program as declared)")
                 else:
                     # What the provider's Docker client (moby client ContainerCreate) does.
                     raise DeployError(f"{name}: \"specify health-check start interval\" requires API version 1.44, "
@@ -561,14 +556,14 @@ def _build(client, context: Path, dockerfile: str, tag: str, args: Mapping[str, 
 
 
 def deploy(client, stack: str, values: Mapping[str, Any], *, docker_host: str, build_client=None, omit: Mapping[str, str] | None = None,
-           omitted_images: tuple[str, ...] = (), drop_start_interval: bool = False,
+           omitted_images: tuple[str, ...] = (),
            state_file: Path | None = None, build_hook=None, log: Callable[[str], None] = print) -> Deployment:
     """Run the program for ``stack`` with the stack values ``values`` and apply it to ``client``'s engine."""
     deployment = Deployment(stack=stack)
     config, secret_keys = engine_config(values, {})
     options: dict[tuple[str, str], pulumi.ResourceOptions] = {}
     hooks = DockerResources(client, deployment, options, docker_host=docker_host, build_client=build_client,
-                            omit=omit or {}, drop_start_interval=drop_start_interval,
+                            omit=omit or {},
                             build_hook=build_hook, log=log)
     hooks.omitted_images = tuple(omitted_images)
 

@@ -130,7 +130,7 @@ def up(node: PrivateDaemon | None = None, log: Callable[[str], None] = say) -> L
             log(why)
         started = time.monotonic()
         deployment = driver.deploy(client, driver_stack(), values, docker_host=node.url, build_client=builder.client(),
-                                   omit=OMITTED, omitted_images=omitted_images(values), drop_start_interval=True,
+                                   omit=OMITTED, omitted_images=omitted_images(values),
                                    state_file=STATE_FILE, log=log)
     except BaseException:
         # Leave nothing running: what was created is removed (volumes kept), the daemons stopped.

@@ -175,3 +175,17 @@ def test_a_job_that_succeeded_keeps_its_label_and_does_not_run_again():
     def check(d: Deployment):
         assert d.container("gateway-migrate").labels[LABEL_RUN] == "retry-ffffffffffff"
     return run_program("prod", previous_runs={MIGRATE: succeeded}).ready().apply(check)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+@pulumi.runtime.test
+def test_no_healthcheck_needs_docker_api_1_44(stack):
+    """The Docker client refuses a healthcheck start_interval below API 1.44 (moby
+    client/container_create.go): Docker 20.10-24 hosts (Debian bookworm) could not create a
+    container that declares one."""
+    def check(d: Deployment):
+        for name, container in d.containers.items():
+            check_ = container.props.get("healthcheck")
+            if check_:
+                assert check_["startInterval"] == "0s", name
+    return run_program(stack).ready().apply(check)
