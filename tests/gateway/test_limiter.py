@@ -280,6 +280,27 @@ async def test_a_reservation_never_released_is_not_renewed_forever(redis):
     await limiter.release(admitted)
 
 
+async def test_renewing_a_lapsed_lease_does_not_revive_it(redis):
+    # The holder stalled past its lease (say a frozen replica) and renews afterwards: the lease
+    # lapsed, so another replica may already count the slot as free. Renewal must not take it back.
+    stalled = RateLimiter(redis, "closed", concurrency_lease_seconds=0.3)
+    other = RateLimiter(redis, "closed", concurrency_lease_seconds=0.3)
+    key = make_key(max_concurrent=1)
+    await stalled.reserve(key, "stalled", 1)
+    await asyncio.sleep(0.5)                     # lapsed, but nothing has pruned it yet
+    await stalled.renew_leases()
+    assert (await other.reserve(key, "after-lapse", 1)).mode == "redis"
+
+
+def test_the_gateway_holds_a_lease_a_little_longer_than_the_request_timeout(redis):
+    from llm_gateway.runtime import build_limiter
+    from llm_gateway.settings import Settings
+
+    settings = Settings(request_timeout_seconds=120, admission_wait_seconds=0.5)
+    hold = build_limiter(settings, redis).max_hold_seconds
+    assert 120.5 <= hold <= 120.5 + 60
+
+
 # -- keys without limits, key layout, formats ---------------------------------------------------
 
 async def test_unlimited_key_costs_nothing(limiter, redis):

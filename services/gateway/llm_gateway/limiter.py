@@ -228,6 +228,10 @@ class RateLimiter:
         return await self._scripts.warm(MAX_CONCURRENT_CALLS)
 
     @property
+    def max_hold_seconds(self) -> float:
+        return self._max_hold
+
+    @property
     def lease_seconds(self) -> float:
         """Leases must be renewed well within this; call renew_leases() every lease_seconds / 3."""
         return self._lease_ms / 1000

@@ -80,7 +80,7 @@ class Runtime:
                              open_seconds=settings.circuit_open_seconds,
                              health_interval=settings.health_check_interval_seconds)
         catalog = ModelCatalog(engines, http)
-        limiter = RateLimiter(redis, settings.limiter_failure_mode)
+        limiter = build_limiter(settings, redis)
         usage = UsageRecorder(pool)
         admission = Admission(settings.max_in_flight, settings.admission_wait_seconds)
         rt = cls(settings=settings, pool=pool, redis=redis, http=http,
@@ -139,6 +139,17 @@ class Runtime:
         while True:
             await asyncio.sleep(self.limiter.lease_seconds / 3)
             await self.limiter.renew_leases()
+
+
+# A request holds its concurrency lease from admission until its books close: at most the
+# admission wait plus the upstream timeout, plus closing. A lease held longer was leaked.
+_LEASE_HOLD_MARGIN_SECONDS = 30.0
+
+
+def build_limiter(settings: Settings, redis: aioredis.Redis) -> RateLimiter:
+    return RateLimiter(redis, settings.limiter_failure_mode,
+                       max_hold_seconds=settings.request_timeout_seconds + settings.admission_wait_seconds
+                       + _LEASE_HOLD_MARGIN_SECONDS)
 
 
 async def _connect_postgres(dsn: str) -> asyncpg.Pool:
