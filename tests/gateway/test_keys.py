@@ -13,7 +13,7 @@ import pytest_asyncio
 from prometheus_client import REGISTRY
 
 from llm_gateway.db import create_pool, migrate, migration_files
-from llm_gateway.errors import AuthenticationError, ServiceUnavailable
+from llm_gateway.errors import AuthenticationError, RateLimited, ServiceUnavailable
 from llm_gateway.keys import ApiKey, KeyStore, generate_key, hash_secret, parse_key
 from tests.support.services import ThrowawayPostgres, _pg_bin
 
@@ -256,9 +256,9 @@ async def test_a_cancelled_caller_does_not_fail_the_others(pool):
     full, key = await store.create(name="cancel", tier="standard")
     real_fetch = store._fetch
 
-    async def slow_fetch(key_id):
+    async def slow_fetch(key_id, *args):
         await asyncio.sleep(0.1)
-        return await real_fetch(key_id)
+        return await real_fetch(key_id, *args)
 
     store._fetch = slow_fetch
     first = asyncio.create_task(store.authenticate(f"Bearer {full}"))
@@ -305,3 +305,132 @@ async def test_postgresql_down_is_a_503_and_cached_keys_keep_working(log_dir):
         await pool.close()
     finally:
         pg.destroy()
+
+
+# -- PostgreSQL down: stale-if-error (issue 14, defect 2) -----------------------------------------
+
+def _kill_postgres(pg: ThrowawayPostgres) -> None:
+    subprocess.run(pg._as_postgres([_pg_bin("pg_ctl"), "-D", str(pg.data_dir), "stop", "-m", "immediate", "-w"]),
+                   check=True, capture_output=True)
+    pg.stop()
+
+
+async def test_postgresql_down_serves_known_keys_their_last_answer_with_the_default_ttl(log_dir):
+    from llm_gateway.settings import Settings
+
+    ttl = Settings().key_cache_ttl_seconds          # the default: the outage outlasts it below
+    pg = ThrowawayPostgres(log_dir).start()
+    try:
+        await migrate(pg.dsn)
+        pool = await create_pool(pg.dsn, min_size=0, timeout=2.0, command_timeout=2.0)
+        store = KeyStore(pool, ttl)                 # default stale-if-error window (15 min)
+        short = KeyStore(pool, ttl, stale_if_error_seconds=0.5)
+        admin = KeyStore(pool, 0)
+        cached, _ = await admin.create(name="cached", tier="standard")
+        revoked, revoked_key = await admin.create(name="revoked-meanwhile", tier="standard")
+        never_seen, _ = await admin.create(name="never-seen", tier="standard")
+        for header in (f"Bearer {cached}", f"Bearer {revoked}"):
+            await store.authenticate(header)
+        await short.authenticate(f"Bearer {cached}")
+        assert await admin.revoke(revoked_key.id)   # not seen by `store` before the outage
+
+        _kill_postgres(pg)
+        await asyncio.sleep(ttl + 0.5)              # every entry is past its TTL
+        assert (await store.authenticate(f"Bearer {cached}")).name == "cached"
+        assert (await store.authenticate(f"Bearer {revoked}")).name == "revoked-meanwhile"  # last known
+        assert REGISTRY.get_sample_value("gateway_dependency_up", {"dependency": "postgres"}) == 0
+        unknown, _, _ = generate_key()
+        for header in (f"Bearer {never_seen}", f"Bearer {unknown}"):   # nothing known: 503, not 401
+            with pytest.raises(ServiceUnavailable) as caught:
+                await store.authenticate(header)
+            assert caught.value.status == 503 and caught.value.reason == "postgres_unavailable"
+        with pytest.raises(ServiceUnavailable):     # past its stale-if-error window
+            await short.authenticate(f"Bearer {cached}")
+
+        pg.start()                                  # back: the revocation applies at once
+        assert await rejected_reason(store, f"Bearer {revoked}") == "revoked"
+        assert (await store.authenticate(f"Bearer {never_seen}")).name == "never-seen"
+        assert (await short.authenticate(f"Bearer {cached}")).name == "cached"
+        await pool.close()
+    finally:
+        pg.destroy()
+
+
+async def test_after_a_postgresql_restart_the_first_lookups_succeed(log_dir):
+    """The pool's connections all die with PostgreSQL; a lookup that meets one retries once on a
+    fresh connection instead of failing (and the pool replaces the others)."""
+    pg = ThrowawayPostgres(log_dir).start()
+    try:
+        await migrate(pg.dsn)
+        pool = await create_pool(pg.dsn, min_size=4, max_size=4, timeout=2.0, command_timeout=2.0)
+        store = KeyStore(pool, 60)
+        admin = KeyStore(pool, 0)
+        keys = [(await admin.create(name=f"k{i}", tier="standard"))[0] for i in range(8)]
+        _kill_postgres(pg)
+        pg.start()
+        results = await asyncio.gather(*(store.authenticate(f"Bearer {k}") for k in keys), return_exceptions=True)
+        assert [type(r).__name__ for r in results] == ["ApiKey"] * 8
+        await pool.close()
+    finally:
+        pg.destroy()
+
+
+# -- a flood of unknown keys (issue 14, defect 4) -------------------------------------------------
+
+class FakeRequest:
+    """What KeyStore reads of a Starlette request to tell clients apart."""
+
+    def __init__(self, host: str, forwarded_for: str | None = None):
+        self.headers = {"x-forwarded-for": forwarded_for} if forwarded_for else {}
+        self.client = type("Address", (), {"host": host})()
+
+
+async def test_one_client_flooding_unknown_keys_reaches_postgresql_only_its_allowance(counting):
+    async with counting:
+        store = KeyStore(counting.pool, cache_ttl_seconds=60, auth_failures_per_minute=20)
+        full, key = await store.create(name="flooded", tier="standard")
+        attacker, bystander = FakeRequest("10.0.0.9", "203.0.113.7"), FakeRequest("10.0.0.9", "198.51.100.1")
+        await store.authenticate(f"Bearer {full}", bystander)
+        before = counting.key_lookups
+        outcomes = await asyncio.gather(
+            *(store.authenticate(f"Bearer {generate_key()[0]}", attacker) for _ in range(300)),
+            return_exceptions=True)
+        kinds = [(type(o).__name__, getattr(o, "status", None)) for o in outcomes]
+        assert kinds.count(("AuthenticationError", 401)) == 20
+        assert kinds.count(("RateLimited", 429)) == 280
+        assert counting.key_lookups - before == 20          # the rest never reached PostgreSQL
+        assert all(int(o.headers["Retry-After"]) >= 1 for o in outcomes if isinstance(o, RateLimited))
+        # A cached key still works, even for the flooding client; other clients are unaffected.
+        assert (await store.authenticate(f"Bearer {full}", attacker)).id == key.id
+        with pytest.raises(AuthenticationError):
+            await store.authenticate(f"Bearer {generate_key()[0]}", bystander)
+
+
+async def test_a_flood_of_unknown_keys_from_many_clients_does_not_hold_up_real_keys(migrated_database_url):
+    """Lookups of ids never seen take at most half the pool, so the refresh of a real key does
+    not queue behind them (it used to wait for every flood lookup queued before it)."""
+    pool = await create_pool(migrated_database_url, min_size=4, max_size=4)
+    try:
+        store = KeyStore(pool, cache_ttl_seconds=0.05)
+        full, key = await store.create(name="real", tier="standard")
+        await store.authenticate(f"Bearer {full}")
+        await asyncio.sleep(0.1)                             # stale: the next use asks PostgreSQL
+        done: list[str] = []
+
+        async def guess(i: int) -> None:
+            try:
+                await store.authenticate(f"Bearer {generate_key()[0]}", FakeRequest(f"10.1.{i // 250}.{i % 250}"))
+            except (AuthenticationError, ServiceUnavailable):
+                done.append("flood")
+
+        async def real() -> None:
+            assert (await store.authenticate(f"Bearer {full}", FakeRequest("192.0.2.1"))).id == key.id
+            done.append("real")
+
+        flood = [asyncio.create_task(guess(i)) for i in range(400)]
+        await asyncio.sleep(0)                                # the flood is queued first
+        await asyncio.gather(real(), *flood)
+        assert len(done) == 401
+        assert done.index("real") < 100, f"the real key came after {done.index('real')} flood lookups"
+    finally:
+        await pool.close()

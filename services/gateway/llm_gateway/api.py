@@ -34,7 +34,7 @@ async def _complete(request: Request, kind: str, path: str) -> Response:
     rt: Runtime = request.state.runtime
     obs: Observation = request.state.obs
 
-    key = await rt.keys.authenticate(request.headers.get("authorization"))
+    key = await rt.keys.authenticate(request.headers.get("authorization"), request)
     obs.key_id, obs.tier = key.id, key.tier
 
     body, body_size = await read_json_body(request, rt.settings.max_body_bytes)
@@ -82,7 +82,7 @@ async def _complete(request: Request, kind: str, path: str) -> Response:
 async def list_models(request: Request) -> Response:
     rt: Runtime = request.state.runtime
     obs: Observation = request.state.obs
-    key = await rt.keys.authenticate(request.headers.get("authorization"))
+    key = await rt.keys.authenticate(request.headers.get("authorization"), request)
     obs.key_id, obs.tier = key.id, key.tier
     cards = [served.card for served in rt.catalog.all() if key.allows(served.id)]
     return Response(orjson.dumps({"object": "list", "data": cards}), media_type="application/json")

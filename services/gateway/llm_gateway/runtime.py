@@ -98,7 +98,10 @@ class Runtime:
         usage = UsageRecorder(pool)
         admission = Admission(settings.max_in_flight, settings.admission_wait_seconds)
         rt = cls(settings=settings, pool=pool, redis=redis, http=http,
-                 keys=KeyStore(pool, settings.key_cache_ttl_seconds), limiter=limiter, usage=usage,
+                 keys=KeyStore(pool, settings.key_cache_ttl_seconds,
+                               stale_if_error_seconds=settings.key_cache_stale_if_error_seconds,
+                               acquire_timeout_seconds=settings.key_lookup_timeout_seconds,
+                               auth_failures_per_minute=settings.auth_failures_per_minute), limiter=limiter, usage=usage,
                  engines=engines, catalog=catalog, validator=Validator(catalog, TokenCounter(engines, http)),
                  priorities=TierPriorities(settings.tier_priorities), admission=admission,
                  accounting=Accounting(limiter, admission, engines, usage),
