@@ -118,6 +118,31 @@ async def test_usage_of_every_request_is_recorded_from_the_engines_usage(gateway
     assert {(r["model"], r["tier"], r["status"]) for r in rows} == {(engine.model, "premium", 200)}
 
 
+async def test_a_constant_client_request_id_does_not_collapse_usage(gateway, make_key, engine,
+                                                                      migrated_database_url):
+    """Issue 14, defect 5: three requests sent with one X-Request-ID are three usage records, each
+    under its own gateway-generated id, with the client's id beside it; the client still gets its
+    own id back."""
+    key = make_key()
+    for _ in range(3):
+        response = post(gateway, CHAT, key, chat_body(engine.model, max_tokens=1), headers={"X-Request-ID": "same"})
+        assert response.status_code == 200 and response.headers["x-request-id"] == "same"
+    deadline = time.monotonic() + 10
+    while True:
+        conn = await asyncpg.connect(migrated_database_url)
+        try:
+            rows = await conn.fetch("SELECT request_id, client_request_id FROM usage_records WHERE key_id = $1",
+                                    key_id_of(key))
+        finally:
+            await conn.close()
+        if len(rows) >= 3 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.3)
+    assert len(rows) == 3
+    assert len({r["request_id"] for r in rows}) == 3 and "same" not in {r["request_id"] for r in rows}
+    assert {r["client_request_id"] for r in rows} == {"same"}
+
+
 async def test_graceful_shutdown_drains_in_flight_streams_and_flushes_usage(gateway_factory, make_key,
                                                                             migrated_database_url):
     with FlakyUpstream() as upstream:

@@ -78,8 +78,10 @@ def test_logs_are_json_with_request_ids_and_never_prompts_or_keys(gateway, make_
         time.sleep(0.1)
     text = gateway.log_text()
     lines = [json.loads(line) for line in text.splitlines() if line.strip()]
-    access = [line for line in lines if line.get("request_id") == request_id]
-    assert access and access[0]["status"] == 200 and access[0]["key_id"] == key_id_of(key)
+    # The client's id is logged beside the gateway's own (issue 14, defect 5).
+    access = [line for line in lines if line.get("client_request_id") == request_id]
+    assert access and access[0]["request_id"] != request_id and len(access[0]["request_id"]) == 32
+    assert access[0]["status"] == 200 and access[0]["key_id"] == key_id_of(key)
     assert access[0]["route"] == CHAT and access[0]["model"] == engine.model
     assert secret_prompt not in text
     assert key.split("-")[2] not in text                     # the key's secret part

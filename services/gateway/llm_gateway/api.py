@@ -43,7 +43,7 @@ async def _complete(request: Request, kind: str, path: str) -> Response:
     rt.priorities.apply(body, key.tier)
 
     reservation = await rt.limiter.reserve(key, obs.request_id, plan.reserved_tokens)
-    books = rt.accounting.open(key, plan, reservation, obs.request_id)
+    books = rt.accounting.open(key, plan, reservation, obs.request_id, obs.client_request_id)
     try:
         await rt.admission.enter()
         books.admitted = True
