@@ -315,6 +315,18 @@ def _kill_postgres(pg: ThrowawayPostgres) -> None:
     pg.stop()
 
 
+async def _accepting(dsn: str, timeout: float = 30.0) -> None:
+    """Wait until PostgreSQL accepts connections (after a crash it first replays its log)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            await (await asyncpg.connect(dsn, timeout=2)).close()
+            return
+        except (OSError, asyncpg.PostgresError):
+            assert asyncio.get_running_loop().time() < deadline, "PostgreSQL did not come back"
+            await asyncio.sleep(0.05)
+
+
 async def test_postgresql_down_serves_known_keys_their_last_answer_with_the_default_ttl(log_dir):
     from llm_gateway.settings import Settings
 
@@ -348,6 +360,7 @@ async def test_postgresql_down_serves_known_keys_their_last_answer_with_the_defa
             await short.authenticate(f"Bearer {cached}")
 
         pg.start()                                  # back: the revocation applies at once
+        await _accepting(pg.dsn)
         assert await rejected_reason(store, f"Bearer {revoked}") == "revoked"
         assert (await store.authenticate(f"Bearer {never_seen}")).name == "never-seen"
         assert (await short.authenticate(f"Bearer {cached}")).name == "cached"
@@ -368,6 +381,7 @@ async def test_after_a_postgresql_restart_the_first_lookups_succeed(log_dir):
         keys = [(await admin.create(name=f"k{i}", tier="standard"))[0] for i in range(8)]
         _kill_postgres(pg)
         pg.start()
+        await _accepting(pg.dsn)
         results = await asyncio.gather(*(store.authenticate(f"Bearer {k}") for k in keys), return_exceptions=True)
         assert [type(r).__name__ for r in results] == ["ApiKey"] * 8
         await pool.close()

@@ -112,7 +112,10 @@ class Runtime:
         # Know the engines and their models before the first request.
         await engines.check_health()
         await catalog.refresh()
+        # The dependency gauges from the start (readiness details live there, and a gauge left at
+        # its initial 0 until the first watch would read "down").
         await limiter.ping()
+        await rt.check_postgres()
         rt._tasks = [asyncio.create_task(rt._watch(), name="watch-dependencies"),
                      asyncio.create_task(rt._renew_leases(), name="renew-leases"),
                      asyncio.create_task(rt.hangups.run(), name="watch-hang-ups")]
