@@ -19,7 +19,7 @@ PostgreSQL, nor delay the lookups of real keys):
 - ids that exist and ids that do not are cached apart (misses in a cachetools TTL cache:
   O(1) expiry and eviction), so random ids can only evict other random ids, never real keys;
 - each lookup of an id not in the cache is charged to the client (X-Forwarded-For as set
-  by the edge, else the peer address) and refunded if the id exists: past
+  by the edge, else the peer address) and refunded if the id exists or PostgreSQL failed: past
   `auth_failures_per_minute` ids that were not found, the client gets 429 for ids not in
   the cache, without a PostgreSQL round trip; keys already cached keep working for it;
 - lookups of ids not in the cache use at most half the pool's connections, so refreshing a
@@ -239,11 +239,13 @@ class KeyStore:
         try:
             entry = await asyncio.shield(task)
         except ServiceUnavailable:
+            if charged is not None:
+                self._refund(charged)      # PostgreSQL's failure, not a guess
             if known and time.monotonic() <= stale.fresh_until + self._stale_for:
                 return stale               # stale-if-error: the last known answer
             raise
         if charged is not None and entry.key is not None:
-            self._refund(charged)
+            self._refund(charged)          # the id exists: no guess either
         return entry
 
     def _settled(self, key_id: str, task: asyncio.Task) -> None:
