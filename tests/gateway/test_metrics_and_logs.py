@@ -87,3 +87,21 @@ def test_logs_are_json_with_request_ids_and_never_prompts_or_keys(gateway, make_
     assert key.split("-")[2] not in text                     # the key's secret part
     if len(completion) > 8:
         assert completion not in text
+
+
+def test_a_logged_exception_keeps_its_traceback():
+    """The queue handler renders a traceback into exc_text on the way to the writer thread; the
+    JSON line must carry it (it was dropped, so 'unhandled error' lines had no cause)."""
+    import logging
+
+    from llm_gateway.logging_setup import JsonFormatter, _PassThroughQueueHandler
+
+    try:
+        raise RuntimeError("the cause")
+    except RuntimeError:
+        import sys
+        record = logging.LogRecord("llm_gateway.app", logging.ERROR, __file__, 1, "unhandled error", None,
+                                   sys.exc_info())
+    prepared = _PassThroughQueueHandler(None).prepare(record)
+    line = json.loads(JsonFormatter().format(prepared))
+    assert "RuntimeError: the cause" in line["exc"]
