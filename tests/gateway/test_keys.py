@@ -451,3 +451,35 @@ async def test_a_flood_of_unknown_keys_from_many_clients_does_not_hold_up_real_k
         assert done.index("real") < 100, f"the real key came after {done.index('real')} flood lookups"
     finally:
         await pool.close()
+
+
+async def test_a_connection_left_in_a_broken_state_is_a_503_not_a_500():
+    """Seen under load when PostgreSQL was killed mid-query (scripts/bench/chaos.py): asyncpg
+    raised InternalClientError ("cannot switch to state 12"), which escaped as a 500."""
+
+    class BrokenConnection:
+        async def fetchrow(self, *args):
+            raise asyncpg.InternalClientError("cannot switch to state 12; another operation (2) is in progress")
+
+    class BrokenPool:
+        def get_max_size(self) -> int:
+            return 4
+
+        def acquire(self, timeout=None):
+            pool = self
+
+            class Acquired:
+                async def __aenter__(self):
+                    return BrokenConnection()
+
+                async def __aexit__(self, *exc):
+                    return False
+            return Acquired()
+
+        async def expire_connections(self) -> None:
+            pass
+
+    store = KeyStore(BrokenPool(), 5)
+    with pytest.raises(ServiceUnavailable) as caught:
+        await store.authenticate(f"Bearer {generate_key()[0]}")
+    assert caught.value.status == 503

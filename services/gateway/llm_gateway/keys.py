@@ -122,8 +122,11 @@ class _Entry:
 
 
 # A dead pooled connection (PostgreSQL restarted): the lookup is retried once on a new one.
-_CONNECTION_LOST = (asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError, ConnectionError)
-_UNAVAILABLE = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# (InternalClientError: asyncpg's protocol state after the server vanished mid-query.)
+_CONNECTION_LOST = (asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+                    ConnectionError)
+_UNAVAILABLE = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
+                asyncpg.InternalClientError)
 _LOOKUP = f"SELECT {_COLUMNS} FROM api_keys WHERE id = $1"
 
 
