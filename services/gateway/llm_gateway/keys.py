@@ -18,10 +18,11 @@ The cost of failed authentication is bounded (a flood of random ids must not rea
 PostgreSQL, nor delay the lookups of real keys):
 - ids that exist and ids that do not are cached apart (misses in a cachetools TTL cache:
   O(1) expiry and eviction), so random ids can only evict other random ids, never real keys;
-- each lookup of an id not in the cache is charged to the client (X-Forwarded-For as set
-  by the edge, else the peer address) and refunded if the id exists or PostgreSQL failed: past
-  `auth_failures_per_minute` ids that were not found, the client gets 429 for ids not in
-  the cache, without a PostgreSQL round trip; keys already cached keep working for it;
+- each lookup that finds nothing is charged to the client (X-Forwarded-For as set by the
+  edge, else the peer address): past `auth_failures_per_minute` of them, the client gets 429
+  for ids not in the cache, without a PostgreSQL round trip (checked again once a queued
+  lookup gets its turn, so a concurrent flood is cut short too); keys already cached keep
+  working for it, and lookups PostgreSQL failed are not charged;
 - lookups of ids not in the cache use at most half the pool's connections, so refreshing a
   known key always finds one; a connection is waited for at most `acquire_timeout_seconds`.
 """
@@ -207,48 +208,39 @@ class KeyStore:
             return float(self._guess_limit)
         return min(float(self._guess_limit), state[0] + (now - state[1]) * self._guess_limit / 60.0)
 
-    def _charge(self, request) -> str | None:
-        """Take one lookup from the client's allowance (before the lookup, so a concurrent flood
-        is bounded too), or refuse with 429 when none is left. Returns the client charged."""
-        client = client_address(request)
-        if client is None:
-            return None
-        now = time.monotonic()
-        level = self._guess_level(client, now)
+    def _check_allowance(self, client: str) -> None:
+        """429 for a client that used up its allowance of failed lookups: no PostgreSQL round trip."""
+        level = self._guess_level(client, time.monotonic())
         if level < 1:
             self._failures["throttled"].inc()
             retry = max(1, math.ceil((1 - level) * 60.0 / self._guess_limit))
             raise RateLimited(f"Too many failed authentication attempts. Please try again in {retry}s.",
                               reason="auth_failures", headers={"Retry-After": str(retry)})
-        self._guesses[client] = (level - 1, now)
-        return client
 
-    def _refund(self, client: str) -> None:
-        """The id existed: that lookup was no guess."""
+    def _charge(self, client: str) -> None:
         now = time.monotonic()
-        self._guesses[client] = (self._guess_level(client, now) + 1, now)
+        self._guesses[client] = (self._guess_level(client, now) - 1, now)
 
     async def _lookup(self, key_id: str, stale: _Entry | None, request) -> _Entry:
         known = stale is not None and stale.key is not None
-        # An id this process has never seen found: charged to the client until it proves real.
-        charged = self._charge(request) if not known and request is not None else None
+        client = client_address(request) if not known and request is not None else None
+        if client is not None:
+            self._check_allowance(client)
         # One query per id however many requests miss at once. The query runs in its own task
         # so a client that disconnects (cancelling its request) does not cancel the others' wait.
         task = self._pending.get(key_id)
         if task is None:
-            task = asyncio.ensure_future(self._fetch_and_remember(key_id, known))
+            task = asyncio.ensure_future(self._fetch_and_remember(key_id, known, client))
             self._pending[key_id] = task
             task.add_done_callback(lambda done: self._settled(key_id, done))
         try:
             entry = await asyncio.shield(task)
         except ServiceUnavailable:
-            if charged is not None:
-                self._refund(charged)      # PostgreSQL's failure, not a guess
             if known and time.monotonic() <= stale.fresh_until + self._stale_for:
                 return stale               # stale-if-error: the last known answer
             raise
-        if charged is not None and entry.key is not None:
-            self._refund(charged)          # the id exists: no guess either
+        if client is not None and entry.key is None:
+            self._charge(client)           # a lookup that found nothing: a guess
         return entry
 
     def _settled(self, key_id: str, task: asyncio.Task) -> None:
@@ -256,12 +248,12 @@ class KeyStore:
         if not task.cancelled():
             task.exception()  # retrieved here, so an error nobody awaited is not logged as lost
 
-    async def _fetch_and_remember(self, key_id: str, known: bool) -> _Entry:
-        entry = await self._fetch(key_id, known)
+    async def _fetch_and_remember(self, key_id: str, known: bool, client: str | None = None) -> _Entry:
+        entry = await self._fetch(key_id, known, client)
         self._remember(key_id, entry)
         return entry
 
-    async def _fetch(self, key_id: str, known: bool = True) -> _Entry:
+    async def _fetch(self, key_id: str, known: bool = True, client: str | None = None) -> _Entry:
         try:
             if known:
                 row = await self._query(key_id)
@@ -275,6 +267,8 @@ class KeyStore:
                     raise ServiceUnavailable("Too many API key lookups at once; retry shortly.",
                                              reason="key_lookups_busy", retry_after=1) from None
                 try:
+                    if client is not None:
+                        self._check_allowance(client)   # again: its earlier guesses may have failed meanwhile
                     row = await self._query(key_id)
                 finally:
                     self._new_id_lookups.release()
