@@ -576,6 +576,35 @@ async def test_recovery_after_a_redis_restart_is_prompt_and_lasting(throwaway_re
             restarted.stop()
 
 
+async def test_a_redis_restarted_while_the_limiter_was_idle_costs_no_request(throwaway_redis, log_dir):
+    """The limiter never saw Redis go (no traffic meanwhile): its idle connections were closed by
+    the old server. The first burst after the restart must be admitted in full, not fail once per
+    dead connection (half a burst of 48 got 503 before)."""
+    client = create_redis(throwaway_redis.url)
+    limiter = RateLimiter(client, failure_mode="closed")
+    key = make_key(rpm=1_000_000)
+    restarted = None
+    try:
+        assert await limiter.warm_up() > 0
+        assert (await wave(limiter, key, 48)) == (48, 0)
+        throwaway_redis.stop()
+        restarted = ThrowawayRedis(log_dir, port=throwaway_redis.port).start()
+        await asyncio.sleep(0.2)                  # the closed connections' EOF has been read
+        assert (await wave(limiter, key, 48)) == (48, 0)
+    finally:
+        await client.aclose()
+        if restarted:
+            restarted.stop()
+
+
+async def wave(limiter: RateLimiter, key: ApiKey, count: int) -> tuple[int, int]:
+    """(admitted, refused with 503) of `count` concurrent reservations; anything else fails."""
+    results = await outcomes(limiter, key, count)
+    assert not [r for r in results if isinstance(r, BaseException) and not isinstance(r, ServiceUnavailable)]
+    admitted = sum(1 for r in results if not isinstance(r, BaseException))
+    return admitted, count - admitted
+
+
 async def test_warm_up_opens_the_burst_connections_before_traffic(throwaway_redis):
     from llm_gateway.limiter import MAX_CONCURRENT_CALLS
 

@@ -149,8 +149,12 @@ class _ScriptRunner:
         generation = self._generation
         if self._idle:
             conn, used_in = self._idle.pop()
-            if used_in != generation:
-                await conn.disconnect(nowait=True)          # see distrust_idle(); the send reconnects
+            reader = conn._reader
+            # Closed by the server while idle (a restarted Redis; this process may not have seen
+            # it go), or opened before Redis last failed (see distrust_idle): reconnect first.
+            # Nothing was sent on it, so nothing can run twice. The send below reconnects.
+            if used_in != generation or (reader is not None and reader.at_eof()):
+                await conn.disconnect(nowait=True)
         else:
             conn = self._pool.get_available_connection()   # never connects; the first send does
             conn.socket_timeout = None                      # timed out below, around send and read
