@@ -132,9 +132,9 @@ _LOOKUP = f"SELECT {_COLUMNS} FROM api_keys WHERE id = $1"
 
 
 def client_address(request) -> str | None:
-    """Who sent a request (a Starlette request), for the failed-authentication limit: the
-    address the edge proxy appended to X-Forwarded-For (Traefik replaces what an untrusted
-    client sent), else the peer."""
+    """Who sent a request (a Starlette request), for the failed-authentication limit: the last
+    X-Forwarded-For entry, the one the edge proxy adds (the address it saw; entries a client
+    sent come before it), else the peer."""
     forwarded = request.headers.get("x-forwarded-for")
     if forwarded:
         return forwarded.rpartition(",")[2].strip() or None
