@@ -496,3 +496,17 @@ async def test_many_new_real_keys_at_once_from_one_client_are_not_throttled(pool
     client = FakeRequest("192.0.2.50")
     results = await asyncio.gather(*(store.authenticate(f"Bearer {k}", client) for k in keys), return_exceptions=True)
     assert [type(r).__name__ for r in results] == ["ApiKey"] * 30
+
+
+async def test_a_flood_of_unknown_ids_cannot_evict_real_keys_from_the_cache(counting):
+    async with counting:
+        store = KeyStore(counting.pool, cache_ttl_seconds=60, max_cache_entries=50)
+        full, key = await store.create(name="resident", tier="standard")
+        await store.authenticate(f"Bearer {full}")
+        before = counting.key_lookups
+        for _ in range(200):                       # 4x the cache's size of ids that do not exist
+            with pytest.raises(AuthenticationError):
+                await store.authenticate(f"Bearer {generate_key()[0]}")
+        assert counting.key_lookups == before + 200
+        assert (await store.authenticate(f"Bearer {full}")).id == key.id
+        assert counting.key_lookups == before + 200      # still cached: no lookup
