@@ -85,6 +85,7 @@ async def test_a_burst_of_readyz_neither_fails_nor_loads_redis(gateway_factory, 
             return (await admin.info("commandstats")).get("cmdstat_ping", {}).get("calls", 0)
 
         before = await pings()
+        started = time.monotonic()
         async with aiohttp.ClientSession() as session:
             async def readyz() -> int:
                 async with session.get(gw.url + "/readyz") as response:
@@ -93,12 +94,13 @@ async def test_a_burst_of_readyz_neither_fails_nor_loads_redis(gateway_factory, 
             statuses = []
             for _ in range(3):
                 statuses += await asyncio.gather(*(readyz() for _ in range(100)))
+        elapsed = time.monotonic() - started
         sent = await pings() - before
         await admin.aclose()
         assert statuses == [200] * 300
-        # 300 probes in a few seconds: a handful of checks (once a second, plus the background
-        # watcher's every health_check_interval_seconds), nowhere near one per probe.
-        assert sent <= 15, f"{sent} PINGs for 300 /readyz"
+        # One check a second at most, plus the background watcher's (every 2 s): a handful for the
+        # whole burst, however slow the machine, nowhere near one per probe.
+        assert sent <= 1.5 * elapsed + 4 and sent < 100, f"{sent} PINGs for 300 /readyz in {elapsed:.1f} s"
     finally:
         redis.stop()
 
