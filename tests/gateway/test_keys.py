@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -409,13 +410,16 @@ async def test_one_client_flooding_unknown_keys_reaches_postgresql_only_its_allo
         attacker, bystander = FakeRequest("10.0.0.9", "203.0.113.7"), FakeRequest("10.0.0.9", "198.51.100.1")
         await store.authenticate(f"Bearer {full}", bystander)
         before = counting.key_lookups
+        started = time.monotonic()
         outcomes = await asyncio.gather(
             *(store.authenticate(f"Bearer {generate_key()[0]}", attacker) for _ in range(300)),
             return_exceptions=True)
+        refilled = (time.monotonic() - started) * 20 / 60
         kinds = [(type(o).__name__, getattr(o, "status", None)) for o in outcomes]
         lookups = counting.key_lookups - before
-        # Its allowance, plus at most the lookups already running when it ran out (half the pool).
-        assert 20 <= lookups <= 20 + 5
+        # Its allowance (and what refilled meanwhile), plus at most the lookups already running
+        # when it ran out (half the pool).
+        assert 20 <= lookups <= 20 + refilled + 5, (lookups, refilled)
         assert kinds.count(("AuthenticationError", 401)) == lookups
         assert kinds.count(("RateLimited", 429)) == 300 - lookups   # never reached PostgreSQL
         assert all(int(o.headers["Retry-After"]) >= 1 for o in outcomes if isinstance(o, RateLimited))
