@@ -405,7 +405,8 @@ class FakeRequest:
 
 async def test_one_client_flooding_unknown_keys_reaches_postgresql_only_its_allowance(counting):
     async with counting:
-        store = KeyStore(counting.pool, cache_ttl_seconds=60, auth_failures_per_minute=20)
+        # A generous wait for a lookup slot: counts are the point here, not a loaded machine's pace.
+        store = KeyStore(counting.pool, cache_ttl_seconds=60, auth_failures_per_minute=20, acquire_timeout_seconds=30)
         full, key = await store.create(name="flooded", tier="standard")
         attacker, bystander = FakeRequest("10.0.0.9", "203.0.113.7"), FakeRequest("10.0.0.9", "198.51.100.1")
         await store.authenticate(f"Bearer {full}", bystander)
@@ -417,9 +418,9 @@ async def test_one_client_flooding_unknown_keys_reaches_postgresql_only_its_allo
         refilled = (time.monotonic() - started) * 20 / 60
         kinds = [(type(o).__name__, getattr(o, "status", None)) for o in outcomes]
         lookups = counting.key_lookups - before
-        # Its allowance (and what refilled meanwhile), plus at most the lookups already running
-        # when it ran out (half the pool).
-        assert 20 <= lookups <= 20 + refilled + 5, (lookups, refilled)
+        # Its allowance (and what refilled meanwhile), plus at most the other lookups already
+        # running when it ran out (half the pool: 5).
+        assert 20 <= lookups <= 20 + refilled + 4, (lookups, refilled)
         assert kinds.count(("AuthenticationError", 401)) == lookups
         assert kinds.count(("RateLimited", 429)) == 300 - lookups   # never reached PostgreSQL
         assert all(int(o.headers["Retry-After"]) >= 1 for o in outcomes if isinstance(o, RateLimited))
@@ -434,7 +435,7 @@ async def test_a_flood_of_unknown_keys_from_many_clients_does_not_hold_up_real_k
     not queue behind them (it used to wait for every flood lookup queued before it)."""
     pool = await create_pool(migrated_database_url, min_size=4, max_size=4)
     try:
-        store = KeyStore(pool, cache_ttl_seconds=0.05)
+        store = KeyStore(pool, cache_ttl_seconds=0.05, acquire_timeout_seconds=30)   # order, not pace
         full, key = await store.create(name="real", tier="standard")
         await store.authenticate(f"Bearer {full}")
         await asyncio.sleep(0.1)                             # stale: the next use asks PostgreSQL

@@ -239,8 +239,6 @@ class KeyStore:
             if known and time.monotonic() <= stale.fresh_until + self._stale_for:
                 return stale               # stale-if-error: the last known answer
             raise
-        if client is not None and entry.key is None:
-            self._charge(client)           # a lookup that found nothing: a guess
         return entry
 
     def _settled(self, key_id: str, task: asyncio.Task) -> None:
@@ -270,7 +268,9 @@ class KeyStore:
                     if client is not None:
                         self._check_allowance(client)   # again: its earlier guesses may have failed meanwhile
                     row = await self._query(key_id)
-                finally:
+                    if row is None and client is not None:
+                        self._charge(client)            # found nothing: a guess, charged before the next
+                finally:                                # lookup queued here gets the slot and checks
                     self._new_id_lookups.release()
         except _UNAVAILABLE as exc:
             self._postgres_up.set(0)
