@@ -126,6 +126,9 @@ class GatewaySpec:
     metrics_port: int = 9101
     workers: int = 2
     key_cache_ttl_seconds: float = 5.0
+    key_cache_stale_if_error_seconds: float = 900.0
+    key_lookup_timeout_seconds: float = 2.0
+    auth_failures_per_minute: int = 60
     limiter_failure_mode: LimiterFailureMode = "closed"
     max_body_bytes: int = 1_048_576
     max_in_flight: int = 512
@@ -175,6 +178,9 @@ def gateway_env(spec: GatewaySpec) -> dict[str, str]:
         "GATEWAY_METRICS_PORT": str(spec.metrics_port),
         "GATEWAY_WORKERS": str(spec.workers),
         "GATEWAY_KEY_CACHE_TTL_SECONDS": str(spec.key_cache_ttl_seconds),
+        "GATEWAY_KEY_CACHE_STALE_IF_ERROR_SECONDS": str(spec.key_cache_stale_if_error_seconds),
+        "GATEWAY_KEY_LOOKUP_TIMEOUT_SECONDS": str(spec.key_lookup_timeout_seconds),
+        "GATEWAY_AUTH_FAILURES_PER_MINUTE": str(spec.auth_failures_per_minute),
         "GATEWAY_LIMITER_FAILURE_MODE": spec.limiter_failure_mode,
         "GATEWAY_MAX_BODY_BYTES": str(spec.max_body_bytes),
         "GATEWAY_MAX_IN_FLIGHT": str(spec.max_in_flight),

@@ -322,6 +322,9 @@ GATEWAY_WIRED_FIELDS = ("engines", "host", "port", "metrics_port")
 _GATEWAY_RULES: Mapping[str, Mapping[str, Any]] = {
     "workers": {"minimum": 1},
     "key_cache_ttl_seconds": {"minimum": 0},
+    "key_cache_stale_if_error_seconds": {"minimum": 0},
+    "key_lookup_timeout_seconds": {"above": 0},
+    "auth_failures_per_minute": {"minimum": 1},
     "limiter_failure_mode": {"choices": ("closed", "local")},
     "max_body_bytes": {"minimum": 1},
     "max_in_flight": {"minimum": 1},

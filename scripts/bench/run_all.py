@@ -32,6 +32,7 @@ BENCHMARKS: list[tuple[str, list[str], list[str]]] = [
     ("limiter_accuracy", ["--clients", "150"], ["--clients", "150", "--rpm-limits", "10,60", "--concurrency-limits", "4"]),
     ("healthz_under_streams", ["--streams", "256", "--probes", "300"], ["--streams", "256", "--probes", "50"]),
     ("memory_soak", ["--requests", "100000"], ["--requests", "5000"]),
+    ("chaos", [], ["--clients", "20", "--outage", "3", "--before", "2", "--after", "3"]),
 ]
 
 

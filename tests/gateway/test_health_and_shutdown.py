@@ -9,11 +9,13 @@ import time
 import aiohttp
 import asyncpg
 import pytest
+import redis.asyncio as aioredis
 import requests
 
 from tests.gateway.api_helpers import CHAT, auth, chat_body, post, sse_data
 from tests.support.flaky_upstream import FlakyUpstream
 from tests.support.gateway_fixtures import key_id_of
+from tests.support.services import ThrowawayRedis
 
 pytestmark = pytest.mark.engine
 
@@ -60,12 +62,47 @@ async def test_healthz_answers_quickly_while_200_streams_are_open(gateway_factor
         assert all(sse_data(b.decode())[-1] == "[DONE]" for b in bodies)
 
 
-def test_readyz_reports_each_dependency(gateway):
+def test_readyz_says_ready_and_keeps_the_details_on_the_metrics_port(gateway, engine):
     response = requests.get(gateway.url + "/readyz", timeout=10)
     assert response.status_code == 200
-    checks = response.json()["checks"]
-    assert checks["postgres"] == "up" and checks["redis"] == "up"
-    assert list(checks["engines"].values()) == ["healthy"]
+    # /readyz is reachable through the edge: status only, no dependency and no internal URL.
+    assert response.json() == {"status": "ready"}
+    assert engine.url not in response.text and "127.0.0.1" not in response.text
+    assert gateway.metric("gateway_dependency_up", dependency="postgres") == 1
+    assert gateway.metric("gateway_dependency_up", dependency="redis") == 1
+    assert gateway.metric("gateway_engine_healthy", upstream=engine.url) == 1
+
+
+async def test_a_burst_of_readyz_neither_fails_nor_loads_redis(gateway_factory, log_dir):
+    """More concurrent /readyz than the limiter leaves free in its Redis pool: every one is
+    answered 'ready', and Redis sees about one PING a second, not one per call."""
+    redis = ThrowawayRedis(log_dir).start()
+    try:
+        gw = gateway_factory(redis_url=redis.url)
+        admin = aioredis.Redis.from_url(redis.url)
+
+        async def pings() -> int:
+            return (await admin.info("commandstats")).get("cmdstat_ping", {}).get("calls", 0)
+
+        before = await pings()
+        started = time.monotonic()
+        async with aiohttp.ClientSession() as session:
+            async def readyz() -> int:
+                async with session.get(gw.url + "/readyz") as response:
+                    await response.read()
+                    return response.status
+            statuses = []
+            for _ in range(3):
+                statuses += await asyncio.gather(*(readyz() for _ in range(100)))
+        elapsed = time.monotonic() - started
+        sent = await pings() - before
+        await admin.aclose()
+        assert statuses == [200] * 300
+        # One check a second at most, plus the background watcher's (every 2 s): a handful for the
+        # whole burst, however slow the machine, nowhere near one per probe.
+        assert sent <= 1.5 * elapsed + 4 and sent < 100, f"{sent} PINGs for 300 /readyz in {elapsed:.1f} s"
+    finally:
+        redis.stop()
 
 
 async def test_usage_of_every_request_is_recorded_from_the_engines_usage(gateway, make_key, engine,
@@ -81,6 +118,31 @@ async def test_usage_of_every_request_is_recorded_from_the_engines_usage(gateway
         await asyncio.sleep(0.3)
     assert {r["request_id"]: (r["prompt_tokens"], r["completion_tokens"]) for r in rows} == expected
     assert {(r["model"], r["tier"], r["status"]) for r in rows} == {(engine.model, "premium", 200)}
+
+
+async def test_a_constant_client_request_id_does_not_collapse_usage(gateway, make_key, engine,
+                                                                      migrated_database_url):
+    """Issue 14, defect 5: three requests sent with one X-Request-ID are three usage records, each
+    under its own gateway-generated id, with the client's id beside it; the client still gets its
+    own id back."""
+    key = make_key()
+    for _ in range(3):
+        response = post(gateway, CHAT, key, chat_body(engine.model, max_tokens=1), headers={"X-Request-ID": "same"})
+        assert response.status_code == 200 and response.headers["x-request-id"] == "same"
+    deadline = time.monotonic() + 10
+    while True:
+        conn = await asyncpg.connect(migrated_database_url)
+        try:
+            rows = await conn.fetch("SELECT request_id, client_request_id FROM usage_records WHERE key_id = $1",
+                                    key_id_of(key))
+        finally:
+            await conn.close()
+        if len(rows) >= 3 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.3)
+    assert len(rows) == 3
+    assert len({r["request_id"] for r in rows}) == 3 and "same" not in {r["request_id"] for r in rows}
+    assert {r["client_request_id"] for r in rows} == {"same"}
 
 
 async def test_graceful_shutdown_drains_in_flight_streams_and_flushes_usage(gateway_factory, make_key,

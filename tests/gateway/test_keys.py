@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -13,7 +14,7 @@ import pytest_asyncio
 from prometheus_client import REGISTRY
 
 from llm_gateway.db import create_pool, migrate, migration_files
-from llm_gateway.errors import AuthenticationError, ServiceUnavailable
+from llm_gateway.errors import AuthenticationError, RateLimited, ServiceUnavailable
 from llm_gateway.keys import ApiKey, KeyStore, generate_key, hash_secret, parse_key
 from tests.support.services import ThrowawayPostgres, _pg_bin
 
@@ -256,9 +257,9 @@ async def test_a_cancelled_caller_does_not_fail_the_others(pool):
     full, key = await store.create(name="cancel", tier="standard")
     real_fetch = store._fetch
 
-    async def slow_fetch(key_id):
+    async def slow_fetch(key_id, *args):
         await asyncio.sleep(0.1)
-        return await real_fetch(key_id)
+        return await real_fetch(key_id, *args)
 
     store._fetch = slow_fetch
     first = asyncio.create_task(store.authenticate(f"Bearer {full}"))
@@ -305,3 +306,212 @@ async def test_postgresql_down_is_a_503_and_cached_keys_keep_working(log_dir):
         await pool.close()
     finally:
         pg.destroy()
+
+
+# -- PostgreSQL down: stale-if-error (issue 14, defect 2) -----------------------------------------
+
+def _kill_postgres(pg: ThrowawayPostgres) -> None:
+    subprocess.run(pg._as_postgres([_pg_bin("pg_ctl"), "-D", str(pg.data_dir), "stop", "-m", "immediate", "-w"]),
+                   check=True, capture_output=True)
+    pg.stop()
+
+
+async def _accepting(dsn: str, timeout: float = 30.0) -> None:
+    """Wait until PostgreSQL accepts connections (after a crash it first replays its log)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            await (await asyncpg.connect(dsn, timeout=2)).close()
+            return
+        except (OSError, asyncpg.PostgresError):
+            assert asyncio.get_running_loop().time() < deadline, "PostgreSQL did not come back"
+            await asyncio.sleep(0.05)
+
+
+async def test_postgresql_down_serves_known_keys_their_last_answer_with_the_default_ttl(log_dir):
+    from llm_gateway.settings import Settings
+
+    ttl = Settings().key_cache_ttl_seconds          # the default: the outage outlasts it below
+    pg = ThrowawayPostgres(log_dir).start()
+    try:
+        await migrate(pg.dsn)
+        pool = await create_pool(pg.dsn, min_size=0, timeout=2.0, command_timeout=2.0)
+        short = KeyStore(pool, ttl, stale_if_error_seconds=0.5)
+        admin = KeyStore(pool, 0)
+        cached, _ = await admin.create(name="cached", tier="standard")
+        revoked, revoked_key = await admin.create(name="revoked-meanwhile", tier="standard")
+        never_seen, _ = await admin.create(name="never-seen", tier="standard")
+        # Default stale-if-error window (15 min). Lookups PostgreSQL failed are no guesses: they
+        # do not use up the client's allowance of failed authentications.
+        store = KeyStore(pool, ttl, auth_failures_per_minute=2)
+        client = FakeRequest("192.0.2.7")
+        for header in (f"Bearer {cached}", f"Bearer {revoked}"):
+            await store.authenticate(header)
+        await short.authenticate(f"Bearer {cached}")
+        assert await admin.revoke(revoked_key.id)   # not seen by `store` before the outage
+
+        _kill_postgres(pg)
+        await asyncio.sleep(ttl + 0.5)              # every entry is past its TTL
+        assert (await store.authenticate(f"Bearer {cached}")).name == "cached"
+        assert (await store.authenticate(f"Bearer {revoked}")).name == "revoked-meanwhile"  # last known
+        assert REGISTRY.get_sample_value("gateway_dependency_up", {"dependency": "postgres"}) == 0
+        unknown, _, _ = generate_key()
+        for header in [f"Bearer {never_seen}", f"Bearer {unknown}"] * 3:   # nothing known: 503, not 401
+            with pytest.raises(ServiceUnavailable) as caught:
+                await store.authenticate(header, client)
+            assert caught.value.status == 503 and caught.value.reason == "postgres_unavailable"
+        with pytest.raises(ServiceUnavailable):     # past its stale-if-error window
+            await short.authenticate(f"Bearer {cached}")
+
+        pg.start()                                  # back: the revocation applies at once
+        await _accepting(pg.dsn)
+        assert await rejected_reason(store, f"Bearer {revoked}") == "revoked"
+        assert (await store.authenticate(f"Bearer {never_seen}", client)).name == "never-seen"
+        assert (await short.authenticate(f"Bearer {cached}")).name == "cached"
+        await pool.close()
+    finally:
+        pg.destroy()
+
+
+async def test_after_a_postgresql_restart_the_first_lookups_succeed(log_dir):
+    """The pool's connections all die with PostgreSQL; a lookup that meets one retries once on a
+    fresh connection instead of failing (and the pool replaces the others)."""
+    pg = ThrowawayPostgres(log_dir).start()
+    try:
+        await migrate(pg.dsn)
+        pool = await create_pool(pg.dsn, min_size=4, max_size=4, timeout=2.0, command_timeout=2.0)
+        store = KeyStore(pool, 60)
+        admin = KeyStore(pool, 0)
+        keys = [(await admin.create(name=f"k{i}", tier="standard"))[0] for i in range(8)]
+        _kill_postgres(pg)
+        pg.start()
+        await _accepting(pg.dsn)
+        results = await asyncio.gather(*(store.authenticate(f"Bearer {k}") for k in keys), return_exceptions=True)
+        assert [type(r).__name__ for r in results] == ["ApiKey"] * 8
+        await pool.close()
+    finally:
+        pg.destroy()
+
+
+# -- a flood of unknown keys (issue 14, defect 4) -------------------------------------------------
+
+class FakeRequest:
+    """What KeyStore reads of a Starlette request to tell clients apart."""
+
+    def __init__(self, host: str, forwarded_for: str | None = None):
+        self.headers = {"x-forwarded-for": forwarded_for} if forwarded_for else {}
+        self.client = type("Address", (), {"host": host})()
+
+
+async def test_one_client_flooding_unknown_keys_reaches_postgresql_only_its_allowance(counting):
+    async with counting:
+        # A generous wait for a lookup slot: counts are the point here, not a loaded machine's pace.
+        store = KeyStore(counting.pool, cache_ttl_seconds=60, auth_failures_per_minute=20, acquire_timeout_seconds=30)
+        full, key = await store.create(name="flooded", tier="standard")
+        attacker, bystander = FakeRequest("10.0.0.9", "203.0.113.7"), FakeRequest("10.0.0.9", "198.51.100.1")
+        await store.authenticate(f"Bearer {full}", bystander)
+        before = counting.key_lookups
+        started = time.monotonic()
+        outcomes = await asyncio.gather(
+            *(store.authenticate(f"Bearer {generate_key()[0]}", attacker) for _ in range(300)),
+            return_exceptions=True)
+        refilled = (time.monotonic() - started) * 20 / 60
+        kinds = [(type(o).__name__, getattr(o, "status", None)) for o in outcomes]
+        lookups = counting.key_lookups - before
+        # Its allowance (and what refilled meanwhile), plus at most the other lookups already
+        # running when it ran out (half the pool: 5).
+        assert 20 <= lookups <= 20 + refilled + 4, (lookups, refilled)
+        assert kinds.count(("AuthenticationError", 401)) == lookups
+        assert kinds.count(("RateLimited", 429)) == 300 - lookups   # never reached PostgreSQL
+        assert all(int(o.headers["Retry-After"]) >= 1 for o in outcomes if isinstance(o, RateLimited))
+        # A cached key still works, even for the flooding client; other clients are unaffected.
+        assert (await store.authenticate(f"Bearer {full}", attacker)).id == key.id
+        with pytest.raises(AuthenticationError):
+            await store.authenticate(f"Bearer {generate_key()[0]}", bystander)
+
+
+async def test_a_flood_of_unknown_keys_from_many_clients_does_not_hold_up_real_keys(migrated_database_url):
+    """Lookups of ids never seen take at most half the pool, so the refresh of a real key does
+    not queue behind them (it used to wait for every flood lookup queued before it)."""
+    pool = await create_pool(migrated_database_url, min_size=4, max_size=4)
+    try:
+        store = KeyStore(pool, cache_ttl_seconds=0.05, acquire_timeout_seconds=30)   # order, not pace
+        full, key = await store.create(name="real", tier="standard")
+        await store.authenticate(f"Bearer {full}")
+        await asyncio.sleep(0.1)                             # stale: the next use asks PostgreSQL
+        done: list[str] = []
+
+        async def guess(i: int) -> None:
+            try:
+                await store.authenticate(f"Bearer {generate_key()[0]}", FakeRequest(f"10.1.{i // 250}.{i % 250}"))
+            except (AuthenticationError, ServiceUnavailable):
+                done.append("flood")
+
+        async def real() -> None:
+            assert (await store.authenticate(f"Bearer {full}", FakeRequest("192.0.2.1"))).id == key.id
+            done.append("real")
+
+        flood = [asyncio.create_task(guess(i)) for i in range(400)]
+        await asyncio.sleep(0)                                # the flood is queued first
+        await asyncio.gather(real(), *flood)
+        assert len(done) == 401
+        assert done.index("real") < 100, f"the real key came after {done.index('real')} flood lookups"
+    finally:
+        await pool.close()
+
+
+async def test_a_connection_left_in_a_broken_state_is_a_503_not_a_500():
+    """Seen under load when PostgreSQL was killed mid-query (scripts/bench/chaos.py): asyncpg
+    raised InternalClientError ("cannot switch to state 12"), which escaped as a 500."""
+
+    class BrokenConnection:
+        async def fetchrow(self, *args):
+            raise asyncpg.InternalClientError("cannot switch to state 12; another operation (2) is in progress")
+
+    class BrokenPool:
+        def get_max_size(self) -> int:
+            return 4
+
+        def acquire(self, timeout=None):
+            pool = self
+
+            class Acquired:
+                async def __aenter__(self):
+                    return BrokenConnection()
+
+                async def __aexit__(self, *exc):
+                    return False
+            return Acquired()
+
+        async def expire_connections(self) -> None:
+            pass
+
+    store = KeyStore(BrokenPool(), 5)
+    with pytest.raises(ServiceUnavailable) as caught:
+        await store.authenticate(f"Bearer {generate_key()[0]}")
+    assert caught.value.status == 503
+
+
+async def test_many_new_real_keys_at_once_from_one_client_are_not_throttled(pool):
+    """Only lookups that find nothing count against a client: a burst of real keys it has not used
+    before, more than its allowance, all authenticate."""
+    store = KeyStore(pool, cache_ttl_seconds=60, auth_failures_per_minute=5)
+    admin = KeyStore(pool, 0)
+    keys = [(await admin.create(name=f"burst-{i}", tier="standard"))[0] for i in range(30)]
+    client = FakeRequest("192.0.2.50")
+    results = await asyncio.gather(*(store.authenticate(f"Bearer {k}", client) for k in keys), return_exceptions=True)
+    assert [type(r).__name__ for r in results] == ["ApiKey"] * 30
+
+
+async def test_a_flood_of_unknown_ids_cannot_evict_real_keys_from_the_cache(counting):
+    async with counting:
+        store = KeyStore(counting.pool, cache_ttl_seconds=60, max_cache_entries=50)
+        full, key = await store.create(name="resident", tier="standard")
+        await store.authenticate(f"Bearer {full}")
+        before = counting.key_lookups
+        for _ in range(200):                       # 4x the cache's size of ids that do not exist
+            with pytest.raises(AuthenticationError):
+                await store.authenticate(f"Bearer {generate_key()[0]}")
+        assert counting.key_lookups == before + 200
+        assert (await store.authenticate(f"Bearer {full}")).id == key.id
+        assert counting.key_lookups == before + 200      # still cached: no lookup

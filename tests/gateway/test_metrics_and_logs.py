@@ -78,10 +78,30 @@ def test_logs_are_json_with_request_ids_and_never_prompts_or_keys(gateway, make_
         time.sleep(0.1)
     text = gateway.log_text()
     lines = [json.loads(line) for line in text.splitlines() if line.strip()]
-    access = [line for line in lines if line.get("request_id") == request_id]
-    assert access and access[0]["status"] == 200 and access[0]["key_id"] == key_id_of(key)
+    # The client's id is logged beside the gateway's own (issue 14, defect 5).
+    access = [line for line in lines if line.get("client_request_id") == request_id]
+    assert access and access[0]["request_id"] != request_id and len(access[0]["request_id"]) == 32
+    assert access[0]["status"] == 200 and access[0]["key_id"] == key_id_of(key)
     assert access[0]["route"] == CHAT and access[0]["model"] == engine.model
     assert secret_prompt not in text
     assert key.split("-")[2] not in text                     # the key's secret part
     if len(completion) > 8:
         assert completion not in text
+
+
+def test_a_logged_exception_keeps_its_traceback():
+    """The queue handler renders a traceback into exc_text on the way to the writer thread; the
+    JSON line must carry it (it was dropped, so 'unhandled error' lines had no cause)."""
+    import logging
+
+    from llm_gateway.logging_setup import JsonFormatter, _PassThroughQueueHandler
+
+    try:
+        raise RuntimeError("the cause")
+    except RuntimeError:
+        import sys
+        record = logging.LogRecord("llm_gateway.app", logging.ERROR, __file__, 1, "unhandled error", None,
+                                   sys.exc_info())
+    prepared = _PassThroughQueueHandler(None).prepare(record)
+    line = json.loads(JsonFormatter().format(prepared))
+    assert "RuntimeError: the cause" in line["exc"]

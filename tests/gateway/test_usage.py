@@ -39,7 +39,7 @@ async def key_id(pool) -> str:
 
 def record_n(recorder: UsageRecorder, key_id: str, n: int, *, prefix: str = "req", model: str = "tiny-llama") -> None:
     for i in range(n):
-        recorder.record(request_id=f"{prefix}-{i}", key_id=key_id, tier="standard", model=model,
+        recorder.record(request_id=f"{prefix}-{key_id}-{i}", key_id=key_id, tier="standard", model=model,
                         prompt_tokens=i % 7, completion_tokens=i % 11, status=200)
 
 
@@ -75,7 +75,8 @@ async def test_batches_are_written_in_the_background(pool, key_id):
             await asyncio.sleep(0.05)
         assert (await stored(pool, key_id))[0] == 250
         assert recorder.pending == 0
-        row = await pool.fetchrow("SELECT * FROM usage_records WHERE key_id = $1 AND request_id = 'req-12'", key_id)
+        row = await pool.fetchrow("SELECT * FROM usage_records WHERE key_id = $1 AND request_id = $2", key_id,
+                                  f"req-{key_id}-12")
         assert (row["tier"], row["model"], row["prompt_tokens"], row["completion_tokens"], row["status"]) == (
             "standard", "tiny-llama", 5, 1, 200)
         assert abs((datetime.now(timezone.utc) - row["created_at"]).total_seconds()) < 60
@@ -139,9 +140,9 @@ async def test_usage_summary(pool):
     recorder = UsageRecorder(pool)
     for model, n in (("tiny-llama", 3), ("adapter-x", 2)):
         for i in range(n):
-            recorder.record(request_id=f"{model}-{i}", key_id=a.id, tier="standard", model=model,
+            recorder.record(request_id=f"{a.id}-{model}-{i}", key_id=a.id, tier="standard", model=model,
                             prompt_tokens=10, completion_tokens=5, status=200)
-    recorder.record(request_id="b-1", key_id=b.id, tier="premium", model="tiny-llama",
+    recorder.record(request_id=f"{b.id}-1", key_id=b.id, tier="premium", model="tiny-llama",
                     prompt_tokens=7, completion_tokens=3, status=200)
     await recorder.close()
 
@@ -152,3 +153,25 @@ async def test_usage_summary(pool):
     assert {(a.id, "tiny-llama"), (a.id, "adapter-x"), (b.id, "tiny-llama")} <= everything
     future = datetime.now(timezone.utc) + timedelta(hours=1)
     assert await usage_summary(pool, key_id=a.id, since=future) == []
+
+
+async def test_each_request_is_recorded_once_under_its_own_id(pool, key_id):
+    """Issue 14, defect 5: the record's identity is the gateway's request id, unique; the client's
+    X-Request-ID (the same on every request, for a client gaming de-duplication) sits beside it.
+    A batch written again after a lost acknowledgement adds nothing."""
+    recorder = UsageRecorder(pool, batch_size=10, flush_interval_seconds=3600)
+    ids = [f"srv-{key_id}-{i}" for i in range(3)]
+    for request_id in ids:
+        recorder.record(request_id=request_id, key_id=key_id, tier="standard", model="m", prompt_tokens=5,
+                        completion_tokens=1, status=200, client_request_id="constant")
+    assert await recorder.flush()
+    for request_id in ids[:2]:            # the retry of a batch PostgreSQL had committed
+        recorder.record(request_id=request_id, key_id=key_id, tier="standard", model="m", prompt_tokens=5,
+                        completion_tokens=1, status=200, client_request_id="constant")
+    await recorder.close()
+    rows = await pool.fetch("SELECT request_id, client_request_id FROM usage_records WHERE key_id = $1"
+                            " ORDER BY request_id", key_id)
+    assert [(r["request_id"], r["client_request_id"]) for r in rows] == [(i, "constant") for i in ids]
+    unique = await pool.fetchval(
+        "SELECT count(*) FROM pg_indexes WHERE tablename = 'usage_records' AND indexdef LIKE 'CREATE UNIQUE%(request_id)'")
+    assert unique == 1

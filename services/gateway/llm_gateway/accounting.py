@@ -54,10 +54,11 @@ class Accounting:
         self._idle.set()
         self._tokens: dict[str, tuple] = {}   # tier -> (prompt counter, completion counter)
 
-    def open(self, key: ApiKey, plan: Plan, reservation: Reservation, request_id: str) -> "Books":
+    def open(self, key: ApiKey, plan: Plan, reservation: Reservation, request_id: str,
+             client_request_id: str | None = None) -> "Books":
         self.open_count += 1
         self._idle.clear()
-        return Books(self, key, plan, reservation, request_id)
+        return Books(self, key, plan, reservation, request_id, client_request_id)
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until every open book is closed; False if some are still open after `timeout`."""
@@ -81,15 +82,17 @@ class Accounting:
 
 
 class Books:
-    __slots__ = ("_acc", "key", "plan", "reservation", "request_id", "admitted", "engine", "reached",
-                 "answered", "_closed", "opened_at")
+    __slots__ = ("_acc", "key", "plan", "reservation", "request_id", "client_request_id", "admitted", "engine",
+                 "reached", "answered", "_closed", "opened_at")
 
-    def __init__(self, acc: Accounting, key: ApiKey, plan: Plan, reservation: Reservation, request_id: str):
+    def __init__(self, acc: Accounting, key: ApiKey, plan: Plan, reservation: Reservation, request_id: str,
+                 client_request_id: str | None = None):
         self._acc = acc
         self.key = key
         self.plan = plan
         self.reservation = reservation
-        self.request_id = request_id
+        self.request_id = request_id                  # the gateway's own: the usage record's identity
+        self.client_request_id = client_request_id    # the client's X-Request-ID, if it sent one
         self.admitted = False          # holds an admission slot
         self.engine: Engine | None = None
         self.reached = False           # the engine answered (response headers received)
@@ -134,7 +137,7 @@ class Books:
             if received:
                 acc.usage.record(request_id=self.request_id, key_id=self.key.id, tier=self.key.tier,
                                  model=self.plan.served.id, prompt_tokens=prompt, completion_tokens=completion,
-                                 status=status)
+                                 status=status, client_request_id=self.client_request_id)
             await acc.limiter.finish(self.reservation, actual)
         except Exception:  # noqa: BLE001 - closing the books must never fail the request
             log.exception("closing the books failed", extra={"request_id": self.request_id})

@@ -38,7 +38,7 @@ async def _complete(request: Request, kind: str, path: str) -> Response:
     rt: Runtime = request.state.runtime
     obs: Observation = request.state.obs
 
-    key = await rt.keys.authenticate(request.headers.get("authorization"))
+    key = await rt.keys.authenticate(request.headers.get("authorization"), request)
     obs.key_id, obs.tier = key.id, key.tier
 
     body, body_size = await read_json_body(request, rt.settings.max_body_bytes)
@@ -47,7 +47,7 @@ async def _complete(request: Request, kind: str, path: str) -> Response:
     rt.priorities.apply(body, key.tier)
 
     reservation = await rt.limiter.reserve(key, obs.request_id, plan.reserved_tokens)
-    books = rt.accounting.open(key, plan, reservation, obs.request_id)
+    books = rt.accounting.open(key, plan, reservation, obs.request_id, obs.client_request_id)
     try:
         if not plan.settled:
             with rt.hangups.watch(request.receive):      # a client that leaves stops the counting
@@ -91,7 +91,7 @@ async def _complete(request: Request, kind: str, path: str) -> Response:
 async def list_models(request: Request) -> Response:
     rt: Runtime = request.state.runtime
     obs: Observation = request.state.obs
-    key = await rt.keys.authenticate(request.headers.get("authorization"))
+    key = await rt.keys.authenticate(request.headers.get("authorization"), request)
     obs.key_id, obs.tier = key.id, key.tier
     cards = [served.public_card for served in rt.catalog.all() if key.allows(served.id)]
     return Response(orjson.dumps({"object": "list", "data": cards}), media_type="application/json")

@@ -7,8 +7,24 @@ offline guessing; a 256-bit random secret cannot be guessed whatever the hash, s
 would only put ~100 ms of CPU on the request path for every cache miss, for no gain.
 
 Lookups are cached in-process for `cache_ttl_seconds`, misses included, so PostgreSQL is
-not on the hot path and a flood of unknown keys does not reach it either. Revoking a key
-therefore takes effect within one TTL on every replica.
+not on the hot path. Revoking a key therefore takes effect within one TTL on every replica.
+
+PostgreSQL unreachable (stale-if-error): a key whose entry has gone stale is still served
+from its last known answer for up to `stale_if_error_seconds` past its TTL, as long as
+refreshing it fails; every request retries the refresh, so once PostgreSQL answers again the
+fresh row (a revocation included) applies at once. An id with no usable entry gets 503.
+
+The cost of failed authentication is bounded (a flood of random ids must not reach
+PostgreSQL, nor delay the lookups of real keys):
+- ids that exist and ids that do not are cached apart (misses in a cachetools TTL cache:
+  O(1) expiry and eviction), so random ids can only evict other random ids, never real keys;
+- each lookup that finds nothing is charged to the client (X-Forwarded-For as set by the
+  edge, else the peer address): past `auth_failures_per_minute` of them, the client gets 429
+  for ids not in the cache, without a PostgreSQL round trip (checked again once a queued
+  lookup gets its turn, so a concurrent flood is cut short too); keys already cached keep
+  working for it, and lookups PostgreSQL failed are not charged;
+- lookups of ids not in the cache use at most half the pool's connections, so refreshing a
+  known key always finds one; a connection is waited for at most `acquire_timeout_seconds`.
 """
 
 from __future__ import annotations
@@ -17,6 +33,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import math
 import re
 import secrets
 import time
@@ -25,9 +42,10 @@ from datetime import datetime, timezone
 from typing import Iterable
 
 import asyncpg
+import cachetools
 
 from . import metrics
-from .errors import AuthenticationError, ServiceUnavailable
+from .errors import AuthenticationError, RateLimited, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -104,21 +122,56 @@ class _Entry:
     expires_ts: float | None         # key.expires_at as a Unix time, compared cheaply per request
 
 
+# A dead pooled connection (PostgreSQL restarted): the lookup is retried once on a new one.
+# (InternalClientError: asyncpg's protocol state after the server vanished mid-query.)
+_CONNECTION_LOST = (asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+                    ConnectionError)
+_UNAVAILABLE = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
+                asyncpg.InternalClientError)
+_LOOKUP = f"SELECT {_COLUMNS} FROM api_keys WHERE id = $1"
+
+
+def client_address(request) -> str | None:
+    """Who sent a request (a Starlette request), for the failed-authentication limit: the last
+    X-Forwarded-For entry, the one the edge proxy adds (the address it saw; entries a client
+    sent come before it), else the peer."""
+    forwarded = request.headers.get("x-forwarded-for")
+    if forwarded:
+        return forwarded.rpartition(",")[2].strip() or None
+    return request.client.host if request.client else None
+
+
 class KeyStore:
     """Authenticates requests against api_keys, with a short-lived in-process cache."""
 
-    def __init__(self, pool: asyncpg.Pool, cache_ttl_seconds: float, max_cache_entries: int = 100_000):
+    def __init__(self, pool: asyncpg.Pool, cache_ttl_seconds: float, max_cache_entries: int = 100_000, *,
+                 stale_if_error_seconds: float = 900.0, acquire_timeout_seconds: float = 2.0,
+                 auth_failures_per_minute: int = 60):
         self._pool = pool
-        self._ttl = cache_ttl_seconds
-        self._max_entries = max_cache_entries
-        self._cache: dict[str, _Entry] = {}
+        self._ttl = max(0.0, cache_ttl_seconds)
+        self._stale_for = max(0.0, stale_if_error_seconds)
+        self._acquire_timeout = acquire_timeout_seconds
+        # Ids that exist: a plain dict (the hot path reads it; a TTLCache read costs ~40x more),
+        # kept past the TTL for stale-if-error. Only real keys enter it, so a flood cannot grow it.
+        # Misses, which a flood can make up at will: a bounded TTL cache of their own.
+        self._known: dict[str, _Entry] = {}
+        self._max_known = max(1, max_cache_entries)
+        self._unknown: cachetools.TTLCache[str, _Entry] = cachetools.TTLCache(
+            max_cache_entries, ttl=self._ttl or 1e-9)
         self._pending: dict[str, asyncio.Task[_Entry]] = {}   # coalesces concurrent misses per id
-        self._failures = {reason: metrics.AUTH_FAILURES.labels(reason) for reason in _MESSAGES}
+        size = pool.get_max_size() if hasattr(pool, "get_max_size") else 10
+        self._new_id_lookups = asyncio.Semaphore(max(1, size // 2))
+        self._guess_limit = max(1, auth_failures_per_minute)
+        self._guesses: cachetools.TTLCache[str, tuple[float, float]] = cachetools.TTLCache(100_000, ttl=60.0)
+        self._failures = {reason: metrics.AUTH_FAILURES.labels(reason) for reason in (*_MESSAGES, "throttled")}
         self._postgres_up = metrics.DEPENDENCY_UP.labels("postgres")
 
     # -- the hot path -------------------------------------------------------------------------
 
-    async def authenticate(self, authorization: str | None) -> ApiKey:
+    async def authenticate(self, authorization: str | None, request=None) -> ApiKey:
+        """The key of a request's Authorization header. `request` (a Starlette request) names
+        the client for the failed-authentication limit; it is only read when the id is not in
+        the cache, and without it there is no such limit (admin tools, tests)."""
         if not authorization:
             self._fail("missing")
         scheme, _, token = authorization.partition(" ")
@@ -129,9 +182,9 @@ class KeyStore:
             self._fail("malformed")
         key_id, secret = parsed
 
-        entry = self._cache.get(key_id)
+        entry = self._known.get(key_id) or self._unknown.get(key_id)
         if entry is None or entry.fresh_until < time.monotonic():
-            entry = await self._lookup(key_id)
+            entry = await self._lookup(key_id, entry, request)
         key = entry.key
         if key is None:
             self._fail("unknown")
@@ -148,30 +201,78 @@ class KeyStore:
         self._failures[reason].inc()
         raise AuthenticationError(_MESSAGES[reason], reason=reason)
 
-    async def _lookup(self, key_id: str) -> _Entry:
+    def _guess_level(self, client: str, now: float) -> float:
+        """What is left of the client's allowance of lookups that found nothing (a token bucket)."""
+        state = self._guesses.get(client)
+        if state is None:
+            return float(self._guess_limit)
+        return min(float(self._guess_limit), state[0] + (now - state[1]) * self._guess_limit / 60.0)
+
+    def _check_allowance(self, client: str) -> None:
+        """429 for a client that used up its allowance of failed lookups: no PostgreSQL round trip."""
+        level = self._guess_level(client, time.monotonic())
+        if level < 1:
+            self._failures["throttled"].inc()
+            retry = max(1, math.ceil((1 - level) * 60.0 / self._guess_limit))
+            raise RateLimited(f"Too many failed authentication attempts. Please try again in {retry}s.",
+                              reason="auth_failures", headers={"Retry-After": str(retry)})
+
+    def _charge(self, client: str) -> None:
+        now = time.monotonic()
+        self._guesses[client] = (self._guess_level(client, now) - 1, now)
+
+    async def _lookup(self, key_id: str, stale: _Entry | None, request) -> _Entry:
+        known = stale is not None and stale.key is not None
+        client = client_address(request) if not known and request is not None else None
+        if client is not None:
+            self._check_allowance(client)
         # One query per id however many requests miss at once. The query runs in its own task
         # so a client that disconnects (cancelling its request) does not cancel the others' wait.
         task = self._pending.get(key_id)
         if task is None:
-            task = asyncio.ensure_future(self._fetch_and_remember(key_id))
+            task = asyncio.ensure_future(self._fetch_and_remember(key_id, known, client))
             self._pending[key_id] = task
             task.add_done_callback(lambda done: self._settled(key_id, done))
-        return await asyncio.shield(task)
+        try:
+            entry = await asyncio.shield(task)
+        except ServiceUnavailable:
+            if known and time.monotonic() <= stale.fresh_until + self._stale_for:
+                return stale               # stale-if-error: the last known answer
+            raise
+        return entry
 
     def _settled(self, key_id: str, task: asyncio.Task) -> None:
         self._pending.pop(key_id, None)
         if not task.cancelled():
             task.exception()  # retrieved here, so an error nobody awaited is not logged as lost
 
-    async def _fetch_and_remember(self, key_id: str) -> _Entry:
-        entry = await self._fetch(key_id)
+    async def _fetch_and_remember(self, key_id: str, known: bool, client: str | None = None) -> _Entry:
+        entry = await self._fetch(key_id, known, client)
         self._remember(key_id, entry)
         return entry
 
-    async def _fetch(self, key_id: str) -> _Entry:
+    async def _fetch(self, key_id: str, known: bool = True, client: str | None = None) -> _Entry:
         try:
-            row = await self._pool.fetchrow(f"SELECT {_COLUMNS} FROM api_keys WHERE id = $1", key_id)
-        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            if known:
+                row = await self._query(key_id)
+            else:
+                # Ids not in the cache take at most half the pool: a flood of them queues here,
+                # and the refresh of a real key always finds a connection.
+                try:
+                    async with asyncio.timeout(self._acquire_timeout):
+                        await self._new_id_lookups.acquire()
+                except TimeoutError:
+                    raise ServiceUnavailable("Too many API key lookups at once; retry shortly.",
+                                             reason="key_lookups_busy", retry_after=1) from None
+                try:
+                    if client is not None:
+                        self._check_allowance(client)   # again: its earlier guesses may have failed meanwhile
+                    row = await self._query(key_id)
+                    if row is None and client is not None:
+                        self._charge(client)            # found nothing: a guess, charged before the next
+                finally:                                # lookup queued here gets the slot and checks
+                    self._new_id_lookups.release()
+        except _UNAVAILABLE as exc:
             self._postgres_up.set(0)
             log.warning("api key lookup failed: %s", type(exc).__name__)
             raise ServiceUnavailable("The API key store is unavailable; retry shortly.",
@@ -184,21 +285,32 @@ class KeyStore:
         expires_ts = key.expires_at.timestamp() if key.expires_at else None
         return _Entry(fresh_until, key, bytes(row["secret_hash"]), expires_ts)
 
+    async def _query(self, key_id: str):
+        try:
+            async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
+                return await conn.fetchrow(_LOOKUP, key_id)
+        except _CONNECTION_LOST:
+            # PostgreSQL restarted (or a proxy dropped us): the pool's other idle connections
+            # died with this one. Replace them all, and ask once more on a fresh connection
+            # (a read, safe to repeat) instead of failing one request per dead connection.
+            await self._pool.expire_connections()
+            async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
+                return await conn.fetchrow(_LOOKUP, key_id)
+
     def _remember(self, key_id: str, entry: _Entry) -> None:
-        if self._ttl <= 0:
-            return
-        if len(self._cache) >= self._max_entries:
-            # Bounded under a flood of random ids: drop stale entries, then the oldest.
-            now = time.monotonic()
-            for stale in [k for k, e in self._cache.items() if e.fresh_until < now]:
-                del self._cache[stale]
-            while len(self._cache) >= self._max_entries:
-                del self._cache[next(iter(self._cache))]
-        self._cache[key_id] = entry
+        if entry.key is not None:
+            if key_id not in self._known and len(self._known) >= self._max_known:
+                del self._known[next(iter(self._known))]    # the longest cached; O(1)
+            self._known[key_id] = entry       # kept past its TTL too: served if PostgreSQL fails
+            self._unknown.pop(key_id, None)
+        elif self._ttl > 0:
+            self._unknown[key_id] = entry
+            self._known.pop(key_id, None)
 
     def forget(self, key_id: str) -> None:
         """Drop a cached lookup (this process only; other replicas see changes within the TTL)."""
-        self._cache.pop(key_id, None)
+        self._known.pop(key_id, None)
+        self._unknown.pop(key_id, None)
 
     # -- administration (admin.py) ------------------------------------------------------------
 
@@ -231,7 +343,7 @@ class KeyStore:
         return [_row_to_key(row) for row in rows]
 
     async def get(self, key_id: str) -> ApiKey | None:
-        row = await self._pool.fetchrow(f"SELECT {_COLUMNS} FROM api_keys WHERE id = $1", key_id)
+        row = await self._pool.fetchrow(_LOOKUP, key_id)
         return _row_to_key(row) if row else None
 
     async def revoke(self, key_id: str) -> bool:

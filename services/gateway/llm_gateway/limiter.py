@@ -15,7 +15,8 @@ concurrency (freed by other replicas) are always asked.
 
 Redis unreachable: failure_mode "closed" answers 503, "local" falls back to a per-process
 limiter (local_limiter.py). Either way Redis is then retried after a short, growing back-off
-by a single probing request, so recovery is automatic and there is no reconnect storm.
+(capped at 0.4 s) by a single probing request, so recovery is automatic and prompt and there
+is no reconnect storm; connections opened before the failure are reconnected before reuse.
 """
 
 from __future__ import annotations
@@ -89,6 +90,15 @@ def create_redis(url: str, *, socket_timeout: float = REDIS_CALL_TIMEOUT_SECONDS
         retry=Retry(NoBackoff(), 0), retry_on_timeout=False, **_CONNECTION_OPTIONS)
 
 
+def create_probe_redis(url: str, *, timeout: float = 2.0) -> aioredis.Redis:
+    """A small client of its own for health probes (RateLimiter(probe=...)): probes wait for
+    one of its few connections instead of competing with the limiter's calls for theirs."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=4, timeout=timeout, socket_timeout=timeout, socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0), retry_on_timeout=False, **_CONNECTION_OPTIONS)
+    return aioredis.Redis(connection_pool=pool)
+
+
 def _script(name: str) -> str:
     return resources.files("llm_gateway").joinpath(name).read_text(encoding="utf-8")
 
@@ -108,7 +118,15 @@ class _ScriptRunner:
         self._pool = redis.connection_pool
         # One deadline over the whole call (asyncio.timeout: no task) instead of redis-py's own.
         self._timeout = self._pool.connection_kwargs.get("socket_timeout")
-        self._idle: list = []
+        self._idle: list = []            # (connection, generation it was last used in)
+        self._generation = 0
+
+    def distrust_idle(self) -> None:
+        """Redis failed: every idle connection may be dead (a restarted Redis drops them all,
+        and nothing reads a dead idle socket until it is used). Each is reconnected before its
+        next use, instead of failing one request each -- up to MAX_CONCURRENT_CALLS failures in
+        a row after Redis is back, every one of which marked Redis down again."""
+        self._generation += 1
 
     async def warm(self, count: int) -> int:
         """Open `count` connections now, so a burst of traffic does not open them all at once
@@ -121,15 +139,22 @@ class _ScriptRunner:
                 await conn.connect()
             except _REDIS_FAILURES:
                 await conn.disconnect()
-                self._idle.append(conn)
+                self._idle.append((conn, self._generation))
                 break
-            self._idle.append(conn)
+            self._idle.append((conn, self._generation))
             opened += 1
         return opened
 
     async def run(self, script, keys, args):
+        generation = self._generation
         if self._idle:
-            conn = self._idle.pop()
+            conn, used_in = self._idle.pop()
+            reader = conn._reader
+            # Closed by the server while idle (a restarted Redis; this process may not have seen
+            # it go), or opened before Redis last failed (see distrust_idle): reconnect first.
+            # Nothing was sent on it, so nothing can run twice. The send below reconnects.
+            if used_in != generation or (reader is not None and reader.at_eof()):
+                await conn.disconnect(nowait=True)
         else:
             conn = self._pool.get_available_connection()   # never connects; the first send does
             conn.socket_timeout = None                      # timed out below, around send and read
@@ -144,7 +169,7 @@ class _ScriptRunner:
         finally:
             # Reusable whatever happened: an error reply leaves it in step, anything else has
             # already disconnected it (redis-py does so on every failed send or read).
-            self._idle.append(conn)
+            self._idle.append((conn, generation))
 
 
 def format_duration(ms: float) -> str:
@@ -188,12 +213,22 @@ class _OverRpm:
 class RateLimiter:
     def __init__(self, redis: aioredis.Redis, failure_mode: Literal["closed", "local"],
                  concurrency_lease_seconds: float = 60.0, *, max_hold_seconds: float = 3600.0,
-                 backoff_initial_seconds: float = 0.25, backoff_max_seconds: float = 5.0):
+                 backoff_initial_seconds: float = 0.1, backoff_max_seconds: float = 0.4,
+                 probe: aioredis.Redis | None = None):
         """max_hold_seconds: leases are not renewed past this age (set it a little above the
-        request timeout), so a reservation that is never released cannot hold a slot forever."""
+        request timeout), so a reservation that is never released cannot hold a slot forever.
+
+        The back-off only spaces the probes of a Redis that is down. Probes are already one at
+        a time (a single request; the rest fall back at once), so a short cap costs one refused
+        connect per process per interval and cannot storm; a long one (it was 5 s) only made
+        clients wait up to that long after Redis was back.
+
+        probe: the client ping() uses (readiness, the dependency watcher), so probes never
+        take connections from the limiter's pool; defaults to `redis`."""
         if failure_mode not in ("closed", "local"):
             raise ValueError(f"failure_mode must be 'closed' or 'local', not {failure_mode!r}")
         self._redis = redis
+        self._probe = probe or redis
         self._failure_mode = failure_mode
         self._lease_ms = max(1, int(concurrency_lease_seconds * 1000))
         self._max_hold = max_hold_seconds
@@ -226,6 +261,10 @@ class RateLimiter:
     async def warm_up(self) -> int:
         """Open the connections a burst will use (MAX_CONCURRENT_CALLS) before traffic arrives."""
         return await self._scripts.warm(MAX_CONCURRENT_CALLS)
+
+    @property
+    def max_hold_seconds(self) -> float:
+        return self._max_hold
 
     @property
     def lease_seconds(self) -> float:
@@ -451,7 +490,7 @@ class RateLimiter:
 
     async def ping(self) -> bool:
         try:
-            await self._redis.ping()
+            await self._probe.ping()
         except Exception as exc:  # noqa: BLE001 - a probe answers, it never raises
             self._redis_failed(exc)
             return False
@@ -473,6 +512,7 @@ class RateLimiter:
             return                      # already backing off: do not stretch the back-off further
         self._redis_up = False
         self._redis_gauge.set(0)
+        self._scripts.distrust_idle()
         self._down_until = now + self._backoff
         self._backoff = min(self._backoff * 2, self._backoff_max)
 

@@ -41,6 +41,8 @@ class JsonFormatter(logging.Formatter):
                 entry[name] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:           # rendered by _PassThroughQueueHandler on the way here
+            entry["exc"] = record.exc_text
         return orjson.dumps(entry, default=str).decode()
 
 

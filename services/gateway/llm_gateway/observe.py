@@ -34,11 +34,12 @@ _MAX_REQUEST_ID = 128
 
 
 class Observation:
-    __slots__ = ("request_id", "route", "t0", "status", "t_start", "t_first_byte", "upstream_seconds",
-                 "outcome", "tier", "key_id", "model")
+    __slots__ = ("request_id", "client_request_id", "route", "t0", "status", "t_start", "t_first_byte",
+                 "upstream_seconds", "outcome", "tier", "key_id", "model")
 
-    def __init__(self, request_id: str, route: str):
-        self.request_id = request_id
+    def __init__(self, request_id: str, route: str, client_request_id: str | None = None):
+        self.request_id = request_id                  # generated here for every request: unique
+        self.client_request_id = client_request_id    # the client's X-Request-ID, if usable
         self.route = route
         self.t0 = time.perf_counter()
         self.status = 0
@@ -80,9 +81,12 @@ class RequestObserver:
             await self.app(scope, receive, send)
             return
         path = scope["path"]
-        obs = Observation(_request_id(scope), path if path in self._metrics else "other")
+        client_id = _client_request_id(scope)
+        # 128 random bits, as a uuid4 has, without building a UUID.
+        obs = Observation(os.urandom(16).hex(), path if path in self._metrics else "other", client_id)
         scope.setdefault("state", {})["obs"] = obs
-        id_header = (b"x-request-id", obs.request_id.encode())
+        # The client gets its own id back (it correlates by it); the gateway's when it sent none.
+        id_header = (b"x-request-id", (client_id or obs.request_id).encode())
 
         async def send_observed(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -111,16 +115,18 @@ class RequestObserver:
         level = logging.DEBUG if obs.route in _QUIET else logging.INFO
         if access_log.isEnabledFor(level):
             access_log.log(level, "request", extra={
-                "request_id": obs.request_id, "route": obs.route, "status": status,
+                "request_id": obs.request_id, "client_request_id": obs.client_request_id, "route": obs.route,
+                "status": status,
                 "duration_ms": round((end - obs.t0) * 1000, 2), "key_id": obs.key_id, "tier": obs.tier,
                 "model": obs.model})
 
 
-def _request_id(scope: Scope) -> str:
-    """The client's X-Request-ID when it is short and printable (it ends up in logs), else a new one."""
+def _client_request_id(scope: Scope) -> str | None:
+    """The client's X-Request-ID when it is short and printable (it ends up in logs), else None.
+    Never an identity: a client may send the same one on every request."""
     for name, value in scope["headers"]:
         if name == b"x-request-id":
             if 0 < len(value) <= _MAX_REQUEST_ID and value.isascii() and value.decode().isprintable():
                 return value.decode()
             break
-    return os.urandom(16).hex()   # 128 random bits, as a uuid4 has, without building a UUID
+    return None

@@ -32,7 +32,7 @@ from .admission import Admission
 from .catalog import ModelCatalog
 from .engines import EnginePool
 from .keys import KeyStore
-from .limiter import RateLimiter, create_redis
+from .limiter import RateLimiter, create_probe_redis, create_redis
 from .priority import TierPriorities
 from .proxy import HangUpWatch
 from .settings import Settings
@@ -44,6 +44,17 @@ log = logging.getLogger(__name__)
 
 _STARTUP_DB_WAIT_SECONDS = 60.0
 _DRAIN_AFTER_SERVER_SECONDS = 5.0   # uvicorn already drained for shutdown_grace_seconds
+
+
+_READINESS_CACHE_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Readiness:
+    ready: bool
+    postgres: bool
+    redis: bool
+    engines: dict[str, bool]     # engine URL -> healthy (internal: never shown through the edge)
 
 
 @dataclass(eq=False)
@@ -62,13 +73,16 @@ class Runtime:
     admission: Admission
     accounting: Accounting
     upstream_timeout: aiohttp.ClientTimeout
+    probe_redis: aioredis.Redis | None = None
     hangups: HangUpWatch = field(default_factory=HangUpWatch)
     _tasks: list[asyncio.Task] = field(default_factory=list)
+    _readiness: tuple[float, "asyncio.Future[Readiness]"] | None = None
 
     @classmethod
     async def start(cls, settings: Settings) -> "Runtime":
         pool = await _connect_postgres(settings.database_url.get_secret_value())
         redis = create_redis(settings.redis_url.get_secret_value())
+        probe_redis = create_probe_redis(settings.redis_url.get_secret_value())
         # One pooled client for every engine call: keep-alive connections, enough of them for
         # every admitted request (streams hold theirs for the whole answer) plus health checks.
         # Idle connections are dropped after 4 s, before vLLM's server drops them (uvicorn: 5 s),
@@ -82,21 +96,28 @@ class Runtime:
                              open_seconds=settings.circuit_open_seconds,
                              health_interval=settings.health_check_interval_seconds)
         catalog = ModelCatalog(engines, http)
-        limiter = RateLimiter(redis, settings.limiter_failure_mode)
+        limiter = build_limiter(settings, redis, probe_redis)
         usage = UsageRecorder(pool)
         admission = Admission(settings.max_in_flight, settings.admission_wait_seconds)
         rt = cls(settings=settings, pool=pool, redis=redis, http=http,
-                 keys=KeyStore(pool, settings.key_cache_ttl_seconds), limiter=limiter, usage=usage,
+                 keys=KeyStore(pool, settings.key_cache_ttl_seconds,
+                               stale_if_error_seconds=settings.key_cache_stale_if_error_seconds,
+                               acquire_timeout_seconds=settings.key_lookup_timeout_seconds,
+                               auth_failures_per_minute=settings.auth_failures_per_minute), limiter=limiter, usage=usage,
                  engines=engines, catalog=catalog, validator=Validator(catalog, TokenCounter(engines, http), settings.max_n),
                  priorities=TierPriorities(settings.tier_priorities), admission=admission,
                  accounting=Accounting(limiter, admission, engines, usage),
-                 upstream_timeout=_upstream_timeout(settings.request_timeout_seconds))
+                 upstream_timeout=_upstream_timeout(settings.request_timeout_seconds),
+                 probe_redis=probe_redis)
         await usage.start()
         await limiter.warm_up()
         # Know the engines and their models before the first request.
         await engines.check_health()
         await catalog.refresh()
+        # The dependency gauges from the start (readiness details live there, and a gauge left at
+        # its initial 0 until the first watch would read "down").
         await limiter.ping()
+        await rt.check_postgres()
         rt._tasks = [asyncio.create_task(rt._watch(), name="watch-dependencies"),
                      asyncio.create_task(rt._renew_leases(), name="renew-leases"),
                      asyncio.create_task(rt.hangups.run(), name="watch-hang-ups"),
@@ -112,6 +133,8 @@ class Runtime:
         await self.usage.close()
         await self.http.close()
         await self.redis.aclose()
+        if self.probe_redis is not None:
+            await self.probe_redis.aclose()
         await self.pool.close()
 
     async def _watch(self) -> None:
@@ -138,6 +161,22 @@ class Runtime:
         metrics.DEPENDENCY_UP.labels("postgres").set(1 if up else 0)
         return up
 
+    async def readiness(self) -> "Readiness":
+        """Whether this worker can serve, checked at most once a second: concurrent and repeated
+        /readyz calls share one check, so probing cannot load PostgreSQL or Redis."""
+        now = time.monotonic()
+        cached = self._readiness
+        if cached is None or now - cached[0] >= _READINESS_CACHE_SECONDS:
+            cached = self._readiness = (now, asyncio.ensure_future(self._check_readiness()))
+        return await asyncio.shield(cached[1])
+
+    async def _check_readiness(self) -> "Readiness":
+        postgres, redis = await asyncio.gather(self.check_postgres(), self.limiter.ping())
+        engines = {e.url: e.healthy for e in self.engines.engines}
+        redis_required = self.settings.limiter_failure_mode == "closed"
+        ready = postgres and (redis or not redis_required) and any(engines.values())
+        return Readiness(ready, postgres, redis, engines)
+
     async def _renew_leases(self) -> None:
         while True:
             await asyncio.sleep(self.limiter.lease_seconds / 3)
@@ -150,6 +189,19 @@ def _upstream_timeout(seconds: float) -> aiohttp.ClientTimeout:
     must never count against the engine (aiohttp stops the sock_read timer while reading is
     paused because the consumer's buffer is full: client_proto.py, pause_reading/_drop_timeout)."""
     return aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=seconds)
+
+
+# A request holds its concurrency lease from admission until its books close. The bound is
+# for leaks (books never closed); since request_timeout_seconds bounds each wait on the engine
+# rather than a whole stream (_upstream_timeout), a stream that runs longer than this stops
+# holding its slot (docs/gateway.md, "Concurrency leases").
+_LEASE_HOLD_MARGIN_SECONDS = 30.0
+
+
+def build_limiter(settings: Settings, redis: aioredis.Redis, probe: aioredis.Redis | None = None) -> RateLimiter:
+    return RateLimiter(redis, settings.limiter_failure_mode, probe=probe,
+                       max_hold_seconds=settings.request_timeout_seconds + settings.admission_wait_seconds
+                       + _LEASE_HOLD_MARGIN_SECONDS)
 
 
 async def _connect_postgres(dsn: str) -> asyncpg.Pool:

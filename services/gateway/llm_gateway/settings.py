@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     metrics_port: int = 9101
     workers: int = Field(default=2, ge=1)
     key_cache_ttl_seconds: float = Field(default=5.0, ge=0)
+    key_cache_stale_if_error_seconds: float = Field(default=900.0, ge=0)
+    key_lookup_timeout_seconds: float = Field(default=2.0, gt=0)
+    auth_failures_per_minute: int = Field(default=60, ge=1)
     limiter_failure_mode: Literal["closed", "local"] = "closed"
     max_body_bytes: int = Field(default=1_048_576, gt=0)
     max_in_flight: int = Field(default=512, gt=0)
