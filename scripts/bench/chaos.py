@@ -1,7 +1,7 @@
 """Chaos: a swarm of clients against a gateway whose Redis, PostgreSQL and engine are killed
 and restarted, one after the other. A benchmark (figures to read), not a test.
 
-Everything it kills is its own: a throwaway Redis and PostgreSQL (tests/support/services.py)
+Everything it kills is its own: a throwaway Redis and PostgreSQL (scripts/devnode/throwaway.py)
 and a fast stand-in engine (fast_upstream.py) on free ports -- never the machine's shared
 services. The gateway runs with its defaults (limiter fail-closed, key cache TTL 5 s, two
 workers) plus the throwaway URLs.
@@ -47,9 +47,9 @@ from .localnode import ROOT
 
 from llm_gateway.db import migrate  # noqa: E402
 from llm_gateway.keys import generate_key, hash_secret  # noqa: E402
-from tests.support.gateway_fixtures import start_gateway  # noqa: E402
-from tests.support.procs import ManagedProcess, free_port, http_ok, port_open  # noqa: E402
-from tests.support.services import ThrowawayPostgres, ThrowawayRedis  # noqa: E402
+from scripts.devnode.gateway import start_gateway  # noqa: E402
+from scripts.devnode.processes import ManagedProcess, free_port, http_ok, port_open  # noqa: E402
+from scripts.devnode.throwaway import ThrowawayPostgres, ThrowawayRedis  # noqa: E402
 
 from .report import print_table  # noqa: E402
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -16,7 +15,7 @@ from prometheus_client import REGISTRY
 from llm_gateway.db import create_pool, migrate, migration_files
 from llm_gateway.errors import AuthenticationError, RateLimited, ServiceUnavailable
 from llm_gateway.keys import ApiKey, KeyStore, generate_key, hash_secret, parse_key
-from tests.support.services import ThrowawayPostgres, _pg_bin
+from tests.support.services import ThrowawayPostgres
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -290,9 +289,7 @@ async def test_postgresql_down_is_a_503_and_cached_keys_keep_working(log_dir):
         uncached, _ = await store.create(name="uncached", tier="standard")
         await store.authenticate(f"Bearer {cached}")
 
-        subprocess.run(pg._as_postgres([_pg_bin("pg_ctl"), "-D", str(pg.data_dir), "stop", "-m", "immediate", "-w"]),
-                       check=True, capture_output=True)
-        pg.stop()
+        pg.crash()
         assert (await store.authenticate(f"Bearer {cached}")).name == "cached"   # from the cache
         with pytest.raises(ServiceUnavailable) as caught:
             await store.authenticate(f"Bearer {uncached}")
@@ -300,7 +297,8 @@ async def test_postgresql_down_is_a_503_and_cached_keys_keep_working(log_dir):
         assert "Retry-After" in caught.value.headers
         assert REGISTRY.get_sample_value("gateway_dependency_up", {"dependency": "postgres"}) == 0
 
-        pg.start()                                  # back: the next miss simply succeeds
+        pg.start()                                  # back: once it accepts, the next miss simply succeeds
+        await _accepting(pg.dsn)
         assert (await store.authenticate(f"Bearer {uncached}")).name == "uncached"
         assert REGISTRY.get_sample_value("gateway_dependency_up", {"dependency": "postgres"}) == 1
         await pool.close()
@@ -311,9 +309,7 @@ async def test_postgresql_down_is_a_503_and_cached_keys_keep_working(log_dir):
 # -- PostgreSQL down: stale-if-error (issue 14, defect 2) -----------------------------------------
 
 def _kill_postgres(pg: ThrowawayPostgres) -> None:
-    subprocess.run(pg._as_postgres([_pg_bin("pg_ctl"), "-D", str(pg.data_dir), "stop", "-m", "immediate", "-w"]),
-                   check=True, capture_output=True)
-    pg.stop()
+    pg.crash()
 
 
 async def _accepting(dsn: str, timeout: float = 30.0) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -13,15 +12,11 @@ import pytest_asyncio
 from llm_gateway.db import create_pool, migrate
 from llm_gateway.keys import KeyStore
 from llm_gateway.usage import UsageRecorder, usage_summary
-from tests.support.services import ThrowawayPostgres, _pg_bin
+from tests.support.services import ThrowawayPostgres
 
 
 def stop_postgres(pg: ThrowawayPostgres) -> None:
-    """Stop the throwaway server the way an outage would: at once, clients connected or not.
-    (A plain SIGTERM is PostgreSQL's "smart" shutdown, which waits for the pool to disconnect.)"""
-    subprocess.run(pg._as_postgres([_pg_bin("pg_ctl"), "-D", str(pg.data_dir), "stop", "-m", "immediate", "-w"]),
-                   check=True, capture_output=True)
-    pg.stop()
+    pg.crash()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
