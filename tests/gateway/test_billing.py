@@ -75,3 +75,26 @@ def test_an_answer_too_large_to_hold_is_a_502_billed_as_cut_short(gateway_factor
         big, fine = sorted(_usage_rows(gw, key), reverse=True)
         assert fine == (200, 3, 1)                                     # the engine's usage
         assert big[0] == 502 and big[1] > 0 and big[2] == 0            # prompt estimate, no completion
+
+
+@pytest.mark.parametrize("mode", ["drop", "drop_mid_answer"])
+def test_a_request_the_engine_dropped_before_answering_is_a_503_billed_as_cut_short(gateway_factory, make_key,
+                                                                                      mode):
+    """An engine that dies while working on a non-streaming request (the connection is dropped
+    before its answer is complete) is a failure of the service the client should retry: 503
+    `engine_unavailable` with Retry-After, like a refused connection, not a 502. The lost
+    connection is sent once more (the gateway cannot tell it from a dead pooled connection);
+    lost again, the engine did receive it, so it is billed as cut short: the reservation is kept,
+    the record has the prompt estimate, and the engine is charged a failure (stream_broken)."""
+    with FlakyUpstream() as upstream:
+        gw = gateway_factory(engines=[upstream.url], health_check_interval_seconds=60)
+        key = make_key(tpm=TPM)
+        upstream.mode = mode
+        response = post(gw, CHAT, key, _body(upstream.model))
+        assert_openai_error(response, 503, "engine_unavailable")
+        assert response.headers["retry-after"] == "1"
+        assert _tokens_left(gw, key) < TPM - 1000                    # the reservation is kept
+        assert gw.metric("gateway_upstream_errors_total", upstream=upstream.url, kind="stream_broken") == 1
+        gw.stop()
+        [(status, prompt, completion)] = _usage_rows(gw, key)
+        assert status == 503 and prompt > 0 and completion == 0

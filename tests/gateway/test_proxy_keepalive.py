@@ -7,9 +7,12 @@ does). Failure injection only: vLLM cannot be made to do this on demand."""
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from types import SimpleNamespace
 
 import aiohttp
+import pytest
 
 from llm_gateway import proxy
 from llm_gateway.breaker import CLOSED
@@ -80,3 +83,64 @@ async def test_counting_tokens_on_a_connection_the_engine_just_closed_is_sent_ag
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def _reset_the_second_request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Like _one_request_per_connection, but the second request on a connection is answered with
+    a reset (RST), as a pooled connection to an engine that was killed is: ECONNRESET, not the
+    clean end of stream of the keep-alive race."""
+    served = 0
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            await reader.readexactly(length)
+            if served:
+                sock = writer.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                writer.transport.abort()
+                return
+            writer.write(ANSWER)
+            await writer.drain()
+            served += 1
+    except (asyncio.IncompleteReadError, ConnectionError):
+        writer.close()
+
+
+async def test_a_request_on_a_pooled_connection_that_was_reset_is_sent_again():
+    """Issue 14, engine restart: a reset pooled connection (the engine was killed) was not resent
+    like a closed one, and cost the client a 502 although the engine never saw the request."""
+    port = free_port()
+    server = await asyncio.start_server(_reset_the_second_request, "127.0.0.1", port)
+    engine = SimpleNamespace(url=f"http://127.0.0.1:{port}")
+    timeout = aiohttp.ClientTimeout(total=5)
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
+            for _ in range(4):
+                response = await proxy.send(session, engine, "/v1/completions", {"prompt": "x"}, timeout)
+                assert response.status == 200
+                assert await response.read() == b"{}"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_reset_pooled_connection_to_an_engine_that_is_gone_is_a_503_not_billed():
+    """The same, with the engine gone: the resend is refused, so the request never reached an
+    engine: 503 `engine_unavailable` with Retry-After and the "connect" label (not billed,
+    reservation given back: accounting.Books), not a 502."""
+    port = free_port()
+    server = await asyncio.start_server(_reset_the_second_request, "127.0.0.1", port)
+    engine = SimpleNamespace(url=f"http://127.0.0.1:{port}")
+    timeout = aiohttp.ClientTimeout(total=5)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
+        response = await proxy.send(session, engine, "/v1/completions", {"prompt": "x"}, timeout)
+        await response.read()
+        server.close()              # nothing listens any more; the pooled connection is still open
+        await server.wait_closed()
+        with pytest.raises(proxy.EngineFailure) as failure:
+            await proxy.send(session, engine, "/v1/completions", {"prompt": "x"}, timeout)
+        assert failure.value.kind == "connect"
+        assert failure.value.status == 503 and failure.value.code == "engine_unavailable"
+        assert failure.value.headers["Retry-After"] == "1"

@@ -8,6 +8,10 @@ max_model_len, /tokenize, the two completion routes) and misbehaves as told:
     truncated       send `chunks_before_failure` events, then end the response cleanly, no [DONE]
     status_500      answer 500 with an OpenAI-shaped error
     hang            accept the request and never answer
+    drop            read a non-streaming request, then drop the connection without answering
+                    (an engine that dies working on it)
+    drop_mid_answer send a non-streaming answer's headers and half its body, then drop the
+                    connection
     slow            stream one event every `event_interval` seconds, `events` of them
 
 Every completion body it receives is kept in `.bodies` (to check what the gateway sent:
@@ -136,6 +140,17 @@ class FlakyUpstream:
             self.connections_closed_early += 1
             return web.Response(status=499)
         chat = request.path.endswith("chat/completions")
+        if mode == "drop":
+            request.transport.close()
+            return web.Response(status=499)     # never sent: the connection is gone
+        if mode == "drop_mid_answer":
+            payload = orjson.dumps(self._completion(chat))
+            response = web.StreamResponse(headers={"content-type": "application/json",
+                                                   "content-length": str(len(payload))})
+            await response.prepare(request)
+            await response.write(payload[:len(payload) // 2])
+            request.transport.close()
+            return response
         if not body.get("stream"):
             return web.json_response(self._completion(chat))
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})

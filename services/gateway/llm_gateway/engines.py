@@ -42,13 +42,27 @@ async def post(session: aiohttp.ClientSession, url: str, data: bytes, timeout: a
                headers: dict[str, str] = _JSON_HEADERS) -> aiohttp.ClientResponse:
     """POST to an engine; returns once the response headers are in (the caller releases it).
 
-    The keep-alive race: the engine may close an idle pooled connection just as a request goes
-    out on it, and then never read it (ServerDisconnectedError before any answer). That request
-    is sent once more, on a new connection; any other failure is the caller's to label."""
+    A connection lost before any answer is sent once more, on another connection: the
+    keep-alive race (the engine closed an idle pooled connection just as the request went out
+    on it: ServerDisconnectedError), a pooled connection that died with its engine (reset:
+    ClientOSError / ClientConnectionResetError), or an engine that died working on it -- the
+    gateway cannot tell these apart before a response byte. If the engine is gone, the resend
+    is refused (ClientConnectorError: the caller's fast 503, nothing billed); any other failure
+    is the caller's to label."""
     try:
         return await session.post(url, data=data, headers=headers, timeout=timeout)
-    except aiohttp.ServerDisconnectedError:
+    except _LOST as error:
+        if isinstance(error, aiohttp.ClientConnectorError):
+            raise                   # refused or unreachable: no connection was ever made
+        # One loop turn first: the pool's other connections to a dead engine get their own
+        # end-of-stream handled (and are dropped) before the resend chooses one.
+        await asyncio.sleep(0)
         return await session.post(url, data=data, headers=headers, timeout=timeout)
+
+
+# A connection that was made and then lost before any answer (ClientConnectorError, a refused
+# connection, is a ClientOSError too: post() lets it through).
+_LOST = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientConnectionResetError)
 
 
 @dataclass(eq=False)

@@ -1,7 +1,10 @@
 """Forwarding a completion request to an engine and relaying its answer.
 
 - `send()` posts the (validated, edited) body and returns once the engine's response
-  headers are in. A refused connection is a fast 503 with Retry-After, a timeout a 504.
+  headers are in. A refused connection is a fast 503 with Retry-After (not billed), a timeout
+  a 504. A connection lost before any answer is sent once more (engines.post); an engine that
+  drops a request before its answer is complete is a 503 `engine_unavailable` with Retry-After
+  too (billed as cut short): nothing reached the client, and retrying is what it should do.
 - `HangUpWatch` covers a non-streaming request's wait (in `send()`, where vLLM keeps it
   until all is generated, and in `buffered_response()`): if the client hangs up, the
   upstream connection is closed (vLLM aborts a request whose client is gone) instead of
@@ -74,7 +77,16 @@ async def send(session: aiohttp.ClientSession, engine: Engine, path: str, body: 
     except asyncio.TimeoutError:
         raise _timeout() from None
     except (aiohttp.ClientError, OSError):
-        raise EngineFailure("The inference engine closed the connection.", kind="stream_broken") from None
+        raise _dropped() from None
+
+
+def _dropped() -> EngineFailure:
+    """The engine dropped the request before its answer was complete (it died working on it, or
+    the resend of a lost connection was lost too): nothing reached the client, so this is a
+    503 to retry, like a refused connection -- but the engine received the request, so it is
+    billed as cut short ("stream_broken" counts against the engine's breaker)."""
+    return EngineFailure("The inference engine dropped the request before answering; retry shortly.",
+                         kind="stream_broken", status=503, code="engine_unavailable", headers={"Retry-After": "1"})
 
 
 def _timeout() -> EngineFailure:
@@ -192,7 +204,7 @@ async def buffered_response(upstream: aiohttp.ClientResponse, books: Books, head
         raise _timeout() from None
     except (aiohttp.ClientError, OSError):
         upstream.close()
-        raise EngineFailure("The inference engine closed the connection.", kind="stream_broken") from None
+        raise _dropped() from None
     except asyncio.CancelledError:
         upstream.close()            # the client left (ClientWatch): the engine must see it too
         raise
