@@ -39,6 +39,16 @@ def _internal_ports(args: StackValidationArgs, report_violation: ReportViolation
         report_violation(f"{name}: {message}", urns.get(name))
 
 
+# The one pack setting, shared by the Docker and Kubernetes secret policies.
+ALLOWED_SECRET_ENV = PolicyConfigSchema(properties={"allowedSecretEnv": {
+    "type": "array", "items": {"type": "string"}, "default": list(rules.DEFAULT_ALLOWED_SECRET_ENV),
+    "description": "Env vars allowed to hold a secret (none by default: secrets are files)."}})
+
+
+def _allowed_secret_env(args: ResourceValidationArgs) -> dict:
+    return {"allowed_env": args.get_config().get("allowedSecretEnv", rules.DEFAULT_ALLOWED_SECRET_ENV)}
+
+
 POLICIES = [
     StackValidationPolicy(
         name="internal-services-publish-no-host-ports",
@@ -76,11 +86,7 @@ POLICIES = [
         "No secret-looking value sits in a container's env or command line.",
         rules.no_plain_secrets,
         "Upload the secret as a file from a Pulumi secret (containers.secret_file) and pass its path.",
-        config_schema=PolicyConfigSchema(properties={"allowedSecretEnv": {
-            "type": "array", "items": {"type": "string"}, "default": list(rules.DEFAULT_ALLOWED_SECRET_ENV),
-            "description": "Env vars the program fills from Pulumi secrets (their state property is encrypted)."}}),
-        rule_kwargs=lambda args: {"allowed_env": args.get_config().get("allowedSecretEnv",
-                                                                        rules.DEFAULT_ALLOWED_SECRET_ENV)}),
+        config_schema=ALLOWED_SECRET_ENV, rule_kwargs=_allowed_secret_env),
     _resource_policy(
         "traefik-exposed-by-default-off",
         "Traefik's Docker provider keeps exposedByDefault=false: only containers labelled traefik.enable are routed.",
@@ -135,11 +141,7 @@ POLICIES += [
         "are mounted as files.",
         k8s_rules.no_secret_env,
         "Mount the Secret as a volume and point the service at the file (GATEWAY_SECRETS_DIR, *_FILE).",
-        config_schema=PolicyConfigSchema(properties={"allowedSecretEnv": {
-            "type": "array", "items": {"type": "string"}, "default": list(rules.DEFAULT_ALLOWED_SECRET_ENV),
-            "description": "Env vars allowed to hold a secret."}}),
-        rule_kwargs=lambda args: {"allowed_env": args.get_config().get("allowedSecretEnv",
-                                                                        rules.DEFAULT_ALLOWED_SECRET_ENV)}),
+        config_schema=ALLOWED_SECRET_ENV, rule_kwargs=_allowed_secret_env),
     StackValidationPolicy(
         name="k8s-network-policy-for-every-workload",
         description="A namespace with workloads has a default-deny NetworkPolicy, and every workload is selected by "
