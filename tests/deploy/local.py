@@ -156,6 +156,19 @@ def up(node: PrivateDaemon | None = None, log: Callable[[str], None] = say) -> L
     return local
 
 
+def reapply(local: LocalDeployment, values: dict, log: Callable[[str], None] = say) -> LocalDeployment:
+    """`pulumi up` again with changed stack ``values`` on the running deployment
+    (driver.update: changed containers replaced, the rest untouched). Images are not rebuilt."""
+    started = time.monotonic()
+    deployment = driver.update(local.client, local.deployment, values, docker_host=local.daemon.url,
+                               omit=OMITTED, omitted_images=omitted_images(values), state_file=STATE_FILE, log=log)
+    deployment.save(STATE_FILE, outputs=deployment.outputs, values=values)
+    local.deployment, local.values = deployment, values
+    local.timings["update"] = time.monotonic() - started
+    log(f"updated in {local.timings['update']:.1f}s")
+    return local
+
+
 def attach(log: Callable[[str], None] = say) -> LocalDeployment:
     """The deployment a `python -m tests.deploy up` left running (for iterating on the suite)."""
     import json
