@@ -3,7 +3,9 @@
     .venv/bin/python -m tests.deploy up     # daemon, images, deployment; prints the phases' durations
     .venv/bin/python -m tests.deploy down   # destroy (volumes kept), stop the daemon
 
-The fixture of tests/infra (``deployed_node`` without ``--hosts``) calls the same functions.
+The fixture of tests/infra (``deployed_node`` without ``--hosts``) calls the same functions;
+``reapply`` runs the program again with changed stack values on a running deployment
+(driver.update; tests/deploy/test_update.py).
 A failed deployment is removed again (``LLM_NODE_KEEP_FAILED_DEPLOYMENT=1`` keeps it, and the
 daemon running, for a look with ``docker -H unix:///run/llm-node-docker/docker.sock``). What a deployment created is saved in the cache (``deploy/state-<stack>.json``), so
 a session that was killed half-way is cleaned up by the next one before it deploys.

@@ -40,6 +40,7 @@ class Stream(threading.Thread):
         self.started = threading.Event()
 
     def run(self) -> None:
+        self.t0 = time.monotonic()
         try:
             with requests.post(self.url + "/v1/chat/completions", stream=True, timeout=(10, 120),
                                headers={"Authorization": f"Bearer {self.key}"},
@@ -98,8 +99,9 @@ def test_a_changed_gateway_setting_replaces_the_gateway_and_drains_its_streams(r
             local.reapply(node, values, log=log)
         stream.join(120)
         end = stream.events[-1][0] if stream.events else None
-        local.say(f"stream: {len(stream.events)} events in {end - stream.events[0][0]:.1f}s, status {stream.status}, "
-                  f"ended {end - stops[0]:.1f}s after the stop began" if end and stops else "stream: no events")
+        local.say(f"stream: {len(stream.events)} events, first {stream.events[0][0] - stream.t0:.1f}s after the "
+                  f"request, last {end - stream.t0:.1f}s; status {stream.status}; the stop began "
+                  f"{stops[0] - stream.t0:.1f}s after the request" if end and stops else "stream: no events")
 
         after = container_ids(node)
         assert len(stops) == 1, f"expected exactly the gateway to be replaced: {stops}"
