@@ -29,7 +29,15 @@ none) and then joins the others; a ``wait`` fails as soon as the container has e
 
 Any resource type, input field or resource option this module does not implement is refused
 with ``NotImplementedByDriver`` before anything is created, so the declaration cannot silently
-outgrow the harness. ``destroy()`` removes what a deployment created, in reverse order, and
+outgrow the harness.
+
+``update()`` runs the program again, with changed stack values, against a deployment (its
+per-resource state: ids, inputs, outputs): unchanged resources keep their ids and outputs and
+are not touched; a changed container is replaced as pulumi-docker does with the program's
+``delete_before_replace`` (stopped with its old ``destroy_grace_seconds`` as the stop timeout:
+its StopSignal, SIGKILL when that runs out; removed; created again). Whatever else an update
+would do (change a network, volume, image or password, update a container in place, create or
+delete a resource) is refused with ``NotImplementedByDriver``. ``destroy()`` removes what a deployment created, in reverse order, and
 keeps what the program marks ``retain_on_delete`` (the data volumes) and the images.
 """
 
@@ -108,13 +116,23 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "tmpfs": "map", "user": None, "workingDir": None,
     },
 }
-# Resource options honoured, or meaningful only when an update replaces a resource (the driver
-# creates from nothing and destroys; it never updates in place): delete_before_replace,
-# replace_on_changes. Any other one is refused.
+# Resource options honoured (delete_before_replace and replace_on_changes by ``update``, which
+# replaces changed containers and refuses anything else). Any other one is refused.
 OPTIONS_UNDERSTOOD = {"parent", "depends_on", "provider", "providers", "retain_on_delete",
                       "delete_before_replace", "replace_on_changes", "custom_timeouts", "version",
                       "plugin_download_url",
                       "additional_secret_outputs", "aliases"}  # set by the SDKs themselves (secret result, type renames)
+
+
+# Container inputs the provider's schema does not mark ForceNew: a change to only these is an
+# update in place (or of the state alone), which the driver does not implement. Any other
+# changed input, or one named in the resource's replace_on_changes, replaces the container.
+NOT_FORCE_NEW = {"restart", "destroyGraceSeconds", "wait", "waitTimeout", "mustRun", "healthcheck"}
+
+
+def _normal(value: Any) -> Any:
+    """Inputs/outputs as the state file holds them (JSON), to compare with it."""
+    return json.loads(json.dumps(value, default=str, sort_keys=True))
 
 
 def check_inputs(type_: str, name: str, inputs: Mapping[str, Any]) -> None:
@@ -193,17 +211,22 @@ class Deployment:
     outputs: dict[str, Any] = field(default_factory=dict)
     omitted: dict[str, str] = field(default_factory=dict)  # container name -> why it was not created
     timings: dict[str, float] = field(default_factory=dict)
+    # "type::resource name" -> {"id", "inputs", "outputs"} of every custom resource: what an
+    # update compares the program's new inputs with (Pulumi's state; it holds the generated
+    # passwords, like Pulumi's, here in the root-only cache of a test harness).
+    state: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def save(self, path: Path, **extra: Any) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"stack": self.stack, "created": [vars(c) for c in self.created],
-                                    "omitted": self.omitted, **extra}, indent=1, default=str))
+                                    "omitted": self.omitted, "state": self.state, **extra}, indent=1, default=str))
 
     @classmethod
     def load(cls, path: Path) -> "Deployment":
         data = json.loads(path.read_text())
         return cls(stack=data["stack"], created=[Created(**c) for c in data["created"]],
-                   outputs=data.get("outputs") or {}, omitted=data.get("omitted") or {})
+                   outputs=data.get("outputs") or {}, omitted=data.get("omitted") or {},
+                   state=data.get("state") or {})
 
 
 class DockerResources(pulumi.runtime.Mocks):
@@ -226,6 +249,8 @@ class DockerResources(pulumi.runtime.Mocks):
         self.api_version = tuple(int(p) for p in self.api.version()["ApiVersion"].split("."))
         self.errors: list[Exception] = []
         self.omitted_images: tuple[str, ...] = ()  # images of omitted services: not looked for
+        self.previous: Deployment | None = None  # set by update(): the deployment being updated
+        self.replaced: list[str] = []  # update(): the containers replaced
 
     # -- the hooks ---------------------------------------------------------------------------
     def call(self, args: pulumi.runtime.MockCallArgs):
@@ -241,7 +266,23 @@ class DockerResources(pulumi.runtime.Mocks):
             handler = {PROVIDER: self._provider, NETWORK: self._network, VOLUME: self._volume,
                        REMOTE_IMAGE: self._remote_image, BUILT_IMAGE: self._built_image, PASSWORD: self._password,
                        CONTAINER: self._container}[args.typ]
-            return handler(args.name, inputs, self.options.get((args.typ, args.name)))
+            opts = self.options.get((args.typ, args.name))
+            key = f"{args.typ}::{args.name}"
+            if self.previous is not None and args.typ != PROVIDER:
+                old = self.previous.state.get(key)
+                if old is None:
+                    raise NotImplementedByDriver(f"{args.typ} {args.name!r}: a resource new in this update "
+                                                 "(the driver's update only keeps or replaces containers)")
+                if _normal(inputs) == old["inputs"]:
+                    with self.lock:
+                        self.deployment.state[key] = old
+                    return old["id"], old["outputs"]  # unchanged: untouched, as Pulumi leaves it
+                self._replace_container(args.typ, args.name, old, inputs, opts)
+            resource_id, outputs = handler(args.name, inputs, opts)
+            with self.lock:
+                self.deployment.state[key] = {"id": resource_id, "inputs": _normal(inputs),
+                                              "outputs": _normal(outputs)}
+            return resource_id, outputs
         except Exception as error:  # noqa: BLE001  recorded, then re-raised into the SDK
             self.log(f"FAILED {args.typ} {args.name}: {error}")
             with self.lock:
@@ -251,6 +292,44 @@ class DockerResources(pulumi.runtime.Mocks):
     def _record(self, created: Created) -> None:
         with self.lock:
             self.deployment.created.append(created)
+
+    # -- update -------------------------------------------------------------------------------
+    def _replace_container(self, type_: str, name: str, old: Mapping[str, Any], inputs: Mapping[str, Any],
+                           opts: pulumi.ResourceOptions | None) -> None:
+        """A container whose inputs changed, as pulumi-docker replaces it with the program's
+        ``delete_before_replace``: the provider's delete (resourceDockerContainerDelete:
+        ContainerStop with the old state's destroy_grace_seconds as timeout, i.e. the
+        StopSignal, then SIGKILL once it runs out; then ContainerRemove, forced), then the
+        create. Anything else an update would have to do is refused."""
+        changed = sorted(k for k in set(inputs) | set(old["inputs"])
+                         if _normal(inputs.get(k)) != old["inputs"].get(k))
+        if type_ != CONTAINER:
+            raise NotImplementedByDriver(f"{type_} {name!r}: changed inputs {changed}; the driver's update replaces "
+                                         "containers only")
+        replace_on = set(opts.replace_on_changes or []) if opts else set()
+        if all(k in NOT_FORCE_NEW and k not in replace_on for k in changed):
+            raise NotImplementedByDriver(f"{type_} {name!r}: {changed} change without a replacement (an update in "
+                                         "place by the provider), not implemented by the driver's update")
+        if not (opts and opts.delete_before_replace):
+            raise NotImplementedByDriver(f"{type_} {name!r}: a replacement without delete_before_replace "
+                                         "(create before delete) is not implemented")
+        with self.lock:
+            item = next((c for c in self.deployment.created if c.type == CONTAINER and c.id == old["id"]), None)
+        if item is None:
+            raise NotImplementedByDriver(f"{type_} {name!r}: replacing an omitted container is not implemented")
+        grace = _int(old["inputs"].get("destroyGraceSeconds"))
+        self.log(f"replacing container {item.name} (changed: {', '.join(changed)}): stopping it "
+                 f"(destroy_grace_seconds {grace})")
+        started = time.monotonic()
+        if not item.attach:
+            self.api.stop(old["id"], timeout=grace)
+        self.api.remove_container(old["id"], force=True, v=True)
+        took = time.monotonic() - started
+        self.log(f"container {item.name} stopped and removed ({took:.1f}s)")
+        with self.lock:
+            self.deployment.timings[f"stop {item.name}"] = took
+            self.deployment.created.remove(item)
+            self.replaced.append(item.name)
 
     # -- simple resources --------------------------------------------------------------------
     def _provider(self, name, inputs, opts):
@@ -559,13 +638,20 @@ def deploy(client, stack: str, values: Mapping[str, Any], *, docker_host: str, b
            omitted_images: tuple[str, ...] = (),
            state_file: Path | None = None, build_hook=None, log: Callable[[str], None] = print) -> Deployment:
     """Run the program for ``stack`` with the stack values ``values`` and apply it to ``client``'s engine."""
-    deployment = Deployment(stack=stack)
+    return _run(client, Deployment(stack=stack), values, docker_host=docker_host, build_client=build_client,
+                omit=omit or {}, omitted_images=omitted_images, state_file=state_file, build_hook=build_hook, log=log)
+
+
+def _run(client, deployment: Deployment, values: Mapping[str, Any], *, docker_host: str, build_client,
+         omit: Mapping[str, str], omitted_images: tuple[str, ...], state_file: Path | None, build_hook,
+         log: Callable[[str], None], previous: Deployment | None = None) -> Deployment:
+    stack = deployment.stack
     config, secret_keys = engine_config(values, {})
     options: dict[tuple[str, str], pulumi.ResourceOptions] = {}
     hooks = DockerResources(client, deployment, options, docker_host=docker_host, build_client=build_client,
-                            omit=omit or {},
-                            build_hook=build_hook, log=log)
+                            omit=omit, build_hook=build_hook, log=log)
     hooks.omitted_images = tuple(omitted_images)
+    hooks.previous = previous
 
     runtime_settings.ROOT.set(None)
     pulumi.runtime.set_all_config(config, secret_keys)
@@ -594,10 +680,31 @@ def deploy(client, stack: str, values: Mapping[str, Any], *, docker_host: str, b
             deployment.save(state_file)
     if hooks.errors:
         raise DeployError("deployment failed: " + "; ".join(str(e) for e in hooks.errors))
+    if previous is not None:
+        gone = sorted(set(previous.state) - set(deployment.state))
+        if gone:  # Pulumi would delete them
+            raise NotImplementedByDriver(f"the program no longer declares {gone}: deleting resources in an update "
+                                         "is not implemented by tests/deploy/driver.py")
     root = runtime_settings.get_root_resource()
     outputs = dict(getattr(root, "outputs", {}) or {})
     deployment.outputs = {k: _resolved(v) for k, v in outputs.items()}
     return deployment
+
+
+def update(client, previous: Deployment, values: Mapping[str, Any], *, docker_host: str,
+           omit: Mapping[str, str] | None = None, omitted_images: tuple[str, ...] = (),
+           state_file: Path | None = None, log: Callable[[str], None] = print) -> Deployment:
+    """Run the program again, with the stack values ``values``, against ``previous`` (what
+    ``deploy``/``update`` returned or saved), as `pulumi up` on an existing stack does: a
+    resource whose inputs are unchanged keeps its id and outputs and is not touched (the
+    passwords keep their values); a container whose inputs changed is replaced
+    (``_replace_container``). Refused (``NotImplementedByDriver``): a changed resource of any
+    other type (network, volume, image, password), an update in place, a resource new in this
+    update, one the program no longer declares. Nothing is built: ``build_client`` is unused.
+    Returns the updated deployment (a replacement's stop is timed as "stop <name>")."""
+    deployment = Deployment(stack=previous.stack, created=list(previous.created), omitted=dict(previous.omitted))
+    return _run(client, deployment, values, docker_host=docker_host, build_client=None, omit=omit or {},
+                omitted_images=omitted_images, state_file=state_file, build_hook=None, log=log, previous=previous)
 
 
 def _resolved(value: Any) -> Any:

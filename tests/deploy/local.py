@@ -3,7 +3,9 @@
     .venv/bin/python -m tests.deploy up     # daemon, images, deployment; prints the phases' durations
     .venv/bin/python -m tests.deploy down   # destroy (volumes kept), stop the daemon
 
-The fixture of tests/infra (``deployed_node`` without ``--hosts``) calls the same functions.
+The fixture of tests/infra (``deployed_node`` without ``--hosts``) calls the same functions;
+``reapply`` runs the program again with changed stack values on a running deployment
+(driver.update; tests/deploy/test_update.py).
 A failed deployment is removed again (``LLM_NODE_KEEP_FAILED_DEPLOYMENT=1`` keeps it, and the
 daemon running, for a look with ``docker -H unix:///run/llm-node-docker/docker.sock``). What a deployment created is saved in the cache (``deploy/state-<stack>.json``), so
 a session that was killed half-way is cleaned up by the next one before it deploys.
@@ -153,6 +155,19 @@ def up(node: PrivateDaemon | None = None, log: Callable[[str], None] = say) -> L
     local = LocalDeployment(daemon=node, client=client, values=values, deployment=deployment, timings=timings)
     for line in local.summary().splitlines():
         log(line)
+    return local
+
+
+def reapply(local: LocalDeployment, values: dict, log: Callable[[str], None] = say) -> LocalDeployment:
+    """`pulumi up` again with changed stack ``values`` on the running deployment
+    (driver.update: changed containers replaced, the rest untouched). Images are not rebuilt."""
+    started = time.monotonic()
+    deployment = driver.update(local.client, local.deployment, values, docker_host=local.daemon.url,
+                               omit=OMITTED, omitted_images=omitted_images(values), state_file=STATE_FILE, log=log)
+    deployment.save(STATE_FILE, outputs=deployment.outputs, values=values)
+    local.deployment, local.values = deployment, values
+    local.timings["update"] = time.monotonic() - started
+    log(f"updated in {local.timings['update']:.1f}s")
     return local
 
 

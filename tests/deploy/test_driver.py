@@ -112,3 +112,51 @@ def test_gpu_device_requests_are_refused_on_the_local_engine():
     gpu = [{"driver": "nvidia", "deviceIds": ["0"], "capabilities": ["gpu"]}]
     with pytest.raises(driver.DeployError, match="GPU device requests"):
         new_resource(driver.CONTAINER, container_inputs(deviceRequests=gpu))
+
+
+# -- update: what it keeps, and what it refuses (before any Engine API call) ------------------------
+def updating(typ: str, old_inputs: dict, options: pulumi.ResourceOptions | None = None,
+             name: str = "x") -> driver.DockerResources:
+    previous = driver.Deployment("dev", state={f"{typ}::{name}": {"id": "old-id", "inputs": driver._normal(old_inputs),
+                                                                   "outputs": {"name": "kept"}}})
+    resources = driver.DockerResources(NoEngine(), driver.Deployment("dev"), {(typ, name): options}, omit={},
+                                       build_hook=None, log=lambda _: None)
+    resources.previous = previous
+    return resources
+
+
+def update_resource(resources, typ: str, inputs: dict, name: str = "x"):
+    return resources.new_resource(pulumi.runtime.MockResourceArgs(typ=typ, name=name, inputs=inputs, custom=True))
+
+
+def test_an_update_leaves_an_unchanged_resource_untouched():
+    resources = updating(driver.CONTAINER, container_inputs())
+    assert update_resource(resources, driver.CONTAINER, container_inputs()) == ("old-id", {"name": "kept"})
+    password = {"length": 32, "special": False}
+    resources = updating(driver.PASSWORD, password)
+    assert update_resource(resources, driver.PASSWORD, password) == ("old-id", {"name": "kept"})
+
+
+def test_an_update_refuses_a_changed_network_or_volume():
+    resources = updating(driver.NETWORK, {"name": "n", "internal": True})
+    with pytest.raises(driver.NotImplementedByDriver, match="replaces containers only"):
+        update_resource(resources, driver.NETWORK, {"name": "n", "internal": False})
+    resources = updating(driver.VOLUME, {"name": "v"})
+    with pytest.raises(driver.NotImplementedByDriver, match="replaces containers only"):
+        update_resource(resources, driver.VOLUME, {"name": "v", "driver": "other"})
+
+
+def test_an_update_refuses_an_update_in_place_and_a_create_before_delete_replacement():
+    replace = pulumi.ResourceOptions(delete_before_replace=True)
+    resources = updating(driver.CONTAINER, container_inputs(), replace)
+    with pytest.raises(driver.NotImplementedByDriver, match=r"\['restart'\] change without a replacement"):
+        update_resource(resources, driver.CONTAINER, container_inputs(restart="always"))
+    resources = updating(driver.CONTAINER, container_inputs(), pulumi.ResourceOptions())
+    with pytest.raises(driver.NotImplementedByDriver, match="without delete_before_replace"):
+        update_resource(resources, driver.CONTAINER, container_inputs(envs=["A=1"]))
+
+
+def test_an_update_refuses_a_new_resource():
+    resources = updating(driver.CONTAINER, container_inputs())
+    with pytest.raises(driver.NotImplementedByDriver, match="new in this update"):
+        update_resource(resources, driver.CONTAINER, container_inputs(), name="y")
