@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import requests
 
@@ -24,6 +25,16 @@ def post(gateway, path: str, key: str | None, body: dict | bytes, headers: dict 
     if isinstance(body, (bytes, str)):
         return requests.post(gateway.url + path, data=body, headers=all_headers, timeout=60, **kw)
     return requests.post(gateway.url + path, json=body, headers=all_headers, timeout=60, **kw)
+
+
+def raw_request(gateway, key: str, body: dict, path: str = CHAT) -> socket.socket:
+    """A request sent on a raw socket, so the test alone decides when the connection ends."""
+    payload = json.dumps(body).encode()
+    sock = socket.create_connection(("127.0.0.1", gateway.spec.port), timeout=30)
+    sock.sendall(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+                 b"Authorization: Bearer " + key.encode() + b"\r\nContent-Length: " + str(len(payload)).encode()
+                 + b"\r\n\r\n" + payload)
+    return sock
 
 
 def assert_openai_error(response: requests.Response, status: int, code: str | None = None) -> dict:

@@ -3,15 +3,12 @@ breaker, fast 503 for a dead engine, request timeout."""
 
 from __future__ import annotations
 
-import json
-import socket
-import threading
 import time
 
 import pytest
 import requests
 
-from tests.gateway.api_helpers import CHAT, assert_openai_error, auth, post
+from tests.gateway.api_helpers import CHAT, assert_openai_error, auth, post, raw_request
 from tests.support.flaky_upstream import FlakyUpstream
 from tests.support.procs import free_port
 
@@ -138,7 +135,7 @@ def test_a_long_half_open_trial_ends_when_the_engine_answers_not_when_its_stream
         upstream.mode, upstream.events, upstream.event_interval = "slow", 600, 0.1      # a minute-long stream
         deadline = time.monotonic() + 10
         while True:       # 503 until the open period is over; then this stream is the trial
-            trial = _raw_stream(gw, key, _body(upstream.model, stream=True))
+            trial = raw_request(gw, key, _body(upstream.model, stream=True))
             head = trial.recv(65536)
             if b" 200 OK" in head.split(b"\r\n")[0]:
                 break
@@ -154,15 +151,6 @@ def test_a_long_half_open_trial_ends_when_the_engine_answers_not_when_its_stream
         finally:
             trial.close()
 
-
-def _raw_stream(gw, key: str, body: dict) -> socket.socket:
-    """A request on a raw socket: the test alone decides when the connection ends."""
-    payload = json.dumps(body).encode()
-    sock = socket.create_connection(("127.0.0.1", gw.spec.port), timeout=30)
-    sock.sendall(b"POST " + CHAT.encode() + b" HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
-                 b"Authorization: Bearer " + key.encode() + b"\r\nContent-Length: " + str(len(payload)).encode()
-                 + b"\r\n\r\n" + payload)
-    return sock
 
 
 def test_a_slow_reader_never_counts_against_the_engine(gateway_factory, make_key):

@@ -24,15 +24,20 @@ ANSWER = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length:
           b"connection: keep-alive\r\n\r\n{}")
 
 
+async def _read_request(reader: asyncio.StreamReader) -> None:
+    """One HTTP request, head and body."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)
+    await reader.readexactly(length)
+
+
 async def _one_request_per_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                                       answer: bytes = ANSWER) -> None:
     served = 0
     try:
         while True:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                           if line.lower().startswith(b"content-length:")), 0)
-            await reader.readexactly(length)
+            await _read_request(reader)
             if served:
                 break                   # keep-alive expired: close without answering
             writer.write(answer)
@@ -92,10 +97,7 @@ async def _reset_the_second_request(reader: asyncio.StreamReader, writer: asynci
     served = 0
     try:
         while True:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                           if line.lower().startswith(b"content-length:")), 0)
-            await reader.readexactly(length)
+            await _read_request(reader)
             if served:
                 sock = writer.get_extra_info("socket")
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

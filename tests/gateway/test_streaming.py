@@ -12,21 +12,12 @@ import time
 import pytest
 import requests
 
-from tests.gateway.api_helpers import CHAT, COMPLETIONS, auth, sse_data
+from tests.gateway.api_helpers import CHAT, raw_request, COMPLETIONS, auth, sse_data
 from tests.support.flaky_upstream import FlakyUpstream
 from tests.support.gateway_fixtures import key_id_of
 
 pytestmark = pytest.mark.engine
 
-
-def _raw_stream_request(gateway, key: str, body: dict) -> socket.socket:
-    """Send a chat request on a raw socket (so the test decides exactly when to hang up)."""
-    payload = json.dumps(body).encode()
-    sock = socket.create_connection(("127.0.0.1", gateway.spec.port), timeout=30)
-    sock.sendall(b"POST " + CHAT.encode() + b" HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
-                 b"Authorization: Bearer " + key.encode() + b"\r\nContent-Length: " + str(len(payload)).encode()
-                 + b"\r\n\r\n" + payload)
-    return sock
 
 
 def test_client_disconnect_mid_stream_aborts_the_engine_request(gateway, make_key, engine):
@@ -35,7 +26,7 @@ def test_client_disconnect_mid_stream_aborts_the_engine_request(gateway, make_ke
     body = {"model": engine.model, "messages": [{"role": "user", "content": "Write a long story"}],
             "max_tokens": 1900, "ignore_eos": True, "stream": True}
     for attempt in range(_ATTEMPTS):
-        sock = _raw_stream_request(gateway, key, body)
+        sock = raw_request(gateway, key, body)
         received = b""
         while received.count(b"data: ") < 5:       # the engine is generating
             received += sock.recv(65536)
@@ -98,7 +89,7 @@ def test_client_disconnect_while_a_non_streaming_answer_is_generated_aborts_it(g
         assert _wait_idle(engine, 30)
         key = make_key()
         before = engine.metric("vllm:generation_tokens_total")
-        sock = _raw_stream_request(gateway, key, body)
+        sock = raw_request(gateway, key, body)
         sent = time.monotonic()
         sock.settimeout(hang_up_after)
         try:
@@ -167,7 +158,7 @@ def test_client_disconnect_while_the_engine_holds_a_non_streaming_answer_closes_
         upstream.mode = "hang"
         gw = gateway_factory(engines=[upstream.url])
         key = make_key()
-        sock = _raw_stream_request(gw, key, {"model": upstream.model, "messages": [{"role": "user", "content": "x"}],
+        sock = raw_request(gw, key, {"model": upstream.model, "messages": [{"role": "user", "content": "x"}],
                                              "max_tokens": 16})
         deadline = time.monotonic() + 30
         while upstream.completions_started == 0:        # the engine has the request
