@@ -67,8 +67,6 @@ def attach(networks: Sequence[tuple[docker.Network, str] | tuple[docker.Network,
             for network, alias, *fixed in networks]
 
 
-# The provider's own create timeout for a container (wait and attach run inside it).
-PROVIDER_CREATE_TIMEOUT_SECONDS = 20 * 60
 # Room beyond a container's wait or run bound: creating it, uploading its files, starting it.
 CREATE_MARGIN_SECONDS = 300
 

@@ -30,7 +30,10 @@ def local_engine_spec(port: int, *, lora_modules: Mapping[str, str] | None = Non
 
 
 def served_model_name() -> str:
-    return local_engine_spec(free_port()).served_model_name
+    """The model name the local engine serves (the dev stack's)."""
+    from stacks.config import load_stack_specs
+
+    return load_stack_specs("dev")[0].served_model_name
 
 
 @dataclass

@@ -17,7 +17,6 @@ from scripts.devnode.paths import QUANTIZE_PYTHON, TINY_ADAPTER_DIR, TINY_MODEL_
 from services.engine.adapter_sanitizer import Policy, sanitize_adapter
 
 REPO = Path(__file__).resolve().parents[2]
-TINY_ADAPTER_CACHE = TINY_ADAPTER_DIR
 
 STATIC_ADAPTER = "tiny-lora"
 # The session engine's --max-lora-rank (tests/support/engine.py).
@@ -49,10 +48,10 @@ def tiny_adapter() -> Path:
     if not QUANTIZE_PYTHON.exists():
         raise RuntimeError(f"{QUANTIZE_PYTHON} missing (peft lives there): run scripts/bootstrap --quantize")
     subprocess.run(
-        [str(QUANTIZE_PYTHON), str(REPO / "scripts" / "build_tiny_adapter.py"), str(TINY_MODEL_DIR), str(TINY_ADAPTER_CACHE)],
+        [str(QUANTIZE_PYTHON), str(REPO / "scripts" / "build_tiny_adapter.py"), str(TINY_MODEL_DIR), str(TINY_ADAPTER_DIR)],
         check=True, capture_output=True, text=True,
     )
-    return TINY_ADAPTER_CACHE
+    return TINY_ADAPTER_DIR
 
 
 def as_newer_peft_wrote_it(adapter: Path, destination: Path) -> Path:
