@@ -14,6 +14,10 @@ from dataclasses import dataclass, field
 from typing import Literal, Mapping, Sequence
 
 Device = Literal["cpu", "cuda"]
+# What an engine serves: "generate" (completions/chat) or "embed" (/v1/embeddings, vLLM's
+# pooling runner with the model converted to an embedding model).
+ModelKind = Literal["generate", "embed"]
+MODEL_KINDS: tuple[ModelKind, ...] = ("generate", "embed")
 LimiterFailureMode = Literal["closed", "local"]
 
 # Quantization methods we let through to vLLM. "awq" and "awq_marlin" load AutoAWQ-format
@@ -32,6 +36,7 @@ class EngineSpec:
     model: str  # a directory (mounted / local) or a hub id resolved from the local cache
     served_model_name: str
     device: Device = "cuda"
+    kind: ModelKind = "generate"
     host: str = "0.0.0.0"
     port: int = 8000
     quantization: str | None = None
@@ -60,6 +65,10 @@ class EngineSpec:
             raise ValueError(
                 f"gpu_memory_utilization: {self.gpu_memory_utilization} must be in (0, 1]"
             )
+        if self.kind not in MODEL_KINDS:
+            raise ValueError(f"kind: {self.kind!r} is not one of {', '.join(MODEL_KINDS)}")
+        if self.kind == "embed" and self.lora_enabled:
+            raise ValueError("kind: an embedding model cannot serve LoRA adapters (vLLM's pooling runner has none)")
         for name in ("max_model_len", "max_num_seqs", "max_lora_rank", "max_loras", "port"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
@@ -81,6 +90,9 @@ def engine_args(spec: EngineSpec) -> list[str]:
         "--max-num-seqs", str(spec.max_num_seqs),
         "--scheduling-policy", spec.scheduling_policy,
     ]
+    if spec.kind == "embed":
+        # vLLM >= 0.10: a generative checkpoint served for embeddings by the pooling runner.
+        args += ["--runner", "pooling", "--convert", "embed"]
     if spec.device == "cuda":
         args += ["--gpu-memory-utilization", str(spec.gpu_memory_utilization)]
     if spec.quantization:

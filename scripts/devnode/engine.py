@@ -50,11 +50,14 @@ class Engine:
         return metric_sum(self.metrics_text(), name, **labels)
 
 
-def start_engine(log_dir: Path, lora_modules: Mapping[str, str] | None = None) -> Engine:
+def start_engine(log_dir: Path, lora_modules: Mapping[str, str] | None = None, *,
+                 spec: EngineSpec | None = None) -> Engine:
+    """Start ``spec`` (by default the dev stack's engine on a free port) and wait until healthy."""
     if not ENGINE_PYTHON.exists():
         raise RuntimeError(f"{ENGINE_PYTHON} missing: run scripts/bootstrap")
-    spec = local_engine_spec(free_port(), lora_modules=lora_modules)
-    proc = ManagedProcess("vllm", engine_process_argv(spec, str(ENGINE_PYTHON)), log_dir, env=engine_env(spec))
+    if spec is None:
+        spec = local_engine_spec(free_port(), lora_modules=lora_modules)
+    proc = ManagedProcess("vllm" if spec.kind == "generate" else f"vllm-{spec.kind}", engine_process_argv(spec, str(ENGINE_PYTHON)), log_dir, env=engine_env(spec))
     url = f"http://127.0.0.1:{spec.port}"
     try:
         proc.wait_until(lambda: http_ok(url + "/health"), START_TIMEOUT_SECONDS, "healthy")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import secrets
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +39,15 @@ class Gateway:
     def metric(self, name: str, **labels: str) -> float:
         """Sum of the samples named ``name`` whose labels include ``labels`` (0.0 if none)."""
         return metric_sum(self.metrics_text(), name, **labels)
+
+    def settled_metric(self, name: str, expected: float, timeout: float = 10.0, **labels: str) -> float:
+        """The metric once it reaches ``expected`` (or its value after ``timeout``). The gateway
+        counts a request when its ASGI app returns, just after the last byte left: a client can
+        read the whole answer before the count moves."""
+        deadline = time.monotonic() + timeout
+        while (value := self.metric(name, **labels)) < expected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return value
 
     def log_tail(self, lines: int = 60) -> str:
         return self.proc.log_tail(lines)
