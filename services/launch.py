@@ -9,24 +9,21 @@ the dev node from its own generated values).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Literal, Mapping, Sequence
+
+import llm_gateway.settings as gateway_settings
 
 Device = Literal["cpu", "cuda"]
 # What an engine serves: "generate" (completions/chat) or "embed" (/v1/embeddings, vLLM's
 # pooling runner with the model converted to an embedding model).
 ModelKind = Literal["generate", "embed"]
 MODEL_KINDS: tuple[ModelKind, ...] = ("generate", "embed")
-LimiterFailureMode = Literal["closed", "local"]
 
 # Quantization methods we let through to vLLM. "awq" and "awq_marlin" load AutoAWQ-format
 # checkpoints (AutoAWQ itself is deprecated upstream); "compressed-tensors" is what
 # llm-compressor writes. None lets vLLM read the method from the checkpoint's config.
 QUANTIZATION_METHODS = ("awq", "awq_marlin", "compressed-tensors", "fp8", "gptq", "gptq_marlin")
-
-# vLLM's priority scheduler serves lower numbers first.
-DEFAULT_TIER_PRIORITIES: Mapping[str, int] = {"premium": 0, "standard": 10, "batch": 20}
 
 
 @dataclass(frozen=True)
@@ -128,87 +125,21 @@ def engine_env(spec: EngineSpec) -> dict[str, str]:
     return env
 
 
-@dataclass(frozen=True)
-class GatewaySpec:
-    """Non-secret gateway settings; secrets (database/redis URLs, admin token) are added by callers."""
-
-    engines: Sequence[str]  # base URLs of the vLLM servers, e.g. http://engine-0:8000
-    host: str = "0.0.0.0"
-    port: int = 8080
-    metrics_port: int = 9101
-    workers: int = 2
-    key_cache_ttl_seconds: float = 5.0
-    key_cache_stale_if_error_seconds: float = 900.0
-    key_lookup_timeout_seconds: float = 2.0
-    auth_failures_per_minute: int = 60
-    limiter_failure_mode: LimiterFailureMode = "closed"
-    max_body_bytes: int = 1_048_576
-    max_in_flight: int = 512
-    admission_wait_seconds: float = 0.5
-    request_timeout_seconds: float = 600.0
-    max_n: int = 16
-    max_buffered_response_bytes: int = 16_777_216
-    shutdown_grace_seconds: float = 30.0
-    tier_priorities: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_TIER_PRIORITIES))
-    log_level: str = "info"
-    health_check_interval_seconds: float = 2.0
-    circuit_failure_threshold: int = 3
-    circuit_open_seconds: float = 5.0
-    model_refresh_seconds: float = 30.0
-    engine_dns_ttl_seconds: int = 300  # engine host names re-resolved this often (Kubernetes: per-pod names)
-
-    def __post_init__(self) -> None:
-        if not self.engines:
-            raise ValueError("engines: at least one engine URL is required")
-        if self.limiter_failure_mode not in ("closed", "local"):
-            raise ValueError(f"limiter_failure_mode: {self.limiter_failure_mode!r} must be 'closed' or 'local'")
-
-
-# Names of the gateway's secret settings, so callers set them without spelling env names.
-# Local processes (the dev node, the tests) pass them in env; containers get them as files.
-GATEWAY_SECRET_ENV = {
-    "database_url": "GATEWAY_DATABASE_URL",
-    "redis_url": "GATEWAY_REDIS_URL",
-    "admin_token": "GATEWAY_ADMIN_TOKEN",
-}
-# The directory the gateway reads secret files from (pydantic-settings' secrets_dir): one file
-# per secret, named like its variable in lower case (gateway_database_url, ...).
-GATEWAY_SECRETS_DIR_ENV = "GATEWAY_SECRETS_DIR"
-
-
-def gateway_secret_file(field: str) -> str:
-    """The file name of a secret setting inside the secrets directory."""
-    return GATEWAY_SECRET_ENV[field].lower()
+# The gateway's non-secret settings are its own schema (llm_gateway/settings.py: type, bounds,
+# default and description of each), not a copy: callers build one, the environment is generated.
+GatewaySpec = gateway_settings.Options
+# Its secrets (database_url, redis_url, admin_token): local processes (the dev node, the tests)
+# pass them in env (``gateway_secrets_env``); containers get them as files in the directory
+# GATEWAY_SECRETS_DIR names, one per secret (``gateway_secret_file``).
+GATEWAY_SECRET_FIELDS = gateway_settings.SECRET_FIELDS
+GATEWAY_SECRETS_DIR_ENV = gateway_settings.SECRETS_DIR_ENV
+gateway_secret_file = gateway_settings.secret_file_name
+gateway_secrets_env = gateway_settings.secrets_env
 
 
 def gateway_env(spec: GatewaySpec) -> dict[str, str]:
-    """Environment read by the gateway's pydantic settings (prefix GATEWAY_)."""
-    return {
-        "GATEWAY_ENGINES": ",".join(spec.engines),
-        "GATEWAY_HOST": spec.host,
-        "GATEWAY_PORT": str(spec.port),
-        "GATEWAY_METRICS_PORT": str(spec.metrics_port),
-        "GATEWAY_WORKERS": str(spec.workers),
-        "GATEWAY_KEY_CACHE_TTL_SECONDS": str(spec.key_cache_ttl_seconds),
-        "GATEWAY_KEY_CACHE_STALE_IF_ERROR_SECONDS": str(spec.key_cache_stale_if_error_seconds),
-        "GATEWAY_KEY_LOOKUP_TIMEOUT_SECONDS": str(spec.key_lookup_timeout_seconds),
-        "GATEWAY_AUTH_FAILURES_PER_MINUTE": str(spec.auth_failures_per_minute),
-        "GATEWAY_LIMITER_FAILURE_MODE": spec.limiter_failure_mode,
-        "GATEWAY_MAX_BODY_BYTES": str(spec.max_body_bytes),
-        "GATEWAY_MAX_IN_FLIGHT": str(spec.max_in_flight),
-        "GATEWAY_ADMISSION_WAIT_SECONDS": str(spec.admission_wait_seconds),
-        "GATEWAY_REQUEST_TIMEOUT_SECONDS": str(spec.request_timeout_seconds),
-        "GATEWAY_MAX_N": str(spec.max_n),
-        "GATEWAY_MAX_BUFFERED_RESPONSE_BYTES": str(spec.max_buffered_response_bytes),
-        "GATEWAY_SHUTDOWN_GRACE_SECONDS": str(spec.shutdown_grace_seconds),
-        "GATEWAY_TIER_PRIORITIES": json.dumps(dict(spec.tier_priorities), sort_keys=True),
-        "GATEWAY_LOG_LEVEL": spec.log_level,
-        "GATEWAY_HEALTH_CHECK_INTERVAL_SECONDS": str(spec.health_check_interval_seconds),
-        "GATEWAY_CIRCUIT_FAILURE_THRESHOLD": str(spec.circuit_failure_threshold),
-        "GATEWAY_CIRCUIT_OPEN_SECONDS": str(spec.circuit_open_seconds),
-        "GATEWAY_MODEL_REFRESH_SECONDS": str(spec.model_refresh_seconds),
-        "GATEWAY_ENGINE_DNS_TTL_SECONDS": str(spec.engine_dns_ttl_seconds),
-    }
+    """Environment read by the gateway's settings (prefix GATEWAY_): one variable per field."""
+    return gateway_settings.to_env(spec)
 
 
 def gateway_process_argv(python: str = "python") -> list[str]:

@@ -10,9 +10,10 @@ Two layers:
     Outputs.
 
 Every error names the key it is about, e.g.
-``llm-node:engine.gpu_memory_utilization: 1.5 must be in (0, 1]``. Defaults of engine and
-gateway settings are those of the specs in services/launch.py (read from the dataclasses,
-not repeated here). docs/configuration.md documents every key.
+``llm-node:engine.gpu_memory_utilization: 1.5 must be in (0, 1]``. Defaults of engine settings
+are those of the specs in services/launch.py (read from the dataclasses, not repeated here);
+the gateway section is validated by the gateway's own settings schema (llm_gateway/settings.py).
+docs/configuration.md documents every key.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
+import pydantic
 import yaml
 
+import llm_gateway.settings as gateway_settings
 from services.launch import QUANTIZATION_METHODS, EngineSpec, GatewaySpec, QuantizeSpec
 from stacks import naming
 from stacks.images import DEFAULT_IMAGES, is_pinned
@@ -51,7 +54,6 @@ STRING_KEYS = ("docker_host", "name_prefix", "domain", "tls_certificate", "targe
 TLS_MODES = ("acme", "provided", "self-signed")
 BODY_LIMIT_MODES = ("gateway", "edge")
 DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
-LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 # vLLM's accepted --max-lora-rank values.
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 # Flags the program sets itself; extra_args may not repeat them (vLLM would take the last).
@@ -315,49 +317,13 @@ def _engine_deployment(engine: Mapping[str, Any] | None) -> EngineDeployment:
 
 # -- gateway ----------------------------------------------------------------------------------
 
-# Set by the node's wiring, not by configuration.
-GATEWAY_WIRED_FIELDS = ("engines", "host", "port", "metrics_port")
-# Constraints beyond the type; a GatewaySpec field missing here is still read, checked by
-# the type of its default, so a new gateway setting is configurable as soon as launch.py has it.
-_GATEWAY_RULES: Mapping[str, Mapping[str, Any]] = {
-    "workers": {"minimum": 1},
-    "key_cache_ttl_seconds": {"minimum": 0},
-    "key_cache_stale_if_error_seconds": {"minimum": 0},
-    "key_lookup_timeout_seconds": {"above": 0},
-    "auth_failures_per_minute": {"minimum": 1},
-    "limiter_failure_mode": {"choices": ("closed", "local")},
-    "max_body_bytes": {"minimum": 1},
-    "max_in_flight": {"minimum": 1},
-    "admission_wait_seconds": {"minimum": 0},
-    "request_timeout_seconds": {"above": 0},
-    "max_n": {"minimum": 1},
-    "max_buffered_response_bytes": {"minimum": 1},
-    "shutdown_grace_seconds": {"minimum": 0},
-    "log_level": {"choices": LOG_LEVELS},
-    "health_check_interval_seconds": {"above": 0},
-    "circuit_failure_threshold": {"minimum": 1},
-    "circuit_open_seconds": {"above": 0},
-    "model_refresh_seconds": {"above": 0},
-    "engine_dns_ttl_seconds": {"minimum": 0},
-}
+# Every gateway setting but those the node wires itself (gateway_settings.DEPLOYMENT_FIELDS) and
+# the secrets is a key here, checked by the gateway's own schema: its types, bounds and defaults.
+STACK_GATEWAY_FIELDS = tuple(name for name in GatewaySpec.model_fields if name not in gateway_settings.DEPLOYMENT_FIELDS)
 
 
 def gateway_keys() -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(GatewaySpec) if f.name not in GATEWAY_WIRED_FIELDS)
-
-
-def _read_typed(s: _Section, key: str, default: Any, rules: Mapping[str, Any]) -> Any:
-    if isinstance(default, bool):
-        return s.boolean(key, default)
-    if isinstance(default, int):
-        return s.integer(key, default, **rules)
-    if isinstance(default, float):
-        return s.number(key, default, **rules)
-    if isinstance(default, str):
-        return s.string(key, default, **rules)
-    if isinstance(default, Mapping):
-        return dict(s.mapping(key, default))
-    raise TypeError(f"GatewaySpec.{key}: no config reader for {type(default).__name__}")
+    return STACK_GATEWAY_FIELDS
 
 
 def gateway_spec_from_config(gateway: Mapping[str, Any] | None, *, engines: Sequence[str],
@@ -365,18 +331,21 @@ def gateway_spec_from_config(gateway: Mapping[str, Any] | None, *, engines: Sequ
                              metrics_port: int = naming.GATEWAY_METRICS_PORT) -> GatewaySpec:
     """The ``gateway`` config object as a GatewaySpec routing to ``engines``."""
     s = _Section("gateway", gateway)
-    s.reject_unknown(gateway_keys())
-    settings = {key: _read_typed(s, key, _spec_default(GatewaySpec, key), _GATEWAY_RULES.get(key, {}))
-                for key in gateway_keys()}
-    for tier, priority in settings["tier_priorities"].items():
-        if isinstance(priority, bool) or not isinstance(priority, int):
-            raise ConfigError(f"gateway.tier_priorities.{tier}", f"must be an integer priority, got {priority!r}")
+    for key in s.values:
+        if key in gateway_settings.DEPLOYMENT_FIELDS:
+            raise ConfigError(s.key(key), "is set by the node (engine URLs, listeners), not by the stack")
+        if key in gateway_settings.SECRET_FIELDS:
+            raise ConfigError(s.key(key), "is a secret the node generates or derives, not a stack setting")
+    s.reject_unknown(STACK_GATEWAY_FIELDS)
+    values = {key: value for key, value in s.values.items() if value is not None}  # null: the default
+    wiring = {"engines": list(engines), "host": host, "port": port, "metrics_port": metrics_port}
     try:
-        return GatewaySpec(engines=list(engines), host=host, port=port, metrics_port=metrics_port, **settings)
-    except ConfigError:
-        raise
-    except ValueError as error:
-        raise ConfigError(f"gateway.{str(error).split(':', 1)[0]}", str(error).split(":", 1)[-1].strip()) from error
+        # Strict: YAML gives real types, so "5" for a number or true for an integer is a mistake.
+        return GatewaySpec.model_validate(values | wiring, strict=True)
+    except pydantic.ValidationError as error:
+        first = error.errors()[0]
+        key = ".".join(str(part) for part in first["loc"])
+        raise ConfigError(s.key(key), f"{first['msg']}, got {first['input']!r}") from None
 
 
 # -- quantize ---------------------------------------------------------------------------------

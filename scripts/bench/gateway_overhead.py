@@ -46,6 +46,7 @@ from scripts.bench.report import ms, percentile, print_table  # noqa: E402
 from scripts.bench.stack_floor import StackFloor  # noqa: E402
 from scripts.devnode.gateway import start_gateway  # noqa: E402
 from scripts.devnode.local_services import admin_dsn as postgres_admin_dsn, ensure_redis  # noqa: E402
+from services.launch import gateway_secrets_env  # noqa: E402
 
 PATH = "/v1/chat/completions"
 BIG = 1_000_000_000
@@ -119,7 +120,7 @@ def create_database() -> tuple[str, str]:
 
 def admin(dsn: str, *args: str) -> str:
     return subprocess.run([sys.executable, "-m", "llm_gateway.admin", *args], check=True, capture_output=True,
-                          text=True, env=os.environ | {"GATEWAY_DATABASE_URL": dsn}).stdout
+                          text=True, env=os.environ | gateway_secrets_env({"database_url": dsn})).stdout
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from services.launch import GATEWAY_SECRET_ENV  # noqa: E402
+from services.launch import gateway_secrets_env  # noqa: E402
 from scripts.devnode import gateway as fixtures  # noqa: E402
 from scripts.devnode.engine import Engine, served_model_name, start_engine  # noqa: E402
 from scripts.devnode.local_services import admin_dsn as postgres_admin_dsn, ensure_redis  # noqa: E402
@@ -138,7 +138,7 @@ class LocalNode:
     # -- keys --------------------------------------------------------------------------------
     def admin(self, *args: str) -> str:
         result = subprocess.run([sys.executable, "-m", "llm_gateway.admin", *args], cwd=ROOT, capture_output=True,
-                                text=True, env=os.environ | {GATEWAY_SECRET_ENV["database_url"]: self.database_url})
+                                text=True, env=os.environ | gateway_secrets_env({"database_url": self.database_url}))
         if result.returncode != 0:
             raise RuntimeError(f"llm_gateway.admin {' '.join(args)} failed:\n{result.stderr.strip()}")
         return result.stdout

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.launch import GATEWAY_SECRET_ENV, GatewaySpec, gateway_env, gateway_process_argv
+from services.launch import GatewaySpec, gateway_env, gateway_process_argv, gateway_secrets_env
 
 from .processes import ManagedProcess, free_port, http_ok
 from .scrape import metric_sum, scrape
@@ -71,11 +71,8 @@ def start_gateway(log_dir: Path, *, database_url: str, redis_url: str, admin_tok
     spec_fields.setdefault("port", free_port())
     spec_fields.setdefault("metrics_port", free_port())
     spec = GatewaySpec(**spec_fields)
-    env = gateway_env(spec)
-    env[GATEWAY_SECRET_ENV["database_url"]] = database_url
-    env[GATEWAY_SECRET_ENV["redis_url"]] = redis_url
-    if admin_token:
-        env[GATEWAY_SECRET_ENV["admin_token"]] = admin_token
+    env = gateway_env(spec) | gateway_secrets_env({"database_url": database_url, "redis_url": redis_url,
+                                                   "admin_token": admin_token})
     proc = ManagedProcess(name or f"gateway-{spec.port}", gateway_process_argv(sys.executable), log_dir, env=env)
     gateway = Gateway(spec, proc, admin_token or "", database_url, redis_url)
     try:

@@ -7,7 +7,6 @@ Pulumi program uses — with only local paths and ports replaced.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import secrets
@@ -17,8 +16,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.launch import (GATEWAY_SECRET_ENV, EngineSpec, GatewaySpec, engine_env, engine_process_argv,
-                             gateway_env, gateway_process_argv)
+from services.launch import (EngineSpec, GatewaySpec, engine_env, engine_process_argv, gateway_env,
+                             gateway_process_argv, gateway_secrets_env)
 
 from .engine import local_engine_spec
 from .local_services import ensure_database, ensure_postgres, ensure_redis
@@ -43,8 +42,8 @@ def dev_specs(ports: DevPorts) -> tuple[EngineSpec, GatewaySpec]:
 
     _, gateway = load_stack_specs("dev")
     engine = local_engine_spec(ports.engine)
-    gateway = dataclasses.replace(gateway, engines=[f"http://127.0.0.1:{ports.engine}"], host="127.0.0.1",
-                                  port=ports.gateway, metrics_port=ports.metrics)
+    gateway = gateway.replace(engines=[f"http://127.0.0.1:{ports.engine}"], host="127.0.0.1",
+                              port=ports.gateway, metrics_port=ports.metrics)
     return engine, gateway
 
 
@@ -63,7 +62,7 @@ def _secret(name: str) -> str:
 
 def _admin(args: list[str], database_url: str) -> str:
     result = subprocess.run([PROJECT_PYTHON, "-m", "llm_gateway.admin", *args], cwd=ROOT, capture_output=True,
-                            text=True, env=os.environ | {GATEWAY_SECRET_ENV["database_url"]: database_url})
+                            text=True, env=os.environ | gateway_secrets_env({"database_url": database_url}))
     if result.returncode != 0:
         raise RuntimeError(f"llm_gateway.admin {args[0]} failed:\n{result.stderr.strip()}")
     return result.stdout
@@ -79,7 +78,7 @@ def start(ports: DevPorts = DevPorts()) -> dict[str, str]:
     engine, gateway = _process("engine"), _process("gateway")
     external_engine = os.environ.get("LLM_NODE_DEV_ENGINE_URL")  # reuse a running engine (tests do)
     if external_engine:
-        gateway_spec = dataclasses.replace(gateway_spec, engines=[external_engine.rstrip("/")])
+        gateway_spec = gateway_spec.replace(engines=[external_engine.rstrip("/")])
     else:
         if engine.pid() is None:
             print(f"starting vLLM (CPU) on 127.0.0.1:{ports.engine}; first start takes about a minute ...",
@@ -89,11 +88,8 @@ def start(ports: DevPorts = DevPorts()) -> dict[str, str]:
 
     _admin(["migrate"], database_url)
     if gateway.pid() is None:
-        secret_env = {
-            GATEWAY_SECRET_ENV["database_url"]: database_url,
-            GATEWAY_SECRET_ENV["redis_url"]: redis_url,
-            GATEWAY_SECRET_ENV["admin_token"]: _secret("admin-token"),
-        }
+        secret_env = gateway_secrets_env({"database_url": database_url, "redis_url": redis_url,
+                                          "admin_token": _secret("admin-token")})
         gateway.start(gateway_process_argv(PROJECT_PYTHON), gateway_env(gateway_spec) | secret_env, ROOT)
     gateway.wait_until(lambda: http_ok(f"http://127.0.0.1:{ports.gateway}/readyz"), 120, "ready")
 

@@ -26,7 +26,6 @@ Layout (one namespace, ``kubernetes.namespace``):
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -254,7 +253,7 @@ def gateway_spec(settings: NodeSettings) -> GatewaySpec:
         engines = [f"http://{INFERENCE_GATEWAY}.{k8s.namespace}.svc.cluster.local:{INFERENCE_GATEWAY_PORT}"]
     else:
         engines = engine_urls(k8s)
-    return dataclasses.replace(settings.gateway, engines=engines)
+    return settings.gateway.replace(engines=engines)
 
 
 def build(settings: NodeSettings, images: Images, secrets: SecretValues) -> Plan:

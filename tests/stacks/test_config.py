@@ -107,17 +107,37 @@ def test_stack_files_parse_to_the_intended_nodes():
     assert prod.public_url == "https://llm.example.com" and dev.public_url == "https://llm.localhost:8443"
 
 
-def test_gateway_settings_follow_launch_py():
-    """A GatewaySpec field is configurable by its own name; defaults come from launch.py."""
-    from services.launch import GatewaySpec
-    from stacks.config import GATEWAY_WIRED_FIELDS, gateway_keys
+def test_gateway_settings_follow_the_gateway_schema():
+    """A gateway setting is configurable by its own name, with the schema's default, except the
+    deployment-only fields and the secrets."""
+    from llm_gateway.settings import DEPLOYMENT_FIELDS, SECRET_FIELDS, Settings
+    from stacks.config import gateway_keys
 
-    fields = {f.name for f in GatewaySpec.__dataclass_fields__.values()}
-    assert set(gateway_keys()) == fields - set(GATEWAY_WIRED_FIELDS)
+    assert set(gateway_keys()) == set(Settings.model_fields) - DEPLOYMENT_FIELDS - set(SECRET_FIELDS)
     values = deep_merge(read_stack_values("dev"), {"gateway": {"circuit_failure_threshold": 7}})
     assert parse_settings(values, "dev").gateway.circuit_failure_threshold == 7
     default = parse_settings(read_stack_values("dev"), "dev").gateway
-    assert default.circuit_open_seconds == GatewaySpec.__dataclass_fields__["circuit_open_seconds"].default
+    assert default.circuit_open_seconds == Settings.model_fields["circuit_open_seconds"].default
+
+
+@pytest.mark.parametrize("gateway,message", [
+    ({"workers": 0}, "gateway.workers: Input should be greater than or equal to 1, got 0"),
+    ({"workers": "2"}, "gateway.workers: Input should be a valid integer, got '2'"),
+    ({"workers": True}, "gateway.workers: Input should be a valid integer, got True"),
+    ({"request_timeout_seconds": 0}, "gateway.request_timeout_seconds: Input should be greater than 0, got 0"),
+    ({"limiter_failure_mode": "open"}, "gateway.limiter_failure_mode: Input should be 'closed' or 'local', got 'open'"),
+    ({"log_level": "loud"}, "gateway.log_level: Input should be 'debug', 'info', 'warning', 'error' or 'critical'"),
+    ({"tier_priorities": {"premium": "high"}}, "gateway.tier_priorities.premium: Input should be a valid integer"),
+    ({"workerz": 2}, "gateway.workerz: unknown setting (known: admission_wait_seconds, "),
+    ({"engines": ["http://elsewhere:8000"]}, "gateway.engines: is set by the node"),
+    ({"port": 9000}, "gateway.port: is set by the node"),
+    ({"admin_token": "x"}, "gateway.admin_token: is a secret the node generates"),
+])
+def test_gateway_errors_name_the_key_and_say_what_is_allowed(gateway, message):
+    values = deep_merge(read_stack_values("prod"), {"gateway": gateway})
+    with pytest.raises(ConfigError) as raised:
+        parse_settings(values, "prod")
+    assert str(raised.value).startswith(f"llm-node:{message}"), str(raised.value)
 
 
 def test_quantize_schemes_are_the_jobs():

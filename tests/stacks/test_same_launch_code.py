@@ -13,8 +13,8 @@ import dataclasses
 
 import pulumi
 
-from services.launch import (GATEWAY_SECRET_ENV, GATEWAY_SECRETS_DIR_ENV, gateway_secret_file, EngineSpec, GatewaySpec, engine_args, engine_env,
-                             engine_process_argv, gateway_env, gateway_process_argv)
+from services.launch import (GATEWAY_SECRET_FIELDS, GATEWAY_SECRETS_DIR_ENV, gateway_secret_file, EngineSpec, GatewaySpec,
+                             engine_args, engine_env, engine_process_argv, gateway_env, gateway_process_argv)
 from stacks.config import load_stack_specs
 from tests.stacks.mock_runtime import Deployment, run_program
 
@@ -29,7 +29,8 @@ def dev_node_specs() -> tuple[EngineSpec, GatewaySpec]:
 
 
 def _same_except(a, b, allowed: set[str]) -> list[str]:
-    return [f.name for f in dataclasses.fields(a) if f.name not in allowed and getattr(a, f.name) != getattr(b, f.name)]
+    names = type(a).model_fields if isinstance(a, GatewaySpec) else [f.name for f in dataclasses.fields(a)]
+    return [name for name in names if name not in allowed and getattr(a, name) != getattr(b, name)]
 
 
 def test_dev_node_specs_are_the_dev_stack_specs():
@@ -81,7 +82,7 @@ def test_gateway_env_is_identical_but_for_locations_and_secrets():
         assert {k: v for k, v in env.items() if k != GATEWAY_SECRETS_DIR_ENV} == gateway_env(stack_gateway)
         uploaded = {PurePosixPath(u["file"]).relative_to(env[GATEWAY_SECRETS_DIR_ENV]).as_posix()
                     for u in container.props["uploads"]}
-        assert uploaded == {gateway_secret_file(field) for field in GATEWAY_SECRET_ENV}
+        assert uploaded == {gateway_secret_file(field) for field in GATEWAY_SECRET_FIELDS}
         location_env = {"GATEWAY_ENGINES", "GATEWAY_HOST", "GATEWAY_PORT", "GATEWAY_METRICS_PORT"}
         dev_env = gateway_env(node_gateway)
         assert {k for k in dev_env if dev_env[k] != env[k]} <= location_env

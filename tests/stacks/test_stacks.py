@@ -11,7 +11,8 @@ import pulumi
 import pytest
 import yaml
 
-from services.launch import GATEWAY_SECRET_ENV
+from llm_gateway.settings import env_name as gateway_env_name
+from services.launch import GATEWAY_SECRET_FIELDS, gateway_secret_file
 from stacks.config import load_stack_settings
 from stacks.containers import go_duration
 from stacks.images import is_pinned
@@ -226,10 +227,11 @@ def test_passwords_and_tokens_are_secret(stack, variant):
         # 2. Where secrets do go, the property is secret (encrypted in the state).
         # The gateway's secrets are files (uploads), never env: `docker inspect` prints env.
         gateway = d.container("gateway")
-        assert not set(GATEWAY_SECRET_ENV.values()) & set(gateway.env)
+        secret_env = {gateway_env_name(field) for field in GATEWAY_SECRET_FIELDS}
+        assert not secret_env & set(gateway.env)
         secret_files = {u["file"].rsplit("/", 1)[-1]: u["content"] for u in gateway.props["uploads"]}
-        assert all(MOCK_SECRET_MARK in secret_files[f"gateway_{field}"] for field in GATEWAY_SECRET_ENV)
-        assert not set(GATEWAY_SECRET_ENV.values()) & set(d.container("gateway-migrate").env)
+        assert all(MOCK_SECRET_MARK in secret_files[gateway_secret_file(field)] for field in GATEWAY_SECRET_FIELDS)
+        assert not secret_env & set(d.container("gateway-migrate").env)
         for service in ("postgres", "redis", "grafana", "gateway", "gateway-migrate"):
             assert d.container(service).is_secret("uploads"), service
         assert d.container("postgres").env["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres_password"
