@@ -1,5 +1,5 @@
 """The gateway as a local process: real `python -m llm_gateway` from the same launch code as
-the node (services/launch.py: gateway_env, gateway_process_argv) on free ports. The tests'
+the node (services/launch.py: gateway_env, gateway_process_argv; ``process_env``) on free ports. The tests'
 gateway fixtures, the benchmarks and the dev node's tests start it this way.
 """
 
@@ -65,14 +65,20 @@ class Gateway:
         return self.proc.stop(timeout)
 
 
+def process_env(spec: GatewaySpec, *, database_url: str, redis_url: str, admin_token: str | None) -> dict[str, str]:
+    """A local gateway process's environment: the node's (launch.py) plus the secrets, which a
+    container reads from files instead."""
+    return gateway_env(spec) | gateway_secrets_env({"database_url": database_url, "redis_url": redis_url,
+                                                    "admin_token": admin_token})
+
+
 def start_gateway(log_dir: Path, *, database_url: str, redis_url: str, admin_token: str | None = ADMIN_TOKEN,
                   wait_ready: bool = True, name: str | None = None, **spec_fields) -> Gateway:
     spec_fields.setdefault("host", "127.0.0.1")
     spec_fields.setdefault("port", free_port())
     spec_fields.setdefault("metrics_port", free_port())
     spec = GatewaySpec(**spec_fields)
-    env = gateway_env(spec) | gateway_secrets_env({"database_url": database_url, "redis_url": redis_url,
-                                                   "admin_token": admin_token})
+    env = process_env(spec, database_url=database_url, redis_url=redis_url, admin_token=admin_token)
     proc = ManagedProcess(name or f"gateway-{spec.port}", gateway_process_argv(sys.executable), log_dir, env=env)
     gateway = Gateway(spec, proc, admin_token or "", database_url, redis_url)
     try:

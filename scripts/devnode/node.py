@@ -16,10 +16,11 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.launch import (EngineSpec, GatewaySpec, engine_env, engine_process_argv, gateway_env,
-                             gateway_process_argv, gateway_secrets_env)
+from services.launch import (EngineSpec, GatewaySpec, engine_env, engine_process_argv, gateway_process_argv,
+                             gateway_secrets_env)
 
 from .engine import local_engine_spec
+from .gateway import process_env as gateway_process_env
 from .local_services import ensure_database, ensure_postgres, ensure_redis
 from .paths import ENGINE_PYTHON
 from .processes import DetachedProcess, http_ok
@@ -88,9 +89,9 @@ def start(ports: DevPorts = DevPorts()) -> dict[str, str]:
 
     _admin(["migrate"], database_url)
     if gateway.pid() is None:
-        secret_env = gateway_secrets_env({"database_url": database_url, "redis_url": redis_url,
-                                          "admin_token": _secret("admin-token")})
-        gateway.start(gateway_process_argv(PROJECT_PYTHON), gateway_env(gateway_spec) | secret_env, ROOT)
+        env = gateway_process_env(gateway_spec, database_url=database_url, redis_url=redis_url,
+                                  admin_token=_secret("admin-token"))
+        gateway.start(gateway_process_argv(PROJECT_PYTHON), env, ROOT)
     gateway.wait_until(lambda: http_ok(f"http://127.0.0.1:{ports.gateway}/readyz"), 120, "ready")
 
     env_file = STATE / "env"

@@ -160,7 +160,9 @@ class Settings(Options, BaseSettings):
         return [url.rstrip("/") for url in value]
 
 
-SECRET_FIELDS = tuple(name for name in Settings.model_fields if name not in Options.model_fields)
+# The secrets are the SecretStr fields (the gateway never logs them; containers get them as files).
+SECRET_FIELDS = tuple(name for name, field in Settings.model_fields.items()
+                      if SecretStr in (field.annotation, *typing.get_args(field.annotation)))
 
 
 def env_name(field: str) -> str:
