@@ -1,6 +1,6 @@
 """Private Docker daemons for the local deployment: own socket, data root, exec root, pidfile.
 
-Two of them (issue 15, measured on these machines: Debian's dockerd 20.10, API 1.41, overlay2):
+Two of them (measured on these machines: Debian's dockerd 20.10, API 1.41, overlay2):
 
 ``BUILDER``  in the machine's network namespace, for image builds (they need the network):
              ``--iptables=false --ip-forward=false --bridge=none``, so it touches none of the

@@ -1,4 +1,4 @@
-"""API keys at the gateway: every bad key is a 401 in OpenAI's shape (issue 2, point 3)."""
+"""API keys at the gateway: every bad key is a 401 in OpenAI's shape."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Rate limits, concurrency caps and admission control as clients see them (issue 2, points 4 and 5)."""
+"""Rate limits, concurrency caps and admission control as clients see them."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The official `openai` client works unchanged through the gateway (issue 2, point 1)."""
+"""The official `openai` client works unchanged through the gateway."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def test_text_completion_streaming_and_not(client, engine):
 def test_models_lists_only_what_the_key_may_use(gateway, make_key, engine):
     everything = requests.get(gateway.url + "/v1/models", headers=auth(make_key()), timeout=10).json()
     assert engine.model in [m["id"] for m in everything["data"]]
-    # OpenAI's model object and nothing else (issue 14, defect 11): vLLM's cards also carry `root`,
+    # OpenAI's model object and nothing else: vLLM's cards also carry `root`,
     # the model's path on the engine's disk, and other engine details.
     for card in everything["data"]:
         assert set(card) == {"id", "object", "created", "owned_by"}, card

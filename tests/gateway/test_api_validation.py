@@ -1,4 +1,4 @@
-"""Validation before the engine (issue 2, point 6): every mistake is an OpenAI-shaped 4xx, and
+"""Validation before the engine: every mistake is an OpenAI-shaped 4xx, and
 a request that cannot fit the model's context never reaches the completion endpoint."""
 
 from __future__ import annotations
@@ -119,7 +119,8 @@ def test_token_id_prompts_are_counted_without_the_engine(gateway, key, engine):
 
 
 def test_a_client_that_hangs_up_mid_upload_is_a_499_not_a_500(gateway_factory, make_key, engine):
-    """Issue 14, defect 9."""
+    """A client that closes its connection while the gateway reads the body is counted as 499 (client
+    gone), never a 500, and logs no unhandled error."""
     import socket
     import time
 
@@ -139,7 +140,7 @@ def test_a_client_that_hangs_up_mid_upload_is_a_499_not_a_500(gateway_factory, m
 
 
 def test_n_above_the_gateway_maximum_is_400(gateway, key, engine):
-    """Issue 14, defect 10: every choice is a whole answer; `n` is bounded (GATEWAY_MAX_N, 16)."""
+    """Every choice is a whole answer; `n` is bounded (GATEWAY_MAX_N, 16)."""
     error = assert_openai_error(post(gateway, CHAT, key, chat_body(engine.model, max_tokens=1, n=17)), 400,
                                 "integer_above_max_value")
     assert error["param"] == "n" and "16" in error["message"]

@@ -1,5 +1,5 @@
 """What a request is billed (usage_records) and what it keeps of its rate-limit reservation, when
-the engine never got it or its answer could not be relayed (issue 14, defects 6 and 10)."""
+the engine never got it or its answer could not be relayed."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def test_a_request_the_engine_refused_to_connect_is_not_billed(gateway_factory, 
 
 
 def test_an_answer_too_large_to_hold_is_a_502_billed_as_cut_short(gateway_factory, make_key):
-    """Issue 14, defect 10: a non-streaming answer is held whole before it is relayed, so its size
+    """A non-streaming answer is held whole before it is relayed, so its size
     is bounded (GATEWAY_MAX_BUFFERED_RESPONSE_BYTES, 16 MiB by default). A larger one is a clear
     502; the engine did its work (its breaker hears a success, the key keeps its reservation and
     the record has the prompt estimate), but no answer was delivered, so no completion is billed."""

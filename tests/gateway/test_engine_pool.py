@@ -1,4 +1,4 @@
-"""The engine pool (issue 2, point 8): health checks, least-outstanding choice, circuit
+"""The engine pool: health checks, least-outstanding choice, circuit
 breaker, fast 503 for a dead engine, request timeout."""
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def _open_breaker(gw, key, upstream, failures: int) -> None:
 
 
 def test_a_long_half_open_trial_ends_when_the_engine_answers_not_when_its_stream_ends(gateway_factory, make_key):
-    """Issue 14, defect 1: the trial request's verdict is its first byte; a stream that then goes
+    """The trial request's verdict is its first byte; a stream that then goes
     on for minutes must not keep the engine shut for everyone else."""
     with FlakyUpstream() as upstream:
         gw = gateway_factory(engines=[upstream.url], circuit_failure_threshold=1, circuit_open_seconds=0.5)
@@ -154,7 +154,7 @@ def test_a_long_half_open_trial_ends_when_the_engine_answers_not_when_its_stream
 
 
 def test_a_slow_reader_never_counts_against_the_engine(gateway_factory, make_key):
-    """Issue 14, defect 1: time the relay spends blocked on a client that reads slowly is not the
+    """Time the relay spends blocked on a client that reads slowly is not the
     engine's; with a request timeout shorter than the client's pause, the stream still completes
     and the engine's breaker (one failure opens it here) stays closed."""
     with FlakyUpstream() as upstream:
@@ -175,7 +175,7 @@ def test_a_slow_reader_never_counts_against_the_engine(gateway_factory, make_key
 
 
 def test_a_restarted_engine_takes_traffic_again_without_waiting_for_its_breaker(gateway_factory, make_key):
-    """Issue 14, defect 1: an engine that was down is probed until it is back, and passing that
+    """An engine that was down is probed until it is back, and passing that
     probe closes the breaker its absence opened. Health checks and the open period are set to a
     minute here, so only that can bring it back within the test."""
     upstream = FlakyUpstream().start()

@@ -1,4 +1,4 @@
-"""Liveness under load, readiness, graceful shutdown and usage accounting (issue 2, points 1, 2, 8, 10)."""
+"""Liveness under load, readiness, graceful shutdown and usage accounting."""
 
 from __future__ import annotations
 
@@ -122,7 +122,7 @@ async def test_usage_of_every_request_is_recorded_from_the_engines_usage(gateway
 
 async def test_a_constant_client_request_id_does_not_collapse_usage(gateway, make_key, engine,
                                                                       migrated_database_url):
-    """Issue 14, defect 5: three requests sent with one X-Request-ID are three usage records, each
+    """Three requests sent with one X-Request-ID are three usage records, each
     under its own gateway-generated id, with the client's id beside it; the client still gets its
     own id back."""
     key = make_key()

@@ -306,7 +306,7 @@ async def test_postgresql_down_is_a_503_and_cached_keys_keep_working(log_dir):
         pg.destroy()
 
 
-# -- PostgreSQL down: stale-if-error (issue 14, defect 2) -----------------------------------------
+# -- PostgreSQL down: stale-if-error ---------------------------------------------------------------
 
 def _kill_postgres(pg: ThrowawayPostgres) -> None:
     pg.crash()
@@ -389,7 +389,7 @@ async def test_after_a_postgresql_restart_the_first_lookups_succeed(log_dir):
         pg.destroy()
 
 
-# -- a flood of unknown keys (issue 14, defect 4) -------------------------------------------------
+# -- a flood of unknown keys ---------------------------------------------------------------------
 
 class FakeRequest:
     """What KeyStore reads of a Starlette request to tell clients apart."""

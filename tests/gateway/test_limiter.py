@@ -533,7 +533,7 @@ async def test_one_stalled_call_does_not_mark_redis_down_but_a_stall_in_a_row_do
 
 
 async def test_recovery_after_a_redis_restart_is_prompt_and_lasting(throwaway_redis, log_dir):
-    """Issue 14 (recovery): with warm connections and 100 concurrent callers, Redis killed for a
+    """Recovery: with warm connections and 100 concurrent callers, Redis killed for a
     few seconds then restarted on the same port. Counted over the waves of calls sent after the
     restart: Redis admits again within a couple of waves, and once it has, nothing is refused.
     (Before: the probes had backed off to seconds apart, and Redis was not asked again within

@@ -1,4 +1,4 @@
-"""Admin routes that load and unload LoRA adapters on every engine (used by issue 6)."""
+"""Admin routes that load and unload LoRA adapters on every engine."""
 
 from __future__ import annotations
 

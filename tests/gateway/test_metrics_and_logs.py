@@ -1,5 +1,5 @@
 """Metrics on their own port, aggregated over the worker processes, and JSON logs that never
-carry prompts, completions or keys (issue 2, points 11 and 12)."""
+carry prompts, completions or keys."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def test_logs_are_json_with_request_ids_and_never_prompts_or_keys(gateway, make_
         time.sleep(0.1)
     text = gateway.log_text()
     lines = [json.loads(line) for line in text.splitlines() if line.strip()]
-    # The client's id is logged beside the gateway's own (issue 14, defect 5).
+    # The client's id is logged beside the gateway's own.
     access = [line for line in lines if line.get("client_request_id") == request_id]
     assert access and access[0]["request_id"] != request_id and len(access[0]["request_id"]) == 32
     assert access[0]["status"] == 200 and access[0]["key_id"] == key_id_of(key)

@@ -1,4 +1,4 @@
-"""Key tiers become vLLM's `priority` field (issue 2, point 9); clients cannot promote themselves."""
+"""Key tiers become vLLM's `priority` field; clients cannot promote themselves."""
 
 from __future__ import annotations
 

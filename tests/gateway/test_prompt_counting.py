@@ -1,4 +1,4 @@
-"""Exact prompt counting (issue 14, defect 3): the work one request can make the engine do before
+"""Exact prompt counting: the work one request can make the engine do before
 it is served is bounded, starts only after the rate limiter admitted the request, and stops when
 the client leaves. The fake engine counts its /tokenize calls; vLLM cannot report them."""
 

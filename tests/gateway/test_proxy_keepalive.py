@@ -111,8 +111,8 @@ async def _reset_the_second_request(reader: asyncio.StreamReader, writer: asynci
 
 
 async def test_a_request_on_a_pooled_connection_that_was_reset_is_sent_again():
-    """Issue 14, engine restart: a reset pooled connection (the engine was killed) was not resent
-    like a closed one, and cost the client a 502 although the engine never saw the request."""
+    """A pooled connection the engine reset (it was killed) is resent like a closed one: the engine
+    never saw the request, so it must not cost the client a 502."""
     port = free_port()
     server = await asyncio.start_server(_reset_the_second_request, "127.0.0.1", port)
     engine = SimpleNamespace(url=f"http://127.0.0.1:{port}")

@@ -1,4 +1,4 @@
-"""Redis going away (issue 2, point 4): the configured behaviour, never a 500, then recovery."""
+"""Redis going away: the configured behaviour, never a 500, then recovery."""
 
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def test_local_fallback_keeps_serving_and_limiting_then_recovers(gateway_factory
 
 async def test_with_100_clients_service_resumes_promptly_after_a_redis_restart(gateway_factory, make_key, log_dir,
                                                                               throwaway_redis):
-    """Issue 14 (recovery): 100 concurrent clients, a key with limits, fail-closed, Redis killed for
+    """Recovery: 100 concurrent clients, a key with limits, fail-closed, Redis killed for
     4 s and restarted on its port. Counted by outcome, not timed: every request sent from 1 s after
     the restarted Redis listens on is answered 200. (Before: 4572 of 5279 such requests got 503 --
     the limiter's probes had backed off to seconds apart. Connections left idle through an outage

@@ -1,4 +1,4 @@
-"""Streaming (issue 2, point 7): SSE passed through as it comes, client disconnects abort the
+"""Streaming: SSE passed through as it comes, client disconnects abort the
 engine's work (streamed or not), engine failures mid-stream end in an error event and never in
 [DONE]."""
 
@@ -259,7 +259,7 @@ def test_stream_through_the_real_engine_ends_with_done(gateway, make_key, engine
 
 
 def test_done_in_the_model_text_does_not_make_a_broken_stream_complete(gateway_factory, make_key):
-    """Issue 14, defect 7: only a whole `data: [DONE]` event ends a stream, not those bytes inside
+    """Only a whole `data: [DONE]` event ends a stream, not those bytes inside
     an event (the model can write them)."""
     with FlakyUpstream() as upstream:
         upstream.mode, upstream.chunks_before_failure = "truncated", 3

@@ -151,7 +151,7 @@ async def test_usage_summary(pool):
 
 
 async def test_each_request_is_recorded_once_under_its_own_id(pool, key_id):
-    """Issue 14, defect 5: the record's identity is the gateway's request id, unique; the client's
+    """The record's identity is the gateway's request id, unique; the client's
     X-Request-ID (the same on every request, for a client gaming de-duplication) sits beside it.
     A batch written again after a lost acknowledgement adds nothing."""
     recorder = UsageRecorder(pool, batch_size=10, flush_interval_seconds=3600)
