@@ -183,6 +183,8 @@ def _env_text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
+        if any("," in str(item) for item in value):
+            raise ValueError(f"{value!r}: a list item with a comma cannot be written comma-separated")
         return ",".join(str(item) for item in value)
     if isinstance(value, Mapping):
         return json.dumps(dict(value), sort_keys=True)
