@@ -316,7 +316,7 @@ def _engine_deployment(engine: Mapping[str, Any] | None) -> EngineDeployment:
 # -- gateway ----------------------------------------------------------------------------------
 
 # Set by the node's wiring, not by configuration.
-GATEWAY_WIRED_FIELDS = ("engines", "host", "port", "metrics_port")
+GATEWAY_WIRED_FIELDS = ("engines", "embedding_engines", "host", "port", "metrics_port")
 # Constraints beyond the type; a GatewaySpec field missing here is still read, checked by
 # the type of its default, so a new gateway setting is configurable as soon as launch.py has it.
 _GATEWAY_RULES: Mapping[str, Mapping[str, Any]] = {

@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
 
     engines: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["http://127.0.0.1:8000"])
+    # Engines serving embedding models (vLLM's pooling runner): they answer /v1/embeddings only.
+    # Part of the pool whether or not `engines` lists them too.
+    embedding_engines: Annotated[list[str], NoDecode] = Field(default_factory=list)
     host: str = "0.0.0.0"
     port: int = 8080
     metrics_port: int = 9101
@@ -56,7 +59,7 @@ class Settings(BaseSettings):
     # engines are per-pod DNS names whose address changes when a pod is replaced: keep it short there.
     engine_dns_ttl_seconds: int = Field(default=300, ge=0)
 
-    @field_validator("engines", mode="before")
+    @field_validator("engines", "embedding_engines", mode="before")
     @classmethod
     def _split_engines(cls, value: object) -> object:
         if isinstance(value, str):
