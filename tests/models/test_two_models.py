@@ -177,8 +177,11 @@ def test_dimensions_reach_the_engine_which_refuses_them_for_this_model(models_ga
 
 
 def test_embeddings_are_rate_limited_and_billed_from_the_engines_usage(models_gateway, make_key, embed_engine):
-    key = make_key(rpm=3, tpm=5000)
+    key = make_key(rpm=3, tpm=5000, tier="batch")
     body = {"model": embed_engine.model, "input": ["the first text to embed", "and a second one"]}
+    labels = {"route": EMBEDDINGS, "status": "200", "model": embed_engine.model}
+    answered_before = models_gateway.metric("gateway_requests_total", **labels)
+    tokens_before = models_gateway.metric("gateway_prompt_tokens_total", tier="batch", model=embed_engine.model)
     first = post(models_gateway, EMBEDDINGS, key, body)
     assert first.status_code == 200, first.text
     usage = first.json()["usage"]
@@ -192,7 +195,10 @@ def test_embeddings_are_rate_limited_and_billed_from_the_engines_usage(models_ga
     # One usage row per answered request, with the engine's prompt tokens and no completion.
     rows = wait_for_rows(models_gateway, key, 3)
     assert rows == [(embed_engine.model, 200, usage["prompt_tokens"], 0)] * 3
-    assert models_gateway.settled_metric("gateway_requests_total", 3, route=EMBEDDINGS, status="200") >= 3
+    # The gateway's series carry the model (the dashboards show each model's traffic).
+    assert models_gateway.settled_metric("gateway_requests_total", answered_before + 3, **labels) == answered_before + 3
+    assert models_gateway.metric("gateway_prompt_tokens_total", tier="batch",
+                                 model=embed_engine.model) == tokens_before + 3 * usage["prompt_tokens"]
 
 
 def test_embedding_tokens_count_against_the_tokens_limit(models_gateway, make_key, embed_engine):
