@@ -27,6 +27,7 @@ request ends, like every reservation.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from . import tokens
 from .catalog import ServedModel
@@ -47,7 +48,7 @@ class EmbeddingInputs:
     limit: int | None               # the most tokens an input may have (None: unknown context)
 
 
-def check(body: dict, served: ServedModel) -> EmbeddingInputs:
+def check(body: dict[str, Any], served: ServedModel) -> EmbeddingInputs:
     """Everything that can be checked without an engine; 400 for what is wrong."""
     if "messages" in body:
         raise InvalidRequest("Chat-style embedding requests (`messages`) are not supported; send `input`.",
@@ -117,7 +118,7 @@ def _is_token(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _input_limit(body: dict, context: int | None) -> int | None:
+def _input_limit(body: dict[str, Any], context: int | None) -> int | None:
     """How many tokens an input may have: the context, or what vLLM truncates each input to."""
     truncate = body.get("truncate_prompt_tokens")
     if truncate is None:
