@@ -45,7 +45,6 @@ Input = str | list[int]
 class EmbeddingInputs:
     prompt_tokens: int              # token arrays exactly, texts estimated
     unsettled: list[str] | None     # texts the byte bound does not fit under the limit (None: none)
-    limit: int | None               # the most tokens an input may have (None: unknown context)
 
 
 def check(body: dict[str, Any], served: ServedModel) -> EmbeddingInputs:
@@ -76,7 +75,7 @@ def check(body: dict[str, Any], served: ServedModel) -> EmbeddingInputs:
             if limit is not None and tokens.text_bound(item) > limit and not truncated:
                 unsettled.append(item)
         total += count if limit is None or not truncated else min(count, limit)
-    return EmbeddingInputs(total, unsettled or None, limit)
+    return EmbeddingInputs(total, unsettled or None)
 
 
 def check_counted(served: ServedModel, longest: int) -> None:

@@ -6,6 +6,8 @@ In order, each failure answered in OpenAI's error shape:
 - `model` missing -> 400; the key may not use it -> 403 (`model_not_allowed`, checked before
   existence so a restricted key learns nothing about other models); not served -> 404
   (503 with Retry-After instead while no engine is reachable: the model may just be unseen)
+- an embedding model asked to generate, or a generative model asked for embeddings -> 400
+  (`model_not_supported`); an embeddings request is then checked by embeddings.py
 - malformed `messages` / `prompt` / `max_tokens` / `n` / `stream` -> 400; `n` above `max_n` -> 400
   (every choice is a whole answer the engine generates and, unstreamed, the gateway holds)
 - `max_tokens` above the key's cap -> 400 (rejected, not clamped: a silently shortened
