@@ -1,7 +1,8 @@
 """Gateway: what the gateway adds, whom it turns away and why, and how its engines look to it.
 
-Gateway series carry no model label (per-key and per-model usage live in PostgreSQL), so
-this dashboard has no model variable.
+Requests and tokens carry the model they were served by (`model`: a served model's id, "" for
+requests turned away before one was known); per-key usage lives in PostgreSQL. With a few models
+per node a legend by model is enough: no model variable.
 """
 
 from grafanalib.core import Dashboard
@@ -33,6 +34,9 @@ dashboard = Dashboard(
             timeseries("Requests/s by route and status", [
                 (f"sum by (route, status) (rate(gateway_requests_total[{RATE}]))", "{{route}} {{status}}"),
             ], unit="reqps", stacked=True),
+            timeseries("Requests/s by model", [
+                (f'sum by (model, route) (rate(gateway_requests_total{{model!=""}}[{RATE}]))', "{{model}} {{route}}"),
+            ], unit="reqps", stacked=True),
             timeseries("Request duration", [
                 route_quantile("gateway_request_duration_seconds", 0.5),
                 route_quantile("gateway_request_duration_seconds", 0.95),
@@ -61,6 +65,10 @@ dashboard = Dashboard(
             timeseries("Tokens/s by tier", [
                 (f"sum by (tier) (rate(gateway_prompt_tokens_total[{RATE}]))", "prompt {{tier}}"),
                 (f"sum by (tier) (rate(gateway_completion_tokens_total[{RATE}]))", "completion {{tier}}"),
+            ]),
+            timeseries("Tokens/s by model", [
+                (f"sum by (model) (rate(gateway_prompt_tokens_total[{RATE}]))", "prompt {{model}}"),
+                (f"sum by (model) (rate(gateway_completion_tokens_total[{RATE}]))", "completion {{model}}"),
             ]),
         ]),
         ("Engines and dependencies", [

@@ -2,7 +2,9 @@
 
 vLLM starts once per session (about a minute on these machines). Set
 LLM_NODE_TEST_ENGINE_URL to reuse an engine that is already running (it must serve the
-same adapters as tests/support/adapters.py builds).
+same adapters as tests/support/adapters.py builds). The embedding engine (`embed_engine`, the
+dev node's "embed" group: tiny-embed) starts only in sessions that ask for it;
+LLM_NODE_TEST_EMBED_ENGINE_URL reuses one.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.adapters import build_static_adapters
-from tests.support.engine import SERVED_MODEL, Engine, start_engine
+from tests.support.engine import EMBED_SERVED_MODEL, SERVED_MODEL, Engine, local_engine_spec_for, start_engine
 from tests.support.services import ensure_shared_postgres, ensure_shared_redis, shared_postgres_admin_dsn
 
 pytest_plugins = ["tests.support.gateway_fixtures"]
@@ -38,6 +40,18 @@ def engine(log_dir, static_lora_adapters) -> Engine:
         yield Engine(url=external.rstrip("/"), model=SERVED_MODEL)
         return
     started = start_engine(log_dir, static_lora_adapters)
+    yield started
+    started.proc.stop()
+
+
+@pytest.fixture(scope="session")
+def embed_engine(log_dir) -> Engine:
+    """A second CPU vLLM serving an embedding model (vLLM's pooling runner), once per session."""
+    external = os.environ.get("LLM_NODE_TEST_EMBED_ENGINE_URL")
+    if external:
+        yield Engine(url=external.rstrip("/"), model=EMBED_SERVED_MODEL)
+        return
+    started = start_engine(log_dir, spec=local_engine_spec_for("embed"))
     yield started
     started.proc.stop()
 

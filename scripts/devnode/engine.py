@@ -29,6 +29,24 @@ def local_engine_spec(port: int, *, lora_modules: Mapping[str, str] | None = Non
                                lora_modules=dict(lora_modules or {}))
 
 
+# The engine groups of a node serving several models: "chat" (the dev stack's generative engine)
+# and "embed" (an embedding model: the same tiny checkpoint through vLLM's pooling runner).
+ENGINE_GROUPS = ("chat", "embed")
+EMBED_SERVED_MODEL = "tiny-embed"
+
+
+def local_engine_spec_for(group: str, port: int | None = None) -> EngineSpec:
+    """The dev node's engine of ``group`` on 127.0.0.1:``port`` (a free port by default)."""
+    if group not in ENGINE_GROUPS:
+        raise ValueError(f"engine group {group!r} is not one of {', '.join(ENGINE_GROUPS)}")
+    spec = local_engine_spec(free_port() if port is None else port)
+    if group == "chat":
+        return spec
+    # until stacks.config.load_engine_specs lands
+    return dataclasses.replace(spec, kind="embed", served_model_name=EMBED_SERVED_MODEL, max_model_len=512,
+                               enable_lora=False, allow_runtime_lora_updating=False, lora_modules={})
+
+
 def served_model_name() -> str:
     """The model name the local engine serves (the dev stack's)."""
     from stacks.config import load_stack_specs

@@ -59,11 +59,11 @@ def test_text_completion_streaming_and_not(client, engine):
 def test_models_lists_only_what_the_key_may_use(gateway, make_key, engine):
     everything = requests.get(gateway.url + "/v1/models", headers=auth(make_key()), timeout=10).json()
     assert engine.model in [m["id"] for m in everything["data"]]
-    # OpenAI's model object and nothing else: vLLM's cards also carry `root`,
+    # OpenAI's model object plus the model's kind, nothing else: vLLM's cards also carry `root`,
     # the model's path on the engine's disk, and other engine details.
     for card in everything["data"]:
-        assert set(card) == {"id", "object", "created", "owned_by"}, card
-        assert card["object"] == "model"
+        assert set(card) == {"id", "object", "created", "owned_by", "kind"}, card
+        assert card["object"] == "model" and card["kind"] == "generate"
 
     restricted = make_key(models=["some-other-model"])
     listed = requests.get(gateway.url + "/v1/models", headers=auth(restricted), timeout=10).json()

@@ -9,6 +9,7 @@ import requests
 
 from tests.gateway.api_helpers import CHAT, assert_openai_error, auth, chat_body, post
 from tests.support.adapters import tiny_adapter
+from tests.support.flaky_upstream import FlakyUpstream
 
 pytestmark = pytest.mark.engine
 
@@ -54,7 +55,8 @@ def test_load_serve_and_unload_an_adapter(gateway_factory, make_key, engine):
         assert loaded.json()["engines"][engine.url]["status"] == 200
         listed = requests.get(gw.url + "/v1/models", headers=auth(key), timeout=10).json()["data"]
         card = next(m for m in listed if m["id"] == name)
-        assert set(card) == {"id", "object", "created", "owned_by"}       # no paths, no parent
+        assert set(card) == {"id", "object", "created", "owned_by", "kind"}   # no paths, no parent
+        assert card["kind"] == "generate"
         served = post(gw, CHAT, key, chat_body(name, max_tokens=3))
         assert served.status_code == 200 and served.json()["model"] == name
     finally:
@@ -63,3 +65,16 @@ def test_load_serve_and_unload_an_adapter(gateway_factory, make_key, engine):
     listed = requests.get(gw.url + "/v1/models", headers=auth(key), timeout=10).json()["data"]
     assert name not in [m["id"] for m in listed]
     assert_openai_error(post(gw, CHAT, key, chat_body(name, max_tokens=3)), 404)
+
+
+def test_adapters_are_loaded_on_generative_engines_only(gateway_factory, engine):
+    # An embedding engine (vLLM's pooling runner) has no LoRA routes: asking it would fail the call.
+    with FlakyUpstream(model="fake-embed") as embed_engine:
+        gw = gateway_factory(embedding_engines=[embed_engine.url])
+        name = "adapter-" + secrets.token_hex(3)
+        loaded = _admin(gw, LOAD, {"lora_name": name, "lora_path": str(tiny_adapter())}, gw.admin_token)
+        try:
+            assert loaded.status_code == 200, loaded.text
+            assert set(loaded.json()["engines"]) == {engine.url}
+        finally:
+            assert _admin(gw, UNLOAD, {"lora_name": name}, gw.admin_token).status_code == 200

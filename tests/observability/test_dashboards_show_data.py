@@ -1,8 +1,9 @@
 """The proof: every dashboard query, recording rule and alert works against live data.
 
 A real Prometheus scrapes, with the project's own rendered scrape config and rule files,
-the CPU vLLM engine and a real gateway while traffic flows through them (including a 429
-and an upstream error). Then every query of every panel of every dashboard is evaluated
+the CPU vLLM engines of two models (tiny-llama for chat, tiny-embed for embeddings) and a real
+gateway in front of both while traffic flows through them (including a 429 and an upstream
+error). Then every query of every panel of every dashboard is evaluated
 through Prometheus' HTTP API: it must parse and return at least one series with a real
 (finite) value. A query that matches nothing fails, naming dashboard, panel and query.
 Only panels fed solely by Traefik or cloudflared (which cannot run here) are exempt from
@@ -86,6 +87,7 @@ def engine_traffic(engine_url: str, model: str) -> None:
 class LiveNode:
     prom: Prometheus
     model: str
+    embed_model: str
     started_at: float
     at: float  # every check evaluates at this instant: just after the traffic was scraped and recorded
 
@@ -105,9 +107,9 @@ def wait_until_scraped(prom: Prometheus, expr: str, at_least: float) -> None:
                     f"scraping {expr} >= {at_least}")
 
 
-def gateway_traffic(main: Gateway, failing: Gateway, keys: dict[str, str], model: str) -> None:
-    """Through the real gateway: served requests of every tier (one streamed), a 401, a 429,
-    and requests to the failing engine (upstream 5xx, then the open breaker's 503)."""
+def gateway_traffic(main: Gateway, failing: Gateway, keys: dict[str, str], model: str, embed_model: str) -> None:
+    """Through the real gateway: served requests of every tier (one streamed, one for embeddings),
+    a 401, a 429, and requests to the failing engine (upstream 5xx, then the open breaker's 503)."""
     def chat(gateway: Gateway, key: str, **extra) -> int:
         body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, **extra}
         status, answer = post_json(f"{gateway.url}/v1/chat/completions", body, {"authorization": f"Bearer {key}"})
@@ -117,6 +119,9 @@ def gateway_traffic(main: Gateway, failing: Gateway, keys: dict[str, str], model
     assert chat(main, keys["premium"], stream=True) == 200
     status, answer = post_json(f"{main.url}/v1/completions", {"model": model, "prompt": "hi", "max_tokens": 8},
                                {"authorization": f"Bearer {keys['batch']}"})
+    assert status == 200, answer[:300]
+    status, answer = post_json(f"{main.url}/v1/embeddings", {"model": embed_model, "input": ["hi", LONG_PROMPT]},
+                               {"authorization": f"Bearer {keys['standard']}"})
     assert status == 200, answer[:300]
     assert chat(main, "sk-unknown-key") == 401
     chat(main, keys["rpm1"])  # the first of this minute passes, the second cannot
@@ -130,7 +135,7 @@ def gateway_requests_answered(*gateways: Gateway) -> float:
 
 
 @pytest.fixture(scope="module")
-def live(engine, tmp_path_factory, log_dir, migrated_database_url, redis_url, make_key) -> LiveNode:
+def live(engine, embed_engine, tmp_path_factory, log_dir, migrated_database_url, redis_url, make_key) -> LiveNode:
     failing_engine = FailingEngine(engine.model)
     gateways: list[Gateway] = []
     prom = None
@@ -138,7 +143,8 @@ def live(engine, tmp_path_factory, log_dir, migrated_database_url, redis_url, ma
         common = dict(database_url=migrated_database_url, redis_url=redis_url, key_cache_ttl_seconds=1.0,
                       shutdown_grace_seconds=5.0)
         # Two workers, as on the node: the multiprocess metrics path is the one scraped.
-        main = start_gateway(log_dir, name="gateway-observed", engines=[engine.url], workers=2, **common)
+        main = start_gateway(log_dir, name="gateway-observed", engines=[engine.url],
+                             embedding_engines=[embed_engine.url], workers=2, **common)
         gateways.append(main)
         failing = start_gateway(log_dir, name="gateway-failing-upstream", engines=[failing_engine.url],
                                 workers=1, health_check_interval_seconds=0.5, **common)
@@ -149,7 +155,7 @@ def live(engine, tmp_path_factory, log_dir, migrated_database_url, redis_url, ma
         work_dir = tmp_path_factory.mktemp("prometheus-live")
         port = free_port()
         targets = {
-            VLLM_JOB: [urlparse(engine.url).netloc],
+            VLLM_JOB: [urlparse(engine.url).netloc, urlparse(embed_engine.url).netloc],
             # The gateways' metrics ports, as on the node (never their API ports).
             GATEWAY_JOB: [urlparse(g.metrics_url).netloc for g in gateways],
             PROMETHEUS_JOB: [f"127.0.0.1:{port}"],
@@ -163,8 +169,10 @@ def live(engine, tmp_path_factory, log_dir, migrated_database_url, redis_url, ma
         # and histogram has at least two increasing samples (rate() and quantiles need them).
         for _ in range(3):
             engine_traffic(engine.url, engine.model)
-            gateway_traffic(main, failing, keys, engine.model)
-            wait_until_scraped(prom, "sum(vllm:request_success_total)", engine.metric("vllm:request_success_total"))
+            gateway_traffic(main, failing, keys, engine.model, embed_engine.model)
+            wait_until_scraped(prom, "sum(vllm:request_success_total)",
+                               engine.metric("vllm:request_success_total")
+                               + embed_engine.metric("vllm:request_success_total"))
             wait_until_scraped(prom, "sum(gateway_requests_total)", gateway_requests_answered(*gateways))
         assert failing_engine.requests_failed > 0, "the failing engine was never tried"
         # The recording rules have evaluated on the new data once every recorded series exists.
@@ -172,7 +180,8 @@ def live(engine, tmp_path_factory, log_dir, migrated_database_url, redis_url, ma
             prom.wait_for_series(rule["record"], timeout=DEADLINE)
         # Checks evaluate at this instant, like a dashboard opened now: however slowly they run
         # afterwards, the 1m windows of the recording rules still cover the traffic.
-        yield LiveNode(prom=prom, model=engine.model, started_at=started_at, at=time.time())
+        yield LiveNode(prom=prom, model=engine.model, embed_model=embed_engine.model, started_at=started_at,
+                       at=time.time())
     finally:
         if prom is not None:
             prom.stop()
@@ -212,6 +221,22 @@ def test_edge_only_panel_query_parses(live, panel_query, request):
     request.config.stash[NOT_CHECKED_LIVE].append(str(panel_query))
 
 
+# The second model's own series, from its engine and from the gateway: a dashboard shows it too.
+SECOND_MODEL_SERIES = (
+    'vllm:request_success_total{model_name="%(model)s"}',
+    'vllm:prompt_tokens_total{model_name="%(model)s"}',
+    'gateway_requests_total{model="%(model)s", route="/v1/embeddings", status="200"}',
+    'gateway_prompt_tokens_total{model="%(model)s"}',
+)
+
+
+@pytest.mark.parametrize("series", SECOND_MODEL_SERIES)
+def test_the_embedding_model_has_its_series(live, series):
+    expr = f"sum(increase({series % {'model': live.embed_model}}[{live.window()}]))"
+    result = finite_series(evaluate(live, expr, series))
+    assert result and float(result[0]["value"][1]) > 0, f"no traffic recorded for {live.embed_model}: {expr}"
+
+
 @pytest.mark.parametrize("name", sorted(template_variables(DASHBOARDS)))
 def test_template_variable_offers_the_served_model(live, name):
     variable = template_variables(DASHBOARDS)[name]
@@ -219,7 +244,7 @@ def test_template_variable_offers_the_served_model(live, name):
     assert parsed, f"variable ${name}: unsupported query {variable['query']!r}"
     selector, label = parsed
     values = {series["metric"].get(label) for series in evaluate(live, selector, f"variable ${name}")}
-    assert live.model in values, f"variable ${name} would offer {values}, not the served model {live.model!r}"
+    assert {live.model, live.embed_model} <= values, f"variable ${name} would offer {values}, not both served models"
 
 
 @pytest.mark.parametrize("rule", RECORDING_RULES, ids=rule_id)

@@ -52,7 +52,7 @@ class Accounting:
         self.open_count = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self._tokens: dict[str, tuple] = {}   # tier -> (prompt counter, completion counter)
+        self._tokens: dict[tuple[str, str], tuple] = {}   # (tier, model) -> (prompt counter, completion counter)
 
     def open(self, key: ApiKey, plan: Plan, reservation: Reservation, request_id: str,
              client_request_id: str | None = None) -> "Books":
@@ -73,10 +73,11 @@ class Accounting:
         if self.open_count == 0:
             self._idle.set()
 
-    def count_tokens(self, tier: str, prompt: int, completion: int) -> None:
-        counters = self._tokens.get(tier)
+    def count_tokens(self, tier: str, model: str, prompt: int, completion: int) -> None:
+        counters = self._tokens.get((tier, model))
         if counters is None:
-            counters = self._tokens[tier] = (metrics.PROMPT_TOKENS.labels(tier), metrics.COMPLETION_TOKENS.labels(tier))
+            counters = self._tokens[(tier, model)] = (metrics.PROMPT_TOKENS.labels(tier, model),
+                                                      metrics.COMPLETION_TOKENS.labels(tier, model))
         counters[0].inc(prompt)
         counters[1].inc(completion)
 
@@ -129,7 +130,7 @@ class Books:
             if usage is not None:
                 prompt, completion = _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens"))
                 actual = prompt + completion
-                acc.count_tokens(self.key.tier, prompt, completion)
+                acc.count_tokens(self.key.tier, self.plan.served.id, prompt, completion)
             elif not received or (failure is None and status != 499 and 400 <= status < 500):
                 prompt = completion = actual = 0
             else:

@@ -24,7 +24,7 @@ from . import proxy
 from .errors import GatewayError
 from .observe import Observation
 from .runtime import Runtime
-from .validation import CHAT, COMPLETION, read_json_body
+from .validation import CHAT, COMPLETION, EMBEDDING, read_json_body
 
 async def chat_completions(request: Request) -> Response:
     return await _complete(request, CHAT, "/v1/chat/completions")
@@ -32,6 +32,11 @@ async def chat_completions(request: Request) -> Response:
 
 async def completions(request: Request) -> Response:
     return await _complete(request, COMPLETION, "/v1/completions")
+
+
+async def embeddings(request: Request) -> Response:
+    # The same path: an embeddings request is never streamed, and has no completion tokens.
+    return await _complete(request, EMBEDDING, "/v1/embeddings")
 
 
 async def _complete(request: Request, kind: str, path: str) -> Response:
@@ -102,5 +107,6 @@ async def list_models(request: Request) -> Response:
 routes = [
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     Route("/v1/completions", completions, methods=["POST"]),
+    Route("/v1/embeddings", embeddings, methods=["POST"]),
     Route("/v1/models", list_models, methods=["GET"]),
 ]

@@ -5,6 +5,11 @@ checks against) and, for a LoRA adapter, its `parent` base model. The catalog is
 periodically, when an engine comes back, after an adapter is loaded or unloaded, and when a
 request names a model the catalog does not know (at most once per `miss_refresh_seconds`,
 0.25 s: a flood of unknown names costs at most four cheap /v1/models reads a second).
+
+A model's kind is its engines' (engines.GENERATE or EMBED: the gateway's settings say which
+engines serve embedding models; vLLM's cards do not). A name served by engines of both kinds is
+a configuration mistake: it is logged, and the model is taken for a generative one served by
+its generative engines only, so no request ever reaches an engine of the wrong kind.
 """
 
 from __future__ import annotations
@@ -17,14 +22,15 @@ from dataclasses import dataclass
 import aiohttp
 import orjson
 
-from .engines import EnginePool
+from .engines import EMBED, GENERATE, EnginePool
 
 log = logging.getLogger(__name__)
 
 
 # What OpenAI's model object has, and all a client sees on /v1/models: vLLM's cards also carry
 # `root` (the model's or adapter's path on the engine's disk), `parent`, `max_model_len` and
-# `permission`, which are the engines' business.
+# `permission`, which are the engines' business. The gateway adds `kind` ("generate" | "embed"):
+# which routes take the model (an extra field, which OpenAI's clients keep as is).
 _PUBLIC_FIELDS = ("id", "object", "created", "owned_by")
 
 
@@ -32,9 +38,10 @@ _PUBLIC_FIELDS = ("id", "object", "created", "owned_by")
 class ServedModel:
     id: str
     max_model_len: int | None
-    engines: frozenset[str]   # URLs of the engines serving it
+    engines: frozenset[str]   # URLs of the engines serving it (all of its kind)
     card: dict                # the engine's model object as vLLM lists it (internal: has paths)
-    public_card: dict         # what clients see on /v1/models (OpenAI's fields only)
+    public_card: dict         # what clients see on /v1/models (OpenAI's fields and `kind`)
+    kind: str = GENERATE      # engines.GENERATE | engines.EMBED
 
 
 class ModelCatalog:
@@ -91,12 +98,18 @@ class ModelCatalog:
                 continue
             for card in cards:
                 found.setdefault(card["id"], (card, set()))[1].add(engine.url)
+        kinds = {e.url: e.kind for e in engines}
         models = {}
         for model_id, (card, urls) in found.items():
             max_len = card.get("max_model_len")
             if max_len is None and card.get("parent") in found:  # an adapter inherits its base's window
                 max_len = found[card["parent"]][0].get("max_model_len")
-            models[model_id] = ServedModel(model_id, max_len, frozenset(urls), card, _public(card))
+            kind = EMBED if all(kinds.get(url) == EMBED for url in urls) else GENERATE
+            of_kind = frozenset(url for url in urls if kinds.get(url, GENERATE) == kind)
+            if of_kind != urls:
+                log.warning("model served by engines of both kinds: taken for a generative model",
+                            extra={"model": model_id, "engines": sorted(urls)})
+            models[model_id] = ServedModel(model_id, max_len, of_kind, card, _public(card, kind), kind)
         if set(models) != set(self._models):
             log.info("served models changed", extra={"models": sorted(models)})
         self._models = models
@@ -112,9 +125,10 @@ class ModelCatalog:
             return None
 
 
-def _public(card: dict) -> dict:
+def _public(card: dict, kind: str) -> dict:
     public = {name: card[name] for name in _PUBLIC_FIELDS if name in card}
     public.setdefault("object", "model")
+    public["kind"] = kind
     return public
 
 

@@ -33,6 +33,10 @@ from .errors import ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
+# What an engine serves (GATEWAY_EMBEDDING_ENGINES lists the "embed" ones): "generate" answers
+# /v1/chat/completions and /v1/completions, "embed" (vLLM's pooling runner) /v1/embeddings.
+GENERATE, EMBED = "generate", "embed"
+
 SLOW_PROBES_TO_DOWN = 2
 RECOVERY_PROBE_SECONDS = 0.2
 _JSON_HEADERS = {"content-type": "application/json"}
@@ -69,6 +73,7 @@ _LOST = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientC
 class Engine:
     url: str
     breaker: CircuitBreaker
+    kind: str = GENERATE
     healthy: bool = False
     outstanding: int = 0
     failed_probes: int = 0   # consecutive health probes that timed out or answered non-200
@@ -83,16 +88,19 @@ class Engine:
 
 class EnginePool:
     def __init__(self, urls: Iterable[str], session: aiohttp.ClientSession, *, failure_threshold: int,
-                 open_seconds: float, health_interval: float, health_timeout: float = 2.0):
+                 open_seconds: float, health_interval: float, health_timeout: float = 2.0,
+                 embedding_urls: Iterable[str] = ()):
         self._session = session
         self.health_interval = health_interval
         self._health_timeout = aiohttp.ClientTimeout(total=health_timeout)
         self.engines: list[Engine] = []
-        for url in dict.fromkeys(urls):  # de-duplicated, order kept
+        embedding = list(embedding_urls)
+        # An embedding engine is in the pool whether or not `urls` lists it too.
+        for url in dict.fromkeys([*urls, *embedding]):  # de-duplicated, order kept
             gauge = metrics.CIRCUIT_STATE.labels(url)
             breaker = CircuitBreaker(failure_threshold, open_seconds, on_change=gauge.set)
             gauge.set(breaker.state)
-            self.engines.append(Engine(url, breaker))
+            self.engines.append(Engine(url, breaker, EMBED if url in embedding else GENERATE))
             metrics.ENGINE_HEALTHY.labels(url).set(0)
 
     # -- choosing ---------------------------------------------------------------------------

@@ -6,7 +6,7 @@
 
 No admin token configured -> 404 (the routes do not exist). Missing bearer token -> 401,
 wrong token -> 403 (compared in constant time). The call is forwarded to every configured
-engine's /v1/load_lora_adapter or /v1/unload_lora_adapter (vLLM needs
+generative engine's /v1/load_lora_adapter or /v1/unload_lora_adapter (vLLM needs
 VLLM_ALLOW_RUNTIME_LORA_UPDATING=1); the answer lists each engine's result and is 200 only
 if every engine succeeded (502 otherwise). The model catalog is refreshed afterwards, so
 the adapter is served -- or gone -- from this process at once and from the others within
@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 from starlette.responses import Response
 
+from .engines import GENERATE
 from .errors import AuthenticationError, InvalidRequest, NotFound, PermissionDenied
 from .runtime import Runtime
 from .validation import read_json_body
@@ -47,9 +48,11 @@ async def _forward(request: Request, engine_path: str, fields: tuple[str, ...]) 
         if not isinstance(body.get(name), str) or not body[name]:
             raise InvalidRequest(f"{name} must be a non-empty string.", param=name)
     payload = orjson.dumps({name: body[name] for name in fields})
-    results = await asyncio.gather(*(_call(rt, e.url + engine_path, payload) for e in rt.engines.engines))
+    # Embedding engines (vLLM's pooling runner) serve no adapters.
+    targets = [e for e in rt.engines.engines if e.kind == GENERATE]
+    results = await asyncio.gather(*(_call(rt, e.url + engine_path, payload) for e in targets))
     await rt.catalog.refresh()
-    engines = {e.url: result for e, result in zip(rt.engines.engines, results)}
+    engines = {e.url: result for e, result in zip(targets, results)}
     ok = all(result["status"] == 200 for result in results)
     answer = {"lora_name": body["lora_name"], "ok": ok, "engines": engines}
     return Response(orjson.dumps(answer), status_code=200 if ok else 502, media_type="application/json")

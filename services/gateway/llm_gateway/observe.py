@@ -4,7 +4,7 @@ A plain ASGI middleware (no BaseHTTPMiddleware: it would buffer and cost a task 
 It gives every request an `Observation` in ``scope["state"]["obs"]`` (routes reach it as
 ``request.state.obs``), echoes the request id in ``X-Request-ID``, and when the response is
 complete (streams included) records:
-- gateway_requests_total{route,status,tier}, gateway_request_duration_seconds{route},
+- gateway_requests_total{route,status,tier,model}, gateway_request_duration_seconds{route},
   gateway_time_to_first_byte_seconds{route}; for proxied routes gateway_added_latency_seconds
   {route} = time to the response start minus the time spent waiting for the engine;
 - one JSON access line (request id, route, status, duration, key id, tier, model; never
@@ -26,9 +26,9 @@ from . import metrics
 
 access_log = logging.getLogger("llm_gateway.access")
 
-ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/healthz", "/readyz",
+ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/healthz", "/readyz",
           "/admin/v1/lora/load", "/admin/v1/lora/unload")
-PROXIED = frozenset(("/v1/chat/completions", "/v1/completions"))
+PROXIED = frozenset(("/v1/chat/completions", "/v1/completions", "/v1/embeddings"))
 _QUIET = frozenset(("/healthz", "/readyz"))
 _MAX_REQUEST_ID = 128
 
@@ -62,12 +62,12 @@ class _RouteMetrics:
         self.duration = metrics.REQUEST_DURATION.labels(route)
         self.ttfb = metrics.TIME_TO_FIRST_BYTE.labels(route)
         self.added = metrics.ADDED_LATENCY.labels(route)
-        self._requests: dict[tuple[str, str], object] = {}
+        self._requests: dict[tuple[str, str, str], object] = {}
 
-    def count(self, status: str, tier: str) -> None:
-        child = self._requests.get((status, tier))
+    def count(self, status: str, tier: str, model: str) -> None:
+        child = self._requests.get((status, tier, model))
         if child is None:
-            child = self._requests[(status, tier)] = metrics.REQUESTS.labels(self.route, status, tier)
+            child = self._requests[(status, tier, model)] = metrics.REQUESTS.labels(self.route, status, tier, model)
         child.inc()
 
 
@@ -106,7 +106,7 @@ class RequestObserver:
         end = time.perf_counter()
         status = obs.outcome or obs.status or 500
         route_metrics = self._metrics[obs.route]
-        route_metrics.count(str(status), obs.tier)
+        route_metrics.count(str(status), obs.tier, obs.model or "")
         route_metrics.duration.observe(end - obs.t0)
         if obs.t_start:
             route_metrics.ttfb.observe((obs.t_first_byte or obs.t_start) - obs.t0)

@@ -94,7 +94,8 @@ class Runtime:
             auto_decompress=False, skip_auto_headers=("User-Agent", "Accept-Encoding"))
         engines = EnginePool(settings.engines, http, failure_threshold=settings.circuit_failure_threshold,
                              open_seconds=settings.circuit_open_seconds,
-                             health_interval=settings.health_check_interval_seconds)
+                             health_interval=settings.health_check_interval_seconds,
+                             embedding_urls=settings.embedding_engines)
         catalog = ModelCatalog(engines, http)
         limiter = build_limiter(settings, redis, probe_redis)
         usage = UsageRecorder(pool)

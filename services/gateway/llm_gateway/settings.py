@@ -42,6 +42,11 @@ class Options(BaseModel):
     engines: list[str] = Field(
         default_factory=lambda: ["http://127.0.0.1:8000"], min_length=1,
         description="Base URLs of the vLLM servers the gateway balances over (comma-separated in env).")
+    embedding_engines: list[str] = Field(
+        default_factory=list,
+        description="Base URLs of the engines serving embedding models (vLLM's pooling runner; comma-separated "
+                    "in env): they answer `/v1/embeddings` only, never the completion routes or LoRA admin calls. "
+                    "vLLM's model cards do not say which runner serves a model, so this list does.")
     host: str = Field(default="0.0.0.0", description="Address the API and metrics listeners bind to.")
     port: int = Field(default=8080, ge=1, le=65535, description="API port.")
     metrics_port: int = Field(default=9101, ge=1, le=65535,
@@ -123,7 +128,7 @@ class Options(BaseModel):
 
 
 # Set by the node's wiring (engine locations, listeners), never by a stack file.
-DEPLOYMENT_FIELDS = frozenset({"engines", "host", "port", "metrics_port"})
+DEPLOYMENT_FIELDS = frozenset({"engines", "embedding_engines", "host", "port", "metrics_port"})
 
 
 class Settings(Options, BaseSettings):
@@ -154,7 +159,7 @@ class Settings(Options, BaseSettings):
             return json.loads(value)
         return value
 
-    @field_validator("engines")
+    @field_validator("engines", "embedding_engines")
     @classmethod
     def _strip_slash(cls, value: list[str]) -> list[str]:
         return [url.rstrip("/") for url in value]

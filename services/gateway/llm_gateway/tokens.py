@@ -58,6 +58,11 @@ def estimate(byte_count: int) -> int:
     return byte_count // ESTIMATE_BYTES_PER_TOKEN + 1
 
 
+def text_estimate(prompt: str) -> int:
+    """A text prompt's tokens for reserving: the estimate, never above the bound."""
+    return min(text_bound(prompt), estimate(len(prompt.encode())))
+
+
 # /tokenize calls one request keeps in flight while counting a list of prompts: enough to hide
 # the round trip, few enough that one request cannot crowd the engine's API server.
 COUNT_CONCURRENCY = 4

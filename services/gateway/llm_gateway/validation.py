@@ -6,6 +6,8 @@ In order, each failure answered in OpenAI's error shape:
 - `model` missing -> 400; the key may not use it -> 403 (`model_not_allowed`, checked before
   existence so a restricted key learns nothing about other models); not served -> 404
   (503 with Retry-After instead while no engine is reachable: the model may just be unseen)
+- an embedding model asked to generate, or a generative model asked for embeddings -> 400
+  (`model_not_supported`); an embeddings request is then checked by embeddings.py
 - malformed `messages` / `prompt` / `max_tokens` / `n` / `stream` -> 400; `n` above `max_n` -> 400
   (every choice is a whole answer the engine generates and, unstreamed, the gateway holds)
 - `max_tokens` above the key's cap -> 400 (rejected, not clamped: a silently shortened
@@ -30,12 +32,13 @@ from dataclasses import dataclass
 import orjson
 from starlette.requests import Request
 
-from . import metrics, tokens
+from . import embeddings, metrics, tokens
 from .catalog import ModelCatalog, ServedModel
+from .engines import EMBED, GENERATE
 from .errors import InvalidRequest, NotFound, PayloadTooLarge, PermissionDenied, ServiceUnavailable
 from .keys import ApiKey
 
-CHAT, COMPLETION = "chat", "completion"
+CHAT, COMPLETION, EMBEDDING = "chat", "completion", "embedding"   # what a request asks for
 
 # vLLM refuses a completion request with more prompts than VLLM_MAX_COMPLETION_PROMPTS (default
 # 1024; a flat list of token ids is one prompt): CompletionRequest.validate_prompt_list_length in
@@ -49,14 +52,14 @@ _not_allowed = metrics.AUTH_FAILURES.labels("model_not_allowed")
 @dataclass(slots=True)
 class Plan:
     served: ServedModel
-    kind: str                   # CHAT | COMPLETION
+    kind: str                   # CHAT | COMPLETION | EMBEDDING
     stream: bool
-    max_tokens: int | None      # per choice; None only if the engine reports no context length
+    max_tokens: int | None      # per choice; None for embeddings, or if the engine reports no context length
     prompt_tokens: int          # exact when counted, else an estimate (for reservation and accounting)
     reserved_tokens: int        # reserved in the limiter: prompts + every choice's max_tokens
     client_wants_usage: bool    # streaming: the client itself asked for the usage chunk
     # Left for settle(): what the byte bounds did not settle (None: nothing left).
-    unsettled: list[str] | None = None   # chat: [] (the messages); completion: the text prompts to count
+    unsettled: list[str] | None = None   # chat: [] (the messages); completion, embedding: the texts to count
     requested: int | None = None         # max_tokens as the client sent it
     cap: int | None = None               # the key's max_tokens
 
@@ -93,6 +96,11 @@ class Validator:
 
     async def plan(self, body: dict, body_size: int, key: ApiKey, kind: str) -> Plan:
         served = await self._model(body, key)
+        _check_kind(served, kind)
+        if kind == EMBEDDING:
+            inputs = embeddings.check(body, served)
+            return Plan(served, kind, False, None, inputs.prompt_tokens, inputs.prompt_tokens, False,
+                        inputs.unsettled)
         stream = _flag(body, "stream")
         client_wants_usage = False
         if stream:
@@ -142,13 +150,19 @@ class Validator:
         if plan.unsettled is None:
             return
         served = plan.served
+        if plan.kind == EMBEDDING:
+            counts = await self._counter.count_texts(served.id, served.engines, plan.unsettled)
+            plan.prompt_tokens += sum(count - tokens.text_estimate(plan.unsettled[i]) for i, count in counts.items())
+            embeddings.check_counted(served, max(counts.values()))
+            plan.unsettled = None
+            return
         if plan.kind == CHAT:
             longest = plan.prompt_tokens = await self._counter.count_chat(served.id, served.engines, body)
             param = "messages"
         else:
             counts = await self._counter.count_texts(served.id, served.engines, plan.unsettled)
             # Exact counts replace the estimates of the prompts that were counted.
-            plan.prompt_tokens += sum(count - _text_estimate(plan.unsettled[i]) for i, count in counts.items())
+            plan.prompt_tokens += sum(count - tokens.text_estimate(plan.unsettled[i]) for i, count in counts.items())
             longest, param = max(counts.values()), "prompt"
         plan.max_tokens = _completion_room(served, longest, plan.requested, plan.cap, param)
         if plan.requested is None:
@@ -202,22 +216,18 @@ class Validator:
                 counts.append(len(prompt))
                 estimates += len(prompt)
                 continue
-            estimates += _text_estimate(prompt)
+            estimates += tokens.text_estimate(prompt)
             if not (context is None or (wanted is not None and tokens.text_bound(prompt) + wanted <= context)):
                 unsettled.append(prompt)
         if context is None:
             return estimates, wanted, None, len(prompts)
         if unsettled:
-            longest = max(map(_text_estimate, unsettled))
+            longest = max(map(tokens.text_estimate, unsettled))
             return estimates, _guess_room(context, longest, wanted), unsettled, len(prompts)
         if not counts:
             return estimates, wanted, None, len(prompts)
         # The longest prompt decides how much room is left for the completion.
         return estimates, _completion_room(served, max(counts), requested, cap, "prompt"), None, len(prompts)
-
-
-def _text_estimate(prompt: str) -> int:
-    return min(tokens.text_bound(prompt), tokens.estimate(len(prompt.encode())))
 
 
 def _guess_room(context: int, prompt_estimate: int, wanted: int | None) -> int:
@@ -262,6 +272,16 @@ def _prompts(prompt: object) -> list[str | list[int]]:
             return list(prompt)
     raise InvalidRequest("prompt must be a string, an array of strings, an array of token ids or an array of "
                          "token id arrays, and not empty.", param="prompt")
+
+
+def _check_kind(served: ServedModel, kind: str) -> None:
+    """An embedding model only embeds, a generative model only generates: else 400."""
+    if kind == EMBEDDING and served.kind != EMBED:
+        raise InvalidRequest(f"The model `{served.id}` is not an embedding model; use it with /v1/chat/completions "
+                             "or /v1/completions.", param="model", code="model_not_supported")
+    if kind != EMBEDDING and served.kind != GENERATE:
+        raise InvalidRequest(f"The model `{served.id}` is an embedding model; use it with /v1/embeddings.",
+                             param="model", code="model_not_supported")
 
 
 def _requested_max_tokens(body: dict, kind: str) -> int | None:
