@@ -32,9 +32,10 @@ from .admission import Admission
 from .catalog import ModelCatalog
 from .engines import EnginePool
 from .keys import KeyStore
-from .limiter import RateLimiter, create_probe_redis, create_redis
+from .limiter import RateLimiter
 from .priority import TierPriorities
 from .proxy import HangUpWatch
+from .redis_client import create_probe_redis, create_redis
 from .settings import Settings
 from .tokens import TokenCounter
 from .usage import UsageRecorder
