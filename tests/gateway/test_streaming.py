@@ -275,7 +275,7 @@ def test_done_in_the_model_text_does_not_make_a_broken_stream_complete(gateway_f
 
 
 def test_sse_events_recognise_done_only_as_a_whole_event():
-    from llm_gateway.proxy import SseEvents
+    from llm_gateway.sse import SseEvents
 
     fake = b'data: {"choices":[{"text":"data: [DONE]"}]}\n\n'
     for chunks, done in [

@@ -33,6 +33,7 @@ import anyio
 from . import metrics
 from .admission import Admission
 from .engines import Engine, EnginePool
+from .failures import FailureKind
 from .keys import ApiKey
 from .limiter import RateLimiter, Reservation
 from .usage import UsageRecorder
@@ -107,7 +108,7 @@ class Books:
             self.answered = True
             self._acc.engines.answered(self.engine)
 
-    async def close(self, status: int, *, usage: dict | None = None, failure: str | None = None,
+    async def close(self, status: int, *, usage: dict | None = None, failure: FailureKind | None = None,
                     chunks: int = 0) -> None:
         """Give everything back. `failure` is the upstream error kind, if the engine failed."""
         if self._closed:
@@ -123,8 +124,8 @@ class Books:
             if self.admitted:
                 acc.admission.leave()
 
-            # An engine is chosen only to send the request at once; "connect" means it never got it.
-            received = self.engine is not None and failure != "connect"
+            # An engine is chosen only to send the request at once; CONNECT means it never got it.
+            received = self.engine is not None and failure != FailureKind.CONNECT
             actual: int | None
             if usage is not None:
                 prompt, completion = _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens"))

@@ -22,6 +22,8 @@ from starlette.responses import Response
 
 from . import proxy
 from .errors import GatewayError
+from .failures import EngineFailure
+from .hangup import ClientGone
 from .observe import Observation
 from .runtime import Runtime
 from .validation import CHAT, COMPLETION, read_json_body
@@ -76,12 +78,12 @@ async def _complete(request: Request, kind: str, path: str) -> Response:
             rt.catalog.refresh_soon()   # the engine no longer serves it (e.g. adapter unloaded elsewhere)
         obs.upstream_seconds = time.perf_counter() - sent_at
         return response
-    except proxy.ClientGone:
+    except ClientGone:
         obs.set_outcome(499)
         await books.close_shielded(499)
         return Response(status_code=499)  # nobody is listening; keeps the server from logging an error
     except GatewayError as error:
-        await books.close_shielded(error.status, failure=getattr(error, "kind", None))
+        await books.close_shielded(error.status, failure=error.kind if isinstance(error, EngineFailure) else None)
         raise
     except BaseException:
         await books.close_shielded(500)
