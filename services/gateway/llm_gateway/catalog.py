@@ -46,9 +46,6 @@ class ModelCatalog:
         self._last_refresh = float("-inf")
         self._refreshing: asyncio.Task | None = None
 
-    def get(self, model: str) -> ServedModel | None:
-        return self._models.get(model)
-
     def engines_reachable(self) -> bool:
         """Whether any engine passed its last health check (else an unknown model may just be unseen)."""
         return bool(self._pool.healthy())
