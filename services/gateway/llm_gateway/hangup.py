@@ -19,7 +19,7 @@ class HangUpWatch:
     """Notices a client hanging up while its non-streaming request waits (one per worker).
 
     vLLM sends a non-streaming answer's headers only once it has generated all of it, so such
-    a request spends its life waiting in `send()`. If the client goes away meanwhile, the wait
+    a request spends its life waiting in `proxy.send()`. If the client goes away meanwhile, the wait
     is cancelled (aiohttp closes the upstream connection, so vLLM aborts the request) and the
     block ends in ClientGone. (Streams are watched by their relay instead.)
 
