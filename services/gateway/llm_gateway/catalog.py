@@ -18,6 +18,7 @@ import aiohttp
 import orjson
 
 from .engines import EnginePool
+from .failures import TRANSPORT_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class ModelCatalog:
                     return None
                 cards = orjson.loads(await response.read()).get("data", [])
                 return [card for card in cards if isinstance(card, dict) and isinstance(card.get("id"), str)]
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, orjson.JSONDecodeError, AttributeError):
+        except (*TRANSPORT_ERRORS, orjson.JSONDecodeError, AttributeError):
             return None
 
 

@@ -30,7 +30,7 @@ import aiohttp
 from . import metrics
 from .breaker import CircuitBreaker
 from .errors import ServiceUnavailable
-from .failures import FailureKind
+from .failures import TRANSPORT_ERRORS, FailureKind, classify
 
 log = logging.getLogger(__name__)
 
@@ -190,10 +190,8 @@ class EnginePool:
             async with self._session.get(engine.url + "/health", timeout=self._health_timeout) as response:
                 await response.read()
                 return "ok" if response.status == 200 else "failed"
-        except aiohttp.ClientConnectorError:
-            return "refused"
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
-            return "failed"
+        except TRANSPORT_ERRORS as error:
+            return "refused" if classify(error) is FailureKind.CONNECT else "failed"
 
     def _set_health(self, engine: Engine, healthy: bool) -> None:
         if healthy != engine.healthy:

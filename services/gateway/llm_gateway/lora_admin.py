@@ -25,6 +25,7 @@ from starlette.routing import Route
 from starlette.responses import Response
 
 from .errors import AuthenticationError, InvalidRequest, NotFound, PermissionDenied
+from .failures import TRANSPORT_ERRORS
 from .runtime import Runtime
 from .validation import read_json_body
 
@@ -77,5 +78,5 @@ async def _call(rt: Runtime, url: str, payload: bytes) -> dict:
                                 timeout=aiohttp.ClientTimeout(total=120)) as response:
             text = (await response.read()).decode(errors="replace")
             return {"status": response.status, "detail": text[:2000]}
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+    except TRANSPORT_ERRORS as exc:
         return {"status": 0, "detail": f"{type(exc).__name__}: {exc}"[:2000]}
