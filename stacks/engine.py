@@ -102,4 +102,6 @@ class Engine(pulumi.ComponentResource):
                 opts=containers.service_options(self, [self.image, *args.after], bound_seconds=wait_seconds),
             ))
         self.urls = deployment.urls
+        # Prometheus scrapes vLLM's /metrics on its API port, on the internal network.
+        self.metrics_targets = [f"{naming.engine_alias(i)}:{naming.ENGINE_PORT}" for i in range(deployment.replicas)]
         self.register_outputs({"urls": self.urls})

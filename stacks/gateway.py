@@ -119,7 +119,8 @@ class Gateway(pulumi.ComponentResource):
                                             bound_seconds=WAIT_SECONDS),
         )
         self.url = f"http://{naming.GATEWAY}:{args.spec.port}"
-        self.metrics_url = f"http://{naming.GATEWAY}:{args.spec.metrics_port}/metrics"
+        self.metrics_target = f"{naming.GATEWAY}:{args.spec.metrics_port}"   # Prometheus, on the internal network
+        self.metrics_url = f"http://{self.metrics_target}/metrics"
         self.register_outputs({"container": self.container.name, "url": self.url})
 
 

@@ -64,11 +64,6 @@ def is_pinned(reference: str) -> bool:
     return tag is not None and bool(_VERSION_TAG.match(tag) or _SOURCE_TAG.match(tag))
 
 
-def resolve_images(overrides: Mapping[str, str]) -> dict[str, str]:
-    """The defaults with a stack's overrides applied (keys and pins validated by config.py)."""
-    return {**DEFAULT_IMAGES, **overrides}
-
-
 # Files that never belong in an image build context's identity.
 _IGNORED_PARTS = {"__pycache__", ".pytest_cache", ".mypy_cache", ".git"}
 

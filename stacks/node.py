@@ -134,8 +134,9 @@ class Node(pulumi.ComponentResource):
 
         # -- observability -------------------------------------------------------------------
         targets = {
-            VLLM_JOB: [f"{naming.engine_alias(i)}:{naming.ENGINE_PORT}" for i in range(settings.engine.replicas)],
-            GATEWAY_JOB: [f"{naming.GATEWAY}:{settings.gateway.metrics_port}"],
+            VLLM_JOB: self.engine.metrics_targets,
+            GATEWAY_JOB: [self.gateway.metrics_target],
+            # Traefik and the tunnel come after Prometheus: their modules' targets (what the components expose).
             TRAEFIK_JOB: [traefik.METRICS_TARGET],
             CLOUDFLARED_JOB: [tunnel.METRICS_TARGET] if settings.tunnel_enabled else [],
             PROMETHEUS_JOB: [f"localhost:{naming.PROMETHEUS_PORT}"],

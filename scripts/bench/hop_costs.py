@@ -8,7 +8,7 @@ idle) or straight after the previous call (a busy process). Each call is made fo
     request): what the machine charges for the hop itself, with no client library;
   - aiohttp POST with the gateway's session settings (the gateway's upstream call);
   - raw Redis EVALSHA of limiter_v1.lua (an asyncio Protocol, pre-built command);
-  - the same EVALSHA through the gateway's limiter (_ScriptRunner over redis-py).
+  - the same EVALSHA through the gateway's limiter (ScriptRunner over redis-py).
 The library's share is its time minus the raw round trip of the same exchange.
 
     .venv/bin/python -m scripts.bench.hop_costs [--calls 600] [--pause-ms 5]
@@ -31,14 +31,15 @@ if str(ROOT) not in sys.path:
 import aiohttp  # noqa: E402
 import uvloop  # noqa: E402
 
-from llm_gateway.limiter import _ScriptRunner, _script, create_redis  # noqa: E402
+from llm_gateway.limiter_scripts import limiter_keys, load_script  # noqa: E402
+from llm_gateway.redis_client import ScriptRunner, create_redis  # noqa: E402
 from scripts.bench.gateway_overhead import body_for  # noqa: E402
 from scripts.bench.nginx_upstream import NginxUpstream  # noqa: E402
 from scripts.bench.report import ms, percentile, print_table  # noqa: E402
 from scripts.devnode.local_services import ensure_redis  # noqa: E402
 
 BIG = 1_000_000_000
-KEYS = ("rl:v1:{hop-costs}:b", "rl:v1:{hop-costs}:c")
+KEYS = limiter_keys("hop-costs")
 ARGS = (BIG, BIG, 0, 30, "", 60_000)   # limits that never bite, no tokens, no concurrency lease
 
 
@@ -93,8 +94,8 @@ async def measure(upstream_url: str, upstream_port: int, redis_url: str, calls: 
             await response.read()
 
     redis = create_redis(redis_url)
-    reserve = redis.register_script(_script("limiter_v1.lua"))
-    runner = _ScriptRunner(redis)
+    reserve = redis.register_script(load_script("limiter_v1.lua"))
+    runner = ScriptRunner(redis)
     await runner.run(reserve, KEYS, ARGS)       # loads the script (EVAL on NOSCRIPT)
     host, port = redis.connection_pool.connection_kwargs["host"], redis.connection_pool.connection_kwargs["port"]
     _, raw_redis = await loop.create_connection(_OneReply, host, port)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import sys
 from contextlib import asynccontextmanager
-from importlib import resources
 from pathlib import Path
 
 import aiohttp
@@ -32,13 +31,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from llm_gateway.limiter_scripts import limiter_keys, load_script
+
 BIG = 1_000_000_000
-_KEYS = ("rl:v1:{stack-floor}:b", "rl:v1:{stack-floor}:c")
+_KEYS = limiter_keys("stack-floor")
 _state: dict = {}
-
-
-def _script(name: str) -> str:
-    return resources.files("llm_gateway").joinpath(name).read_text(encoding="utf-8")
 
 
 @asynccontextmanager
@@ -47,8 +44,8 @@ async def _lifespan(app):
     _state["with_redis"] = os.environ.get("FLOOR_REDIS", "1") == "1"
     _state["http"] = aiohttp.ClientSession(auto_decompress=False)
     redis = aioredis.Redis.from_url(os.environ.get("FLOOR_REDIS_URL", "redis://127.0.0.1:6379/0"))
-    _state["reserve"] = redis.register_script(_script("limiter_v1.lua"))
-    _state["settle"] = redis.register_script(_script("limiter_v1_settle.lua"))
+    _state["reserve"] = redis.register_script(load_script("limiter_v1.lua"))
+    _state["settle"] = redis.register_script(load_script("limiter_v1_settle.lua"))
     _state["leases"] = 0
     try:
         yield

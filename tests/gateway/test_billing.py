@@ -8,7 +8,7 @@ import subprocess
 import pytest
 import redis
 
-from llm_gateway.limiter import KEY_PREFIX
+from llm_gateway.limiter_scripts import limiter_keys
 from tests.gateway.api_helpers import CHAT, assert_openai_error, post
 from tests.support.flaky_upstream import FlakyUpstream
 from tests.support.gateway_fixtures import key_id_of
@@ -26,7 +26,7 @@ def _tokens_left(gw, key: str) -> float:
     """The key's token bucket as last written (no refill added): a reservation given back shows."""
     client = redis.Redis.from_url(gw.redis_url)
     try:
-        return float(client.hget(f"{KEY_PREFIX}{{{key_id_of(key)}}}:b", "tl"))
+        return float(client.hget(limiter_keys(key_id_of(key)).bucket, "tl"))
     finally:
         client.close()
 

@@ -1,4 +1,4 @@
-"""proxy.HangUpWatch: a non-streaming request's client hang-up, noticed without a task per request.
+"""hangup.HangUpWatch: a non-streaming request's client hang-up, noticed without a task per request.
 
 The end-to-end proof (vLLM aborts a non-streaming request whose client left) is
 test_streaming.py::test_client_disconnect_while_a_non_streaming_answer_is_generated_aborts_it;
@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from llm_gateway.proxy import ClientGone, HangUpWatch
+from llm_gateway.hangup import ClientGone, HangUpWatch
 
 GRACE = 0.1
 

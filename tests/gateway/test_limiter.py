@@ -13,7 +13,9 @@ from prometheus_client import REGISTRY
 
 from llm_gateway.errors import RateLimited, ServiceUnavailable
 from llm_gateway.keys import ApiKey
-from llm_gateway.limiter import KEY_PREFIX, RateLimiter, create_redis, format_duration
+from llm_gateway.limiter import RateLimiter
+from llm_gateway.limiter_scripts import KEY_PREFIX, limiter_keys
+from llm_gateway.redis_client import create_redis
 from tests.support.services import ThrowawayRedis
 
 DURATION = re.compile(r"^(\d+h)?(\d+m)?(\d+(\.\d+)?s|\d+ms)$")
@@ -158,11 +160,11 @@ async def test_tokens_are_reserved_up_front_and_reconciled(limiter, redis):
     # 10000 - 37 - 1, plus whatever refilled meanwhile (10000/min = 1 token per 6 ms).
     remaining = int(second.headers["x-ratelimit-remaining-tokens"])
     assert 9962 <= remaining <= 9999
-    stored = float((await redis.hget(f"{KEY_PREFIX}{{{key.id}}}:b", "tl")).decode())
+    stored = float((await redis.hget(limiter_keys(key.id).bucket, "tl")).decode())
     assert 9961 <= stored <= 9999                # after the 1-token reservation
 
     await limiter.reconcile(first, 37)          # reconciling twice gives nothing back twice
-    assert float((await redis.hget(f"{KEY_PREFIX}{{{key.id}}}:b", "tl")).decode()) == stored
+    assert float((await redis.hget(limiter_keys(key.id).bucket, "tl")).decode()) == stored
 
 
 async def test_using_more_than_reserved_is_charged(limiter):
@@ -209,7 +211,7 @@ async def test_all_or_nothing(limiter):
     second = await limiter.reserve(key, "c", 5)
     # ... so neither a request nor a concurrency slot was taken by the refused one.
     assert second.headers["x-ratelimit-remaining-requests"] == "8"
-    assert await limiter._redis.zcard(f"{KEY_PREFIX}{{{key.id}}}:c") == 2
+    assert await limiter._redis.zcard(limiter_keys(key.id).leases) == 2
 
 
 # -- concurrency leases ------------------------------------------------------------------------
@@ -308,7 +310,7 @@ async def test_unlimited_key_costs_nothing(limiter, redis):
     res = await limiter.reserve(key, "free", 10_000)
     assert res.mode == "unlimited" and res.headers == {}
     await limiter.finish(res, 5)
-    assert await redis.exists(f"{KEY_PREFIX}{{{key.id}}}:b", f"{KEY_PREFIX}{{{key.id}}}:c") == 0
+    assert await redis.exists(*limiter_keys(key.id)) == 0
 
 
 async def test_redis_keys_carry_the_script_version_and_expire(limiter, redis):
@@ -316,18 +318,11 @@ async def test_redis_keys_carry_the_script_version_and_expire(limiter, redis):
     res = await limiter.reserve(key, "x", 10)
     assert KEY_PREFIX == "rl:v1:"
     bucket, leases = f"rl:v1:{{{key.id}}}:b", f"rl:v1:{{{key.id}}}:c"
+    assert limiter_keys(key.id) == (bucket, leases)
     assert 0 < await redis.pttl(bucket) <= 60_000 / 5 + 1000 + 60_000
     assert 0 < await redis.pttl(leases)
     await limiter.release(res)
     assert await redis.zcard(leases) == 0
-
-
-@pytest.mark.parametrize("ms, text", [
-    (0, "0s"), (-5, "0s"), (20, "20ms"), (999, "999ms"), (1000, "1s"), (1500, "1.5s"), (17_250, "17.25s"),
-    (60_000, "1m0s"), (360_000, "6m0s"), (61_500, "1m1.5s"), (3_723_000, "1h2m3s"), (0.2, "1ms"),
-])
-def test_reset_duration_format(ms, text):
-    assert format_duration(ms) == text
 
 
 # -- Redis unavailable ---------------------------------------------------------------------------
@@ -472,7 +467,7 @@ async def test_a_request_cancelled_while_reserving_frees_its_slot(throwaway_redi
     client, other = redis_client(throwaway_redis.url), redis_client(throwaway_redis.url)
     limiter = RateLimiter(client, "closed")
     key = make_key(max_concurrent=1)
-    leases = f"{KEY_PREFIX}{{{key.id}}}:c"
+    leases = limiter_keys(key.id).leases
 
     async def limiter_calls() -> int:   # limiter scripts Redis has run (one server: no ordering doubts)
         return (await other.info("commandstats")).get("cmdstat_evalsha", {}).get("calls", 0)
@@ -606,7 +601,7 @@ async def wave(limiter: RateLimiter, key: ApiKey, count: int) -> tuple[int, int]
 
 
 async def test_warm_up_opens_the_burst_connections_before_traffic(throwaway_redis):
-    from llm_gateway.limiter import MAX_CONCURRENT_CALLS
+    from llm_gateway.redis_client import MAX_CONCURRENT_CALLS
 
     client = create_redis(throwaway_redis.url)
     admin = redis_client(throwaway_redis.url)

@@ -17,6 +17,7 @@ import pytest
 from llm_gateway import proxy
 from llm_gateway.breaker import CLOSED
 from llm_gateway.engines import EnginePool
+from llm_gateway.failures import EngineFailure
 from llm_gateway.tokens import TokenCounter
 from tests.support.procs import free_port
 
@@ -141,7 +142,7 @@ async def test_a_reset_pooled_connection_to_an_engine_that_is_gone_is_a_503_not_
         await response.read()
         server.close()              # nothing listens any more; the pooled connection is still open
         await server.wait_closed()
-        with pytest.raises(proxy.EngineFailure) as failure:
+        with pytest.raises(EngineFailure) as failure:
             await proxy.send(session, engine, "/v1/completions", {"prompt": "x"}, timeout)
         assert failure.value.kind == "connect"
         assert failure.value.status == 503 and failure.value.code == "engine_unavailable"

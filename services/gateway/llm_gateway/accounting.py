@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 import anyio
 
 from . import metrics
 from .admission import Admission
 from .engines import Engine, EnginePool
+from .failures import FailureKind
 from .keys import ApiKey
 from .limiter import RateLimiter, Reservation
 from .usage import UsageRecorder
@@ -84,7 +84,7 @@ class Accounting:
 
 class Books:
     __slots__ = ("_acc", "key", "plan", "reservation", "request_id", "client_request_id", "admitted", "engine",
-                 "reached", "answered", "_closed", "opened_at")
+                 "reached", "answered", "_closed")
 
     def __init__(self, acc: Accounting, key: ApiKey, plan: Plan, reservation: Reservation, request_id: str,
                  client_request_id: str | None = None):
@@ -94,12 +94,25 @@ class Books:
         self.reservation = reservation
         self.request_id = request_id                  # the gateway's own: the usage record's identity
         self.client_request_id = client_request_id    # the client's X-Request-ID, if it sent one
-        self.admitted = False          # holds an admission slot
-        self.engine: Engine | None = None
-        self.reached = False           # the engine answered (response headers received)
+        self.admitted = False          # holds an admission slot (admit())
+        self.engine: Engine | None = None   # chosen by pick_engine()
+        self.reached = False           # the engine answered (response headers received: engine_reached())
         self.answered = False          # its breaker has the verdict already (engine_answered())
         self._closed = False
-        self.opened_at = time.monotonic()
+
+    async def admit(self) -> None:
+        """Take an admission slot (waits briefly at capacity; ServiceUnavailable if none frees)."""
+        await self._acc.admission.enter()
+        self.admitted = True
+
+    def pick_engine(self) -> Engine:
+        """Choose the engine this request goes to (ServiceUnavailable if none can take it)."""
+        self.engine = self._acc.engines.pick(self.plan.served.engines)
+        return self.engine
+
+    def engine_reached(self) -> None:
+        """The engine's response headers are in: it received the request."""
+        self.reached = True
 
     def engine_answered(self) -> None:
         """The engine answered (status below 500 and first bytes): tell its breaker now, so a
@@ -108,7 +121,7 @@ class Books:
             self.answered = True
             self._acc.engines.answered(self.engine)
 
-    async def close(self, status: int, *, usage: dict | None = None, failure: str | None = None,
+    async def close(self, status: int, *, usage: dict | None = None, failure: FailureKind | None = None,
                     chunks: int = 0) -> None:
         """Give everything back. `failure` is the upstream error kind, if the engine failed."""
         if self._closed:
@@ -124,8 +137,8 @@ class Books:
             if self.admitted:
                 acc.admission.leave()
 
-            # An engine is chosen only to send the request at once; "connect" means it never got it.
-            received = self.engine is not None and failure != "connect"
+            # An engine is chosen only to send the request at once; CONNECT means it never got it.
+            received = self.engine is not None and failure != FailureKind.CONNECT
             actual: int | None
             if usage is not None:
                 prompt, completion = _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens"))

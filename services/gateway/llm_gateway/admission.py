@@ -19,7 +19,6 @@ class Admission:
     def __init__(self, max_in_flight: int, wait_seconds: float):
         self._slots = asyncio.Semaphore(max_in_flight)
         self._wait_seconds = wait_seconds
-        self.in_flight = 0
 
     async def enter(self) -> None:
         if self._slots.locked():
@@ -31,10 +30,8 @@ class Admission:
                                          retry_after=1) from None
         else:
             await self._slots.acquire()  # a free slot: returns at once
-        self.in_flight += 1
         metrics.IN_FLIGHT.inc()
 
     def leave(self) -> None:
-        self.in_flight -= 1
         metrics.IN_FLIGHT.dec()
         self._slots.release()

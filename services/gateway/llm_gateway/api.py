@@ -22,6 +22,8 @@ from starlette.responses import Response
 
 from . import proxy
 from .errors import GatewayError
+from .failures import EngineFailure
+from .hangup import ClientGone
 from .observe import Observation
 from .runtime import Runtime
 from .validation import CHAT, COMPLETION, EMBEDDING, read_json_body
@@ -57,36 +59,35 @@ async def _complete(request: Request, kind: str, path: str) -> Response:
         if not plan.settled:
             with rt.hangups.watch(request.receive):      # a client that leaves stops the counting
                 await rt.validator.settle(plan, body)
-        await rt.admission.enter()
-        books.admitted = True
+        await books.admit()
 
-        books.engine = rt.engines.pick(plan.served.engines)
+        engine = books.pick_engine()
         sent_at = time.perf_counter()
         if plan.stream:
-            upstream = await proxy.send(rt.http, books.engine, path, body, rt.upstream_timeout)
-            obs.upstream_seconds = time.perf_counter() - sent_at
-            books.reached = True
+            upstream = await proxy.send(rt.http, engine, path, body, rt.upstream_timeout)
+            books.engine_reached()
             if upstream.status == 200:
+                obs.upstream_seconds = time.perf_counter() - sent_at   # to the headers; the relay is ours
                 return proxy.streaming_response(upstream, books, reservation.headers,
                                                 strip_usage=not plan.client_wants_usage, set_outcome=obs.set_outcome)
             response = await proxy.buffered_response(upstream, books, reservation.headers,   # an error answer
                                                      rt.settings.max_buffered_response_bytes)
         else:
             with rt.hangups.watch(request.receive):     # a hang-up while vLLM generates ends the wait
-                upstream = await proxy.send(rt.http, books.engine, path, body, rt.upstream_timeout)
-                books.reached = True
+                upstream = await proxy.send(rt.http, engine, path, body, rt.upstream_timeout)
+                books.engine_reached()
                 response = await proxy.buffered_response(upstream, books, reservation.headers,
                                                          rt.settings.max_buffered_response_bytes)
         if upstream.status == 404:
             rt.catalog.refresh_soon()   # the engine no longer serves it (e.g. adapter unloaded elsewhere)
         obs.upstream_seconds = time.perf_counter() - sent_at
         return response
-    except proxy.ClientGone:
+    except ClientGone:
         obs.set_outcome(499)
         await books.close_shielded(499)
         return Response(status_code=499)  # nobody is listening; keeps the server from logging an error
     except GatewayError as error:
-        await books.close_shielded(error.status, failure=getattr(error, "kind", None))
+        await books.close_shielded(error.status, failure=error.kind if isinstance(error, EngineFailure) else None)
         raise
     except BaseException:
         await books.close_shielded(500)

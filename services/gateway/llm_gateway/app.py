@@ -25,7 +25,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from . import api, lora_admin, readiness
-from .errors import GatewayError
+from .errors import GatewayError, InvalidRequest
 from .logging_setup import setup_logging
 from .observe import RequestObserver
 from .runtime import Runtime
@@ -65,28 +65,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def _error(status: int, message: str, type_: str, code: str | None, param: str | None = None,
-           headers: dict | None = None) -> Response:
-    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    return Response(orjson.dumps(body), status_code=status, headers=headers, media_type="application/json")
-
-
-async def _gateway_error(request: Request, exc: GatewayError) -> Response:
-    return Response(orjson.dumps(exc.body()), status_code=exc.status, headers=exc.headers,
+def _respond(error: GatewayError) -> Response:
+    return Response(orjson.dumps(error.body()), status_code=error.status, headers=error.headers,
                     media_type="application/json")
 
 
+async def _gateway_error(request: Request, exc: GatewayError) -> Response:
+    return _respond(exc)
+
+
 async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
-    return _error(400, f"Invalid request: {exc.errors()}", "invalid_request_error", "invalid_request")
+    return _respond(InvalidRequest(f"Invalid request: {exc.errors()}", code="invalid_request"))
 
 
 async def _http_error(request: Request, exc: HTTPException) -> Response:
     messages = {404: f"Unknown route {request.method} {request.url.path}.",
                 405: f"Method {request.method} is not allowed on {request.url.path}."}
-    return _error(exc.status_code, messages.get(exc.status_code, str(exc.detail)),
-                  "invalid_request_error" if exc.status_code < 500 else "server_error",
-                  {404: "unknown_url", 405: "method_not_allowed"}.get(exc.status_code),
-                  headers=getattr(exc, "headers", None))
+    message = messages.get(exc.status_code, str(exc.detail))
+    headers = getattr(exc, "headers", None)
+    if exc.status_code < 500:
+        return _respond(InvalidRequest(message, status=exc.status_code, headers=headers,
+                                       code={404: "unknown_url", 405: "method_not_allowed"}.get(exc.status_code)))
+    return _respond(GatewayError(message, status=exc.status_code, headers=headers))
 
 
 async def _client_gone(request: Request, exc: ClientDisconnect) -> Response:
@@ -98,7 +98,7 @@ async def _client_gone(request: Request, exc: ClientDisconnect) -> Response:
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     obs = getattr(request.state, "obs", None)
     log.error("unhandled error", exc_info=exc, extra={"request_id": getattr(obs, "request_id", None)})
-    return _error(500, "The gateway had an internal error.", "server_error", "internal_error")
+    return _respond(GatewayError("The gateway had an internal error.", code="internal_error"))
 
 
 def _forget_process_gauges() -> None:

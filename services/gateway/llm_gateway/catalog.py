@@ -23,6 +23,7 @@ import aiohttp
 import orjson
 
 from .engines import EMBED, GENERATE, EnginePool
+from .failures import TRANSPORT_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +53,6 @@ class ModelCatalog:
         self._models: dict[str, ServedModel] = {}
         self._last_refresh = float("-inf")
         self._refreshing: asyncio.Task | None = None
-
-    def get(self, model: str) -> ServedModel | None:
-        return self._models.get(model)
 
     def engines_reachable(self) -> bool:
         """Whether any engine passed its last health check (else an unknown model may just be unseen)."""
@@ -121,7 +119,7 @@ class ModelCatalog:
                     return None
                 cards = orjson.loads(await response.read()).get("data", [])
                 return [card for card in cards if isinstance(card, dict) and isinstance(card.get("id"), str)]
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, orjson.JSONDecodeError, AttributeError):
+        except (*TRANSPORT_ERRORS, orjson.JSONDecodeError, AttributeError):
             return None
 
 

@@ -30,6 +30,7 @@ import aiohttp
 from . import metrics
 from .breaker import CircuitBreaker
 from .errors import ServiceUnavailable
+from .failures import TRANSPORT_ERRORS, FailureKind, classify
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class Engine:
     failed_probes: int = 0   # consecutive health probes that timed out or answered non-200
     _errors: dict = field(default_factory=dict)  # kind -> metric child, created on first use
 
-    def count_error(self, kind: str) -> None:
+    def count_error(self, kind: FailureKind) -> None:
         child = self._errors.get(kind)
         if child is None:
             child = self._errors[kind] = metrics.UPSTREAM_ERRORS.labels(self.url, kind)
@@ -127,10 +128,10 @@ class EnginePool:
         its breaker, which ends a half-open trial now rather than when the answer ends."""
         engine.breaker.record_success()
 
-    def done(self, engine: Engine, failure: str | None = None, *, answered: bool = False) -> None:
-        """Hand an engine back; `failure` is the upstream error kind, if any
-        (connect|timeout|status_5xx|stream_broken), which counts against its breaker. Without a
-        failure it is a success, unless `answered()` already recorded it (answered=True)."""
+    def done(self, engine: Engine, failure: FailureKind | None = None, *, answered: bool = False) -> None:
+        """Hand an engine back; `failure` is what went wrong, if anything (failures.py), which counts
+        against its breaker. Without a failure it is a success, unless `answered()` already
+        recorded it (answered=True)."""
         engine.outstanding -= 1
         if failure is None:
             if not answered:
@@ -138,7 +139,7 @@ class EnginePool:
         else:
             engine.count_error(failure)
             engine.breaker.record_failure()
-            if failure == "connect":
+            if failure == FailureKind.CONNECT:
                 # Refused or unreachable: stop choosing it now rather than at the next health check.
                 self._set_health(engine, False)
 
@@ -197,10 +198,8 @@ class EnginePool:
             async with self._session.get(engine.url + "/health", timeout=self._health_timeout) as response:
                 await response.read()
                 return "ok" if response.status == 200 else "failed"
-        except aiohttp.ClientConnectorError:
-            return "refused"
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
-            return "failed"
+        except TRANSPORT_ERRORS as error:
+            return "refused" if classify(error) is FailureKind.CONNECT else "failed"
 
     def _set_health(self, engine: Engine, healthy: bool) -> None:
         if healthy != engine.healthy:

@@ -13,8 +13,7 @@ from __future__ import annotations
 import math
 import time
 
-# Verdicts, as limiter_v1.lua returns them.
-ALLOWED, OVER_RPM, OVER_TPM, OVER_CONCURRENCY = 0, 1, 2, 3
+from .limiter_scripts import ALLOWED, OVER_CONCURRENCY, OVER_RPM, OVER_TPM, Reply
 
 
 class LocalLimiter:
@@ -34,10 +33,8 @@ class LocalLimiter:
         return min(float(limit), state[0] + (now - state[1]) * limit / 60000.0)
 
     def reserve(self, key_id: str, rpm: int, tpm: int, max_concurrent: int, tokens: int,
-                lease_id: str) -> tuple[int, int, int, int, int, int, int]:
-        """Limits of 0 mean unlimited. Returns limiter_v1.lua's tuple:
-        (verdict, requests remaining, requests reset ms, tokens remaining, tokens reset ms,
-         retry after ms, leases held)."""
+                lease_id: str) -> Reply:
+        """Limits of 0 mean unlimited. Answers as limiter_v1.lua does."""
         now = self._now_ms()
         verdict, retry_ms = ALLOWED, 0.0
         req_level = tok_level = 0.0
@@ -63,8 +60,8 @@ class LocalLimiter:
             if max_concurrent > 0:
                 self._leases.setdefault(key_id, set()).add(lease_id)
                 held += 1
-        return (verdict, math.floor(req_level), _reset_ms(rpm, req_level), math.floor(tok_level),
-                _reset_ms(tpm, tok_level), math.ceil(retry_ms), held)
+        return Reply(verdict, math.floor(req_level), _reset_ms(rpm, req_level), math.floor(tok_level),
+                     _reset_ms(tpm, tok_level), math.ceil(retry_ms), held)
 
     def give_back(self, key_id: str, tpm: int, tokens: int) -> None:
         """Return unused tokens (negative: charge tokens used beyond the reservation)."""

@@ -26,6 +26,7 @@ from starlette.responses import Response
 
 from .engines import GENERATE
 from .errors import AuthenticationError, InvalidRequest, NotFound, PermissionDenied
+from .failures import TRANSPORT_ERRORS
 from .runtime import Runtime
 from .validation import read_json_body
 
@@ -80,5 +81,5 @@ async def _call(rt: Runtime, url: str, payload: bytes) -> dict:
                                 timeout=aiohttp.ClientTimeout(total=120)) as response:
             text = (await response.read()).decode(errors="replace")
             return {"status": response.status, "detail": text[:2000]}
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+    except TRANSPORT_ERRORS as exc:
         return {"status": 0, "detail": f"{type(exc).__name__}: {exc}"[:2000]}

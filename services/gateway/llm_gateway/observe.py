@@ -28,7 +28,6 @@ access_log = logging.getLogger("llm_gateway.access")
 
 ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/healthz", "/readyz",
           "/admin/v1/lora/load", "/admin/v1/lora/unload")
-PROXIED = frozenset(("/v1/chat/completions", "/v1/completions", "/v1/embeddings"))
 _QUIET = frozenset(("/healthz", "/readyz"))
 _MAX_REQUEST_ID = 128
 

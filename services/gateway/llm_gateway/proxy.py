@@ -5,7 +5,7 @@
   a 504. A connection lost before any answer is sent once more (engines.post); an engine that
   drops a request before its answer is complete is a 503 `engine_unavailable` with Retry-After
   too (billed as cut short): nothing reached the client, and retrying is what it should do.
-- `HangUpWatch` covers a non-streaming request's wait (in `send()`, where vLLM keeps it
+- `HangUpWatch` (hangup.py) covers a non-streaming request's wait (in `send()`, where vLLM keeps it
   until all is generated, and in `buffered_response()`): if the client hangs up, the
   upstream connection is closed (vLLM aborts a request whose client is gone) instead of
   generating for nobody; within 0.2 s of the request's start, at once after that.
@@ -22,14 +22,14 @@
       truncated answer for a complete one.
   The gateway always asks vLLM for `stream_options.include_usage`; when the client did not
   ask for it, the extra usage chunk (empty `choices`) is removed from what the client sees,
-  so the stream is exactly what the client asked for.
+  so the stream is exactly what the client asked for. (Event handling: sse.py; what each
+  engine failure is called: failures.py.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import time
 from typing import AsyncIterator, Callable
 
 import aiohttp
@@ -37,30 +37,15 @@ import anyio
 import orjson
 from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
-from starlette.types import Receive
 
 from . import engines
 from .accounting import Books
 from .engines import Engine
-from .errors import GatewayError, UpstreamError
+from .errors import UpstreamError
+from .failures import TRANSPORT_ERRORS, EngineFailure, FailureKind, classify, classify_status
+from .sse import SseEvents, error_event
 
-# The end of a vLLM stream: this whole event, never just these bytes somewhere (a model can write
-# "data: [DONE]" in its text; JSON escapes its newlines, so it can never be a whole event).
-_DONE_EVENT = b"data: [DONE]\n\n"
-_USAGE = b'"usage":{'
 _JSON = json.JSONDecoder()
-
-
-class EngineFailure(UpstreamError):
-    """The engine failed this request; `kind` labels gateway_upstream_errors_total."""
-
-    def __init__(self, message: str, *, kind: str, **kw):
-        super().__init__(message, **kw)
-        self.kind = kind
-
-
-class ClientGone(Exception):
-    """The client disconnected before the answer was ready."""
 
 
 async def send(session: aiohttp.ClientSession, engine: Engine, path: str, body: dict,
@@ -70,28 +55,25 @@ async def send(session: aiohttp.ClientSession, engine: Engine, path: str, body: 
         # The request id is not forwarded: vLLM would adopt it as its own, and two clients
         # reusing one X-Request-ID would then collide inside the engine.
         return await engines.post(session, engine.url + path, data, timeout)
-    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError):
+    except TRANSPORT_ERRORS as error:
+        raise _failure(classify(error)) from None
+
+
+def _failure(kind: FailureKind) -> EngineFailure:
+    """The client's error for an engine that failed before any of its answer was relayed."""
+    if kind is FailureKind.CONNECT:
         # Refused, or no connection within sock_connect: the engine never received the request.
-        raise EngineFailure("The inference engine is unreachable; retry shortly.", kind="connect", status=503,
-                            code="engine_unavailable", headers={"Retry-After": "1"}) from None
-    except asyncio.TimeoutError:
-        raise _timeout() from None
-    except (aiohttp.ClientError, OSError):
-        raise _dropped() from None
-
-
-def _dropped() -> EngineFailure:
-    """The engine dropped the request before its answer was complete (it died working on it, or
-    the resend of a lost connection was lost too): nothing reached the client, so this is a
-    503 to retry, like a refused connection -- but the engine received the request, so it is
-    billed as cut short ("stream_broken" counts against the engine's breaker)."""
+        return EngineFailure("The inference engine is unreachable; retry shortly.", kind=kind, status=503,
+                             code="engine_unavailable", headers={"Retry-After": "1"})
+    if kind is FailureKind.TIMEOUT:
+        return EngineFailure("The inference engine did not answer in time.", kind=kind, status=504,
+                             code="upstream_timeout")
+    # The engine dropped the request before its answer was complete (it died working on it, or
+    # the resend of a lost connection was lost too): nothing reached the client, so this is a
+    # 503 to retry, like a refused connection -- but the engine received the request, so it is
+    # billed as cut short (and counts against the engine's breaker).
     return EngineFailure("The inference engine dropped the request before answering; retry shortly.",
-                         kind="stream_broken", status=503, code="engine_unavailable", headers={"Retry-After": "1"})
-
-
-def _timeout() -> EngineFailure:
-    return EngineFailure("The inference engine did not answer in time.", kind="timeout", status=504,
-                         code="upstream_timeout")
+                         kind=kind, status=503, code="engine_unavailable", headers={"Retry-After": "1"})
 
 
 def _engine_error(upstream_status: int, payload: bytes) -> EngineFailure:
@@ -99,92 +81,7 @@ def _engine_error(upstream_status: int, payload: bytes) -> EngineFailure:
         detail = orjson.loads(payload)["error"]["message"]
     except (orjson.JSONDecodeError, KeyError, TypeError):
         detail = f"HTTP {upstream_status}"
-    return EngineFailure(f"The inference engine failed: {detail}", kind="status_5xx")
-
-
-class HangUpWatch:
-    """Notices a client hanging up while its non-streaming request waits (one per worker).
-
-    vLLM sends a non-streaming answer's headers only once it has generated all of it, so such
-    a request spends its life waiting in `send()`. If the client goes away meanwhile, the wait
-    is cancelled (aiohttp closes the upstream connection, so vLLM aborts the request) and the
-    block ends in ClientGone. (Streams are watched by their relay instead.)
-
-    Watching takes a task per request, which cost 5-7 % of the maximum rate on a 2-core machine
-    for answers that arrive before a hang-up could matter. So a request only registers on
-    entry, and `run()` (a background loop) starts the watcher of every request that has been
-    waiting for `grace_seconds`: a generating vLLM request. A hang-up is noticed at most twice
-    the grace after the request began, and at once after that.
-
-        with hangups.watch(request.receive):
-            upstream = await send(...)
-            response = await buffered_response(...)
-    """
-
-    def __init__(self, grace_seconds: float = 0.1):
-        self.grace_seconds = grace_seconds
-        self._waiting: set[ClientWatch] = set()
-
-    def watch(self, receive: Receive) -> "ClientWatch":
-        return ClientWatch(receive, self._waiting)
-
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.grace_seconds)
-            if self._waiting:
-                began_before = time.monotonic() - self.grace_seconds
-                for watch in [w for w in self._waiting if w.since <= began_before]:
-                    watch.start()
-
-
-class ClientWatch:
-    """One request's watch (see HangUpWatch): registered on entry, given a watcher task by
-    HangUpWatch.run() if the block lasts, unregistered on exit."""
-
-    __slots__ = ("_receive", "_waiting", "_task", "_watcher", "_active", "since", "gone")
-
-    def __init__(self, receive: Receive, waiting: set["ClientWatch"]):
-        self._receive = receive
-        self._waiting = waiting
-        self._task: asyncio.Task | None = None
-        self._watcher: asyncio.Task | None = None
-        self._active = False
-        self.since = 0.0
-        self.gone = False
-
-    @property
-    def watching(self) -> bool:
-        return self._watcher is not None
-
-    def __enter__(self) -> "ClientWatch":
-        self._task = asyncio.current_task()
-        self._active = True
-        self.since = time.monotonic()
-        self._waiting.add(self)
-        return self
-
-    def start(self) -> None:
-        self._waiting.discard(self)
-        if self._active and self._watcher is None:
-            self._watcher = asyncio.get_running_loop().create_task(self._watch())
-
-    async def _watch(self) -> None:
-        while (await self._receive())["type"] != "http.disconnect":
-            pass
-        self.gone = True
-        # Only while the block runs: then the request's task is suspended on one of the block's
-        # awaits, and that is where the cancellation lands.
-        if self._active:
-            self._task.cancel()
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self._active = False
-        self._waiting.discard(self)
-        if self._watcher is not None:
-            self._watcher.cancel()
-        if exc_type is asyncio.CancelledError and self.gone:
-            self._task.uncancel()      # our own cancellation, consumed here
-            raise ClientGone() from None
+    return EngineFailure(f"The inference engine failed: {detail}", kind=FailureKind.STATUS_5XX)
 
 
 async def buffered_response(upstream: aiohttp.ClientResponse, books: Books, headers: dict[str, str],
@@ -199,16 +96,13 @@ async def buffered_response(upstream: aiohttp.ClientResponse, books: Books, head
         if upstream.status < 500:
             books.engine_answered()
         raise
-    except asyncio.TimeoutError:
+    except TRANSPORT_ERRORS as error:
         upstream.close()
-        raise _timeout() from None
-    except (aiohttp.ClientError, OSError):
-        upstream.close()
-        raise _dropped() from None
+        raise _failure(classify(error)) from None
     except asyncio.CancelledError:
         upstream.close()            # the client left (ClientWatch): the engine must see it too
         raise
-    if upstream.status >= 500:
+    if classify_status(upstream.status):
         raise _engine_error(upstream.status, payload)
     books.engine_answered()
     return Response(payload, upstream.status, headers=headers, media_type="application/json",
@@ -303,16 +197,16 @@ async def _relay(upstream: aiohttp.ClientResponse, books: Books, strip_usage: bo
             if events.done:
                 status = 200
             else:
-                failure = "stream_broken"
-        except asyncio.TimeoutError:
-            failure = "timeout"
-        except (aiohttp.ClientError, OSError):
-            failure = "stream_broken"
+                failure = FailureKind.STREAM_BROKEN
+        except TRANSPORT_ERRORS as error:
+            failure = classify(error)
         if failure is not None:
-            status = 504 if failure == "timeout" else 502
-            error = _timeout() if failure == "timeout" else EngineFailure(
-                "The inference engine failed in the middle of the response; the output is incomplete.",
-                kind=failure)
+            if failure is FailureKind.TIMEOUT:
+                status, error = 504, _failure(failure)
+            else:
+                status, error = 502, EngineFailure(
+                    "The inference engine failed in the middle of the response; the output is incomplete.",
+                    kind=failure)
             yield error_event(error)
     finally:
         # Closing (not releasing) drops the connection: if the engine is still generating,
@@ -323,55 +217,3 @@ async def _relay(upstream: aiohttp.ClientResponse, books: Books, strip_usage: bo
             upstream.release()
         set_outcome(status)
         await books.close_shielded(status, usage=events.usage, failure=failure, chunks=events.count)
-
-
-def error_event(error: GatewayError) -> bytes:
-    return b"data: " + orjson.dumps(error.body()) + b"\n\n"
-
-
-class SseEvents:
-    """Cuts the engine's byte stream into complete SSE events (vLLM ends each with a blank line).
-
-    Hand-rolled rather than an SSE library (httpx-sse, sse-starlette's parser): those yield
-    parsed events, and the relay must pass the engine's bytes on exactly as they came, in the
-    reads they came in; all it needs is where events end, the usage chunk and [DONE]."""
-
-    __slots__ = ("_pending", "_strip_usage", "usage", "done", "count")
-
-    def __init__(self, strip_usage: bool):
-        self._pending = b""
-        self._strip_usage = strip_usage
-        self.usage: dict | None = None
-        self.done = False
-        self.count = 0           # events seen: about one per generated token and choice
-
-    def feed(self, chunk: bytes) -> bytes:
-        """The complete events available after `chunk`, to pass on as they are."""
-        data = self._pending + chunk if self._pending else chunk
-        end = data.rfind(b"\n\n")
-        if end < 0:
-            self._pending = data
-            return b""
-        complete, self._pending = data[:end + 2], data[end + 2:]
-        self.count += complete.count(b"\n\n")
-        if _USAGE in complete:
-            complete = self._take_usage(complete)
-        # `complete` starts at an event boundary and ends with one: [DONE] is its last event.
-        self.done = complete.endswith(_DONE_EVENT) and (
-            len(complete) == len(_DONE_EVENT) or complete.endswith(b"\n\n" + _DONE_EVENT))
-        return complete
-
-    def _take_usage(self, complete: bytes) -> bytes:
-        kept = []
-        for event in complete.split(b"\n\n")[:-1]:
-            if _USAGE in event and event.startswith(b"data: {"):
-                try:
-                    payload = orjson.loads(event[6:])
-                except orjson.JSONDecodeError:
-                    payload = None
-                if isinstance(payload, dict) and isinstance(payload.get("usage"), dict):
-                    self.usage = payload["usage"]
-                    if self._strip_usage and not payload.get("choices"):
-                        continue  # the usage-only chunk the client did not ask for
-            kept.append(event + b"\n\n")
-        return b"".join(kept)

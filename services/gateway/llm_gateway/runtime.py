@@ -10,7 +10,7 @@ Background loops (off the request path):
   soon as an engine comes back;
 - every lease_seconds / 3: renew the concurrency leases of this process's requests in Redis;
 - every 0.1 s: watch the clients of non-streaming requests that have waited that long for a
-  hang-up (proxy.HangUpWatch);
+  hang-up (hangup.HangUpWatch);
 - every 0.2 s: probe the engines that are down, so a restarted one is back at once
   (EnginePool.watch_recovery).
 """
@@ -31,10 +31,11 @@ from .accounting import Accounting
 from .admission import Admission
 from .catalog import ModelCatalog
 from .engines import EnginePool
+from .hangup import HangUpWatch
 from .keys import KeyStore
-from .limiter import RateLimiter, create_probe_redis, create_redis
+from .limiter import RateLimiter
 from .priority import TierPriorities
-from .proxy import HangUpWatch
+from .redis_client import create_probe_redis, create_redis
 from .settings import Settings
 from .tokens import TokenCounter
 from .usage import UsageRecorder

@@ -29,6 +29,7 @@ import orjson
 
 from .engines import EnginePool, post
 from .errors import InvalidRequest, ServiceUnavailable
+from .failures import TRANSPORT_ERRORS, FailureKind, classify, classify_status
 
 # Special tokens (BOS/EOS, a prefix space) around a plain text prompt.
 TEXT_MARGIN = 8
@@ -113,15 +114,15 @@ class TokenCounter:
 
     async def _count(self, engines: frozenset[str], request: dict) -> int:
         engine = self._pool.pick(engines)
-        failure = None
+        failure: FailureKind | None = None
         try:
             response = await post(self._session, engine.url + "/tokenize", orjson.dumps(request), self._timeout)
             try:
                 payload = await response.read()
             finally:
                 response.release()
-            if response.status >= 500:
-                failure = "status_5xx"
+            failure = classify_status(response.status)
+            if failure is not None:
                 raise ServiceUnavailable("Could not count the prompt's tokens; retry shortly.",
                                          reason="tokenize_failed")
             answer = orjson.loads(payload)
@@ -130,22 +131,23 @@ class TokenCounter:
                 message = answer.get("error", {}).get("message") if isinstance(answer, dict) else None
                 raise InvalidRequest(f"The prompt could not be tokenized: {message or response.status}")
             return int(answer["count"])
-        except aiohttp.ClientConnectorError:
-            failure = "connect"          # refused or unreachable: the engine is down
-            raise ServiceUnavailable("Could not reach the engine to count tokens; retry shortly.",
-                                     reason="no_healthy_engine") from None
-        except asyncio.TimeoutError:
-            failure = "timeout"
-            raise ServiceUnavailable("Counting the prompt's tokens timed out; retry shortly.",
-                                     reason="tokenize_failed") from None
-        except (aiohttp.ClientError, OSError):
-            # A connection lost after it was made (post() already resent the keep-alive race).
-            failure = "stream_broken"
-            raise ServiceUnavailable("The engine closed the connection while counting tokens; retry shortly.",
-                                     reason="tokenize_failed") from None
+        except TRANSPORT_ERRORS as error:
+            # (A connection lost after it was made: post() already resent the keep-alive race.)
+            failure = classify(error)
+            message, reason = _COUNT_FAILED[failure]
+            raise ServiceUnavailable(message, reason=reason) from None
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
-            failure = "status_5xx"
+            failure = FailureKind.STATUS_5XX
             raise ServiceUnavailable("The engine's token count was unreadable; retry shortly.",
                                      reason="tokenize_failed") from None
         finally:
             self._pool.done(engine, failure)
+
+
+# What a client is told when counting failed on the way to the engine: (message, reason).
+_COUNT_FAILED = {
+    FailureKind.CONNECT: ("Could not reach the engine to count tokens; retry shortly.", "no_healthy_engine"),
+    FailureKind.TIMEOUT: ("Counting the prompt's tokens timed out; retry shortly.", "tokenize_failed"),
+    FailureKind.STREAM_BROKEN: ("The engine closed the connection while counting tokens; retry shortly.",
+                                "tokenize_failed"),
+}
