@@ -133,6 +133,7 @@ class GatewaySpec:
     """Non-secret gateway settings; secrets (database/redis URLs, admin token) are added by callers."""
 
     engines: Sequence[str]  # base URLs of the vLLM servers, e.g. http://engine-0:8000
+    embedding_engines: Sequence[str] = ()  # base URLs of the embedding (kind embed) vLLM servers
     host: str = "0.0.0.0"
     port: int = 8080
     metrics_port: int = 9101
@@ -185,6 +186,7 @@ def gateway_env(spec: GatewaySpec) -> dict[str, str]:
     """Environment read by the gateway's pydantic settings (prefix GATEWAY_)."""
     return {
         "GATEWAY_ENGINES": ",".join(spec.engines),
+        "GATEWAY_EMBEDDING_ENGINES": ",".join(spec.embedding_engines),
         "GATEWAY_HOST": spec.host,
         "GATEWAY_PORT": str(spec.port),
         "GATEWAY_METRICS_PORT": str(spec.metrics_port),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Mapping
 
 from services.launch import EngineSpec, engine_env, engine_process_argv
@@ -21,12 +21,29 @@ START_TIMEOUT_SECONDS = 300
 
 def local_engine_spec(port: int, *, lora_modules: Mapping[str, str] | None = None,
                       model_dir: Path = TINY_MODEL_DIR) -> EngineSpec:
-    """The dev stack's engine on 127.0.0.1:``port``, serving ``model_dir`` (and ``lora_modules``)."""
+    """The dev stack's (first generate group's) engine on 127.0.0.1:``port``, serving ``model_dir``."""
     from stacks.config import load_stack_specs
 
     engine, _ = load_stack_specs("dev")
     return dataclasses.replace(engine, model=str(model_dir), host="127.0.0.1", port=port,
                                lora_modules=dict(lora_modules or {}))
+
+
+def local_model_dir(model: str) -> Path:
+    """Where a dev-stack model (``/models/<dir>``) is on this machine: the local models cache,
+    the directory the dev stack binds at /models (volumes.models_host_dir)."""
+    from stacks import naming
+
+    return TINY_MODEL_DIR.parent / PurePosixPath(model).relative_to(naming.MODELS_DIR)
+
+
+def local_group_specs(first_port: int) -> dict[str, EngineSpec]:
+    """Every engine group of the dev stack on 127.0.0.1, group i on ``first_port + i``, in stack-file order."""
+    from stacks.config import load_engine_specs
+
+    return {group: dataclasses.replace(spec, model=str(local_model_dir(spec.model)), host="127.0.0.1",
+                                       port=first_port + index)
+            for index, (group, spec) in enumerate(load_engine_specs("dev").items())}
 
 
 def served_model_name() -> str:
