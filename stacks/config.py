@@ -4,7 +4,7 @@ Two layers:
   * ``parse_settings(values, stack)`` turns plain values (``Pulumi.<stack>.yaml`` without
     the ``llm-node:`` prefix) into typed, validated settings. It needs no Pulumi engine, so
     the dev node (``scripts/devnode``) builds its specs from the same stack file with the
-    same code: ``load_stack_specs("dev")``.
+    same code: ``load_engine_specs("dev")`` (every engine group), ``load_stack_specs("dev")``.
   * ``load_node_config()`` is the Pulumi-facing reader: it collects the stack's values
     from the engine, checks that secrets are stored encrypted, and adds them as secret
     Outputs.
@@ -204,7 +204,6 @@ def _fraction(section: _Section, key: str, default: float) -> float:
 # either ``engines`` (a list of groups, each with a ``name`` and a ``kind``) or ``engine``
 # (one group, named naming.DEFAULT_ENGINE_GROUP, kind generate: a one-model node).
 ENGINE_GROUP_KEYS = ("name", "kind")
-ENGINE_KINDS = MODEL_KINDS
 # Settings that only mean something with LoRA: refused on an embedding group (vLLM's pooling
 # runner serves no adapters).
 LORA_KEYS = ("enable_lora", "max_lora_rank", "max_loras", "allow_runtime_lora_updating", "lora_adapters")
@@ -365,7 +364,7 @@ def engine_groups(engine: Any, engines: Any) -> tuple[EngineDeployment, ...]:
         s = _Section(f"engines[{index}]", values)
         name = s.string("name", pattern=_GROUP_NAME, what="a group name (lowercase letters, digits, dashes; "
                                                           "at most 24)")
-        kind = s.string("kind", "generate", choices=ENGINE_KINDS)
+        kind = s.string("kind", "generate", choices=MODEL_KINDS)
         for other in groups:
             if other.group == name:
                 raise ConfigError(s.key("name"), f"{name!r} is already the name of {other.section}")
