@@ -66,8 +66,8 @@ dashboard = Dashboard(
                  "generation {{model_name}}"),
             ]),
             timeseries("Requests finished/s by reason", [
-                (f"sum by (finished_reason) (rate(vllm:request_success_total{{{MODEL}}}[{RATE}]))",
-                 "{{finished_reason}}")], unit="reqps", stacked=True),
+                (f"sum by (model_name, finished_reason) (rate(vllm:request_success_total{{{MODEL}}}[{RATE}]))",
+                 "{{model_name}} {{finished_reason}}")], unit="reqps", stacked=True),
             timeseries("Tokens per engine step", quantiles("vllm:iteration_tokens_total"),
                        description="Batch size in tokens per scheduler iteration."),
         ]),

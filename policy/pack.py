@@ -39,6 +39,13 @@ def _internal_ports(args: StackValidationArgs, report_violation: ReportViolation
         report_violation(f"{name}: {message}", urns.get(name))
 
 
+def _gpus_exclusive(args: StackValidationArgs, report_violation: ReportViolation) -> None:
+    resources = [rules.Resource(r.resource_type, r.name, r.props) for r in args.resources]
+    urns = {r.name: r.urn for r in args.resources}
+    for name, message in rules.gpus_exclusive(resources):
+        report_violation(f"{name}: {message}", urns.get(name))
+
+
 # The one pack setting, shared by the Docker and Kubernetes secret policies.
 ALLOWED_SECRET_ENV = PolicyConfigSchema(properties={"allowedSecretEnv": {
     "type": "array", "items": {"type": "string"}, "default": list(rules.DEFAULT_ALLOWED_SECRET_ENV),
@@ -57,6 +64,13 @@ POLICIES = [
         validate=_internal_ports,
         enforcement_level=MANDATORY,
         remediation_steps="Remove `ports` from the container; reach it through the gateway or Traefik."),
+    StackValidationPolicy(
+        name="gpus-exclusive",
+        description="Every GPU is requested by one long-running container at most (engine groups and their "
+                    "replicas never share a GPU), always by id, never by count.",
+        validate=_gpus_exclusive,
+        enforcement_level=MANDATORY,
+        remediation_steps="Give each engine group and replica its own GPUs (engines[].gpu_ids)."),
     _resource_policy(
         "healthcheck-and-restart-policy",
         "Every long-running container has a healthcheck and restarts (unless-stopped); one-shot jobs never restart.",

@@ -307,3 +307,33 @@ def internal_services_publish_no_host_ports(resources: Sequence[Resource]) -> li
             problems.append((resource.name, f"joins only internal networks ({', '.join(joined) or 'none'}) "
                                             f"but publishes host ports {published}"))
     return problems
+
+
+# -- stack: every GPU serves one engine ------------------------------------------------------------------
+
+
+def gpus_exclusive(resources: Sequence[Resource]) -> list[tuple[str, str]]:
+    """(resource name, message) for each long-running container asking for a GPU another one holds.
+
+    Two engines on one GPU each reserve their gpu_memory_utilization share of it and then fail to
+    load, or run out of KV cache under load. One-shot jobs are left out: the quantize job runs on
+    its group's GPU before that group's engines start (they wait for it). A request by count
+    (``--gpus all``) names no GPU, so it is refused: it would take every GPU, whoever holds them.
+    """
+    owner: dict[str, str] = {}
+    problems = []
+    for resource in resources:
+        if resource.type != CONTAINER or is_job(resource.props):
+            continue
+        for request in resource.props.get("deviceRequests") or []:
+            ids = [str(i).strip() for i in request.get("deviceIds") or []]
+            if not ids:
+                problems.append((resource.name, f"asks for GPUs by count ({request.get('count', 'all')}), not by "
+                                                "id: name them (device_ids) so each GPU serves one engine"))
+            for gpu in ids:
+                if gpu in owner:
+                    problems.append((resource.name, f"asks for GPU {gpu}, which {owner[gpu]} already holds: each "
+                                                    "GPU serves one engine (engines[].gpu_ids)"))
+                else:
+                    owner[gpu] = resource.name
+    return problems

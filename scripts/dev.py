@@ -19,6 +19,11 @@ def main(argv: list[str]) -> int:
     command = argv[0] if argv else "start"
     if command == "start":
         info = node.start()
+        embeddings = f"""
+  curl -s {info['base_url']}/embeddings \\
+    -H "Authorization: Bearer {info['key']}" -H "Content-Type: application/json" \\
+    -d '{{"model": "{info['embedding_model']}", "input": "Hello!"}}'
+""" if info["embedding_model"] else ""
         print(f"""
 llm-node dev node is up.
   API key:   {info['key']}
@@ -28,7 +33,7 @@ llm-node dev node is up.
   curl -s {info['base_url']}/chat/completions \\
     -H "Authorization: Bearer {info['key']}" -H "Content-Type: application/json" \\
     -d '{{"model": "{info['model']}", "messages": [{{"role": "user", "content": "Hello!"}}], "max_tokens": 16}}'
-
+{embeddings}
 Stop it with: make dev-stop""")
         return 0
     if command == "stop":
@@ -37,7 +42,7 @@ Stop it with: make dev-stop""")
         return 0
     if command == "status":
         for name, pid in node.status().items():
-            print(f"{name:8} {'running (pid %d)' % pid if pid else 'stopped'}")
+            print(f"{name:14} {'running (pid %d)' % pid if pid else 'stopped'}")
         return 0
     print(__doc__, file=sys.stderr)
     return 2

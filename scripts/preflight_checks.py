@@ -60,18 +60,20 @@ def available_stacks() -> list[str]:
 def stack_needs(stack: str) -> StackNeeds:
     """The needs of a stack, from the same validated settings the Pulumi program reads."""
     settings = load_stack_settings(stack)
-    spec = settings.engine.spec
+    cuda = [group for group in settings.engines if group.spec.device == "cuda"]
+    device = "cuda" if cuda else "cpu"
     edge = settings.edge
     ports = [edge.http_port, edge.https_port] if edge.publish else []
     if edge.ops_port:
         ports.append(edge.ops_port)
     return StackNeeds(
-        gpu=spec.device == "cuda",
-        vllm_image=settings.images["vllm_gpu" if spec.device == "cuda" else "vllm_cpu"],
-        quantization=spec.quantization,
-        gpu_ids=settings.engine.gpu_devices,
+        gpu=bool(cuda),
+        vllm_image=settings.images["vllm_gpu" if cuda else "vllm_cpu"],
+        # the first GPU group's method that is set (groups of a node usually share one)
+        quantization=next((group.spec.quantization for group in cuda if group.spec.quantization), None),
+        gpu_ids=tuple(gpu for group in settings.engines for gpu in group.gpu_devices),
         host_ports=tuple(ports),
-        disk_gb=DISK_GB[spec.device],
+        disk_gb=DISK_GB[device],
         docker_host=settings.docker_host,
     )
 

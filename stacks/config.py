@@ -4,7 +4,7 @@ Two layers:
   * ``parse_settings(values, stack)`` turns plain values (``Pulumi.<stack>.yaml`` without
     the ``llm-node:`` prefix) into typed, validated settings. It needs no Pulumi engine, so
     the dev node (``scripts/devnode``) builds its specs from the same stack file with the
-    same code: ``load_stack_specs("dev")``.
+    same code: ``load_engine_specs("dev")`` (every engine group), ``load_stack_specs("dev")``.
   * ``load_node_config()`` is the Pulumi-facing reader: it collects the stack's values
     from the engine, checks that secrets are stored encrypted, and adds them as secret
     Outputs.
@@ -31,7 +31,7 @@ import pydantic
 import yaml
 
 import llm_gateway.settings as gateway_settings
-from services.launch import QUANTIZATION_METHODS, EngineSpec, GatewaySpec, QuantizeSpec
+from services.launch import MODEL_KINDS, QUANTIZATION_METHODS, EngineSpec, GatewaySpec, QuantizeSpec
 from stacks import naming
 from stacks.images import DEFAULT_IMAGES, is_pinned
 from stacks.kubernetes.settings import KUBERNETES_KEYS, KubernetesSettings, parse_kubernetes, parse_target
@@ -47,7 +47,7 @@ ROOT_DIR = STACKS_DIR.parent
 SECRET_KEYS = ("tunnel_token", "tls_private_key",
                "external_database_url", "external_redis_url")  # the last two: kubernetes.data_stores external
 # Keys holding objects (Pulumi hands them to the program as JSON text).
-OBJECT_KEYS = ("images", "engine", "gateway", "edge", "tunnel", "quantize", "observability", "volumes",
+OBJECT_KEYS = ("images", "engine", "engines", "gateway", "edge", "tunnel", "quantize", "observability", "volumes",
                "kubernetes")
 STRING_KEYS = ("docker_host", "name_prefix", "domain", "tls_certificate", "target")
 
@@ -202,47 +202,68 @@ def _fraction(section: _Section, key: str, default: float) -> float:
 
 # -- engine -----------------------------------------------------------------------------------
 
+# An engine group: one model served by ``replicas`` identical vLLM containers. A stack sets
+# either ``engines`` (a list of groups, each with a ``name`` and a ``kind``) or ``engine``
+# (one group, named naming.DEFAULT_ENGINE_GROUP, kind generate: a one-model node).
+ENGINE_GROUP_KEYS = ("name", "kind")
+# Settings that only mean something with LoRA: refused on an embedding group (vLLM's pooling
+# runner serves no adapters).
+LORA_KEYS = ("enable_lora", "max_lora_rank", "max_loras", "allow_runtime_lora_updating", "lora_adapters")
+# A group name becomes part of container names and network aliases (engine-<name>-0).
+_GROUP_NAME = re.compile(r"^[a-z]([a-z0-9-]{0,22}[a-z0-9])?$")
 
-def engine_spec_from_config(engine: Mapping[str, Any] | None, *, models_dir: str = naming.MODELS_DIR,
+
+def engine_spec_from_config(engine: Mapping[str, Any] | None, *, section: str = "engine",
+                            kind: str = "generate", models_dir: str = naming.MODELS_DIR,
                             adapters_dir: str = naming.ADAPTERS_SANITIZED_DIR, host: str = "0.0.0.0",
                             port: int = naming.ENGINE_PORT) -> EngineSpec:
-    """The ``engine`` config object as an EngineSpec (paths rooted at ``models_dir`` / ``adapters_dir``)."""
-    s = _Section("engine", engine)
-    s.reject_unknown(ENGINE_SPEC_KEYS + ENGINE_CONTAINER_KEYS)
+    """One engine group's config object as an EngineSpec (paths rooted at ``models_dir`` / ``adapters_dir``).
+
+    ``section`` is the group's key in errors: ``engine`` or ``engines[1]``.
+    """
+    s = _Section(section, engine)
+    s.reject_unknown(ENGINE_SPEC_KEYS + ENGINE_CONTAINER_KEYS + (ENGINE_GROUP_KEYS if section != "engine" else ()))
     d = lambda name: _spec_default(EngineSpec, name)  # noqa: E731
 
+    if kind == "embed":
+        for key in LORA_KEYS:
+            if s.values.get(key) not in (None, False, []):
+                raise ConfigError(s.key(key), f"{s.values[key]!r}: an embedding model (kind: embed) serves no "
+                                              "LoRA adapters; remove the LoRA settings from this group")
     device = s.string("device", choices=("cpu", "cuda"))
     model_dir = _relative_path(s, "model_dir", None)
     model_id = s.string("model_id", None, pattern=_HUB_ID, what="a Hugging Face hub id (org/name)")
     if (model_dir is None) == (model_id is None):
-        raise ConfigError("engine.model_dir", "set exactly one of engine.model_dir (a directory in the models "
-                                              "volume) and engine.model_id (a hub id)")
+        raise ConfigError(s.key("model_dir"), f"set exactly one of {s.key('model_dir')} (a directory in the "
+                                              f"models volume) and {s.key('model_id')} (a hub id)")
     model = f"{models_dir.rstrip('/')}/{model_dir}" if model_dir else model_id
 
     quantization = s.string("quantization", None, choices=QUANTIZATION_METHODS)
     if device == "cpu" and quantization and quantization.endswith("_marlin"):
-        raise ConfigError("engine.quantization", f"{quantization!r} uses CUDA-only Marlin kernels; "
+        raise ConfigError(s.key("quantization"), f"{quantization!r} uses CUDA-only Marlin kernels; "
                                                  "a cpu engine cannot serve it")
     scheduling = s.string("scheduling_policy", d("scheduling_policy"), choices=("priority",))
     adapters = s.strings("lora_adapters")
     for name in adapters:
         if not _NAME.match(name):
-            raise ConfigError("engine.lora_adapters", f"{name!r} is not a valid adapter (directory) name")
+            raise ConfigError(s.key("lora_adapters"), f"{name!r} is not a valid adapter (directory) name")
     if len(set(adapters)) != len(adapters):
-        raise ConfigError("engine.lora_adapters", "adapter names must be unique")
+        raise ConfigError(s.key("lora_adapters"), "adapter names must be unique")
     max_lora_rank = s.integer("max_lora_rank", d("max_lora_rank"))
     if max_lora_rank not in LORA_RANKS:
-        raise ConfigError("engine.max_lora_rank", f"{max_lora_rank} is not one of {', '.join(map(str, LORA_RANKS))}")
+        raise ConfigError(s.key("max_lora_rank"),
+                          f"{max_lora_rank} is not one of {', '.join(map(str, LORA_RANKS))}")
     extra_args = s.strings("extra_args")
     for arg in extra_args:
         if arg.split("=", 1)[0] in MANAGED_ENGINE_FLAGS:
-            raise ConfigError("engine.extra_args", f"{arg!r} is set from its own engine.* key; set that instead")
+            raise ConfigError(s.key("extra_args"), f"{arg!r} is set from its own {section}.* key; set that instead")
 
     try:
         return EngineSpec(
             model=model,
             served_model_name=s.string("served_model_name", pattern=_SERVED_NAME, what="a valid model name"),
             device=device,  # type: ignore[arg-type]
+            kind=kind,  # type: ignore[arg-type]
             host=host,
             port=port,
             quantization=quantization,
@@ -265,22 +286,33 @@ def engine_spec_from_config(engine: Mapping[str, Any] | None, *, models_dir: str
     except ConfigError:
         raise
     except ValueError as error:  # launch.py's own checks name the field; add the section
-        raise ConfigError(f"engine.{str(error).split(':', 1)[0]}", str(error).split(":", 1)[-1].strip()) from error
+        raise ConfigError(s.key(str(error).split(':', 1)[0]), str(error).split(":", 1)[-1].strip()) from error
 
 
 @dataclass(frozen=True)
 class EngineDeployment:
-    """The engine spec plus how it runs as containers (replicas, GPUs, shared memory, start-up)."""
+    """One engine group: its spec plus how it runs as containers (replicas, GPUs, shared memory, start-up)."""
 
     spec: EngineSpec
     replicas: int
     gpu_ids: tuple[str, ...]  # one entry per replica (cuda), "0" or "0,1" (tensor parallel); empty on cpu
     shm_size_mb: int
     health_start_period_seconds: int
+    group: str = naming.DEFAULT_ENGINE_GROUP
+    section: str = "engine"  # its key in the stack's configuration: engine or engines[<i>]
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    @property
+    def aliases(self) -> list[str]:
+        """The network alias of each replica (engine-0 or engine-<group>-0, ...)."""
+        return [naming.engine_alias(i, self.group) for i in range(self.replicas)]
 
     @property
     def urls(self) -> list[str]:
-        return [naming.engine_url(i) for i in range(self.replicas)]
+        return [naming.engine_url(i, self.group) for i in range(self.replicas)]
 
     def replica_gpus(self, index: int) -> list[str]:
         """The GPU ids of one replica (``"0,1"`` is a tensor-parallel replica on GPUs 0 and 1)."""
@@ -288,23 +320,24 @@ class EngineDeployment:
 
     @property
     def gpu_devices(self) -> tuple[str, ...]:
-        """Every GPU id the engines use, one per GPU (what the host must have)."""
+        """Every GPU id the group uses, one per GPU (what the host must have)."""
         return tuple(device for index in range(len(self.gpu_ids)) for device in self.replica_gpus(index))
 
 
-def _engine_deployment(engine: Mapping[str, Any] | None) -> EngineDeployment:
-    spec = engine_spec_from_config(engine)
-    s = _Section("engine", engine)
+def _engine_deployment(engine: Mapping[str, Any] | None, *, section: str = "engine",
+                       group: str = naming.DEFAULT_ENGINE_GROUP, kind: str = "generate") -> EngineDeployment:
+    spec = engine_spec_from_config(engine, section=section, kind=kind)
+    s = _Section(section, engine)
     gpu = spec.device == "cuda"
     replicas = s.integer("replicas", 1, minimum=1)
     gpu_ids = s.strings("gpu_ids", [str(i) for i in range(replicas)] if gpu else [])
     if gpu and len(gpu_ids) != replicas:
-        raise ConfigError("engine.gpu_ids", f"needs one GPU id per replica ({replicas}), got {len(gpu_ids)}")
-    devices = [device.strip() for group in gpu_ids for device in group.split(",")]
+        raise ConfigError(s.key("gpu_ids"), f"needs one GPU id per replica ({replicas}), got {len(gpu_ids)}")
+    devices = [device.strip() for group_ids in gpu_ids for device in group_ids.split(",")]
     if gpu and (len(set(devices)) != len(devices) or not all(devices)):
-        raise ConfigError("engine.gpu_ids", "each replica needs its own GPUs (a GPU may appear once)")
+        raise ConfigError(s.key("gpu_ids"), "each replica needs its own GPUs (a GPU may appear once)")
     if not gpu and "gpu_ids" in s.values:
-        raise ConfigError("engine.gpu_ids", "only applies to engine.device: cuda")
+        raise ConfigError(s.key("gpu_ids"), f"only applies to {s.key('device')}: cuda")
     return EngineDeployment(
         spec=spec,
         replicas=replicas,
@@ -312,7 +345,55 @@ def _engine_deployment(engine: Mapping[str, Any] | None) -> EngineDeployment:
         shm_size_mb=s.integer("shm_size_mb", 8192 if gpu else 2048, minimum=64),
         health_start_period_seconds=s.integer("health_start_period_seconds", 900 if gpu else 300, minimum=10,
                                               maximum=ENGINE_START_PERIOD_MAX_SECONDS),
+        group=group,
+        section=section,
     )
+
+
+def engine_groups(engine: Any, engines: Any) -> tuple[EngineDeployment, ...]:
+    """The ``engines`` list (or the single ``engine`` section) as validated groups, in stack-file order."""
+    if engine is not None and engines is not None:
+        raise ConfigError("engines", "set either engines (a list of groups) or engine (one group), not both; "
+                                     f"engine: {{...}} is engines: [{{name: {naming.DEFAULT_ENGINE_GROUP}, ...}}]")
+    if engines is None:
+        if engine is None:
+            raise ConfigError("engines", "is required: a list of engine groups (or engine: one group)")
+        return (_engine_deployment(engine),)
+    if not isinstance(engines, (list, tuple)) or not engines:
+        raise ConfigError("engines", f"must be a non-empty list of engine groups, got {engines!r}")
+    groups: list[EngineDeployment] = []
+    for index, values in enumerate(engines):
+        s = _Section(f"engines[{index}]", values)
+        name = s.string("name", pattern=_GROUP_NAME, what="a group name (lowercase letters, digits, dashes; "
+                                                          "at most 24)")
+        kind = s.string("kind", "generate", choices=MODEL_KINDS)
+        for other in groups:
+            if other.group == name:
+                raise ConfigError(s.key("name"), f"{name!r} is already the name of {other.section}")
+        groups.append(_engine_deployment(values, section=s.name, group=name, kind=kind))
+    _check_across_groups(groups)
+    return tuple(groups)
+
+
+def _check_across_groups(groups: Sequence[EngineDeployment]) -> None:
+    """What no single group can check: served names and GPUs are each one group's."""
+    served: dict[str, EngineDeployment] = {}
+    gpus: dict[str, EngineDeployment] = {}
+    for group in groups:
+        name = group.spec.served_model_name
+        if name in served:
+            raise ConfigError(f"{group.section}.served_model_name", f"{name!r} is already served by group "
+                                                                   f"{served[name].group} ({served[name].section})")
+        served[name] = group
+        for gpu in group.gpu_devices:
+            if gpu in gpus:
+                raise ConfigError(f"{group.section}.gpu_ids",
+                                  f"GPU {gpu} is already group {gpus[gpu].group}'s ({gpus[gpu].section}.gpu_ids); "
+                                  "each GPU serves one group")
+            gpus[gpu] = group
+    if not any(group.kind == "generate" for group in groups):
+        raise ConfigError("engines", "needs at least one group of kind generate (the gateway's chat and "
+                                     "completions engines)")
 
 
 # -- gateway ----------------------------------------------------------------------------------
@@ -327,9 +408,9 @@ def gateway_keys() -> tuple[str, ...]:
 
 
 def gateway_spec_from_config(gateway: Mapping[str, Any] | None, *, engines: Sequence[str],
-                             host: str = "0.0.0.0", port: int = naming.GATEWAY_PORT,
+                             embedding_engines: Sequence[str] = (), host: str = "0.0.0.0", port: int = naming.GATEWAY_PORT,
                              metrics_port: int = naming.GATEWAY_METRICS_PORT) -> GatewaySpec:
-    """The ``gateway`` config object as a GatewaySpec routing to ``engines``."""
+    """The ``gateway`` config object as a GatewaySpec routing to ``engines`` (and ``embedding_engines``)."""
     s = _Section("gateway", gateway)
     for key in s.values:
         if key in gateway_settings.DEPLOYMENT_FIELDS:
@@ -338,7 +419,7 @@ def gateway_spec_from_config(gateway: Mapping[str, Any] | None, *, engines: Sequ
             raise ConfigError(s.key(key), "is a secret the node generates or derives, not a stack setting")
     s.reject_unknown(STACK_GATEWAY_FIELDS)
     values = {key: value for key, value in s.values.items() if value is not None}  # null: the default
-    wiring = {"engines": list(engines), "host": host, "port": port, "metrics_port": metrics_port}
+    wiring = {"engines": list(engines), "embedding_engines": list(embedding_engines), "host": host, "port": port, "metrics_port": metrics_port}
     try:
         # Strict: YAML gives real types, so "5" for a number or true for an integer is a mistake.
         return GatewaySpec.model_validate(values | wiring, strict=True)
@@ -352,7 +433,7 @@ def gateway_spec_from_config(gateway: Mapping[str, Any] | None, *, engines: Sequ
 
 # The quantize job's --scheme choices (services/quantize/llm_node_quantize/recipes.py; a test keeps them equal).
 QUANTIZE_SCHEMES = ("W4A16", "W4A16_ASYM", "W8A8")
-QUANTIZE_KEYS = ("enabled", "source_model_dir", "output_model_dir", "calibration_file", "scheme",
+QUANTIZE_KEYS = ("enabled", "group", "source_model_dir", "output_model_dir", "calibration_file", "scheme",
                  "num_calibration_samples", "max_seq_length", "merge_lora_adapter", "timeout_minutes")
 # How long `pulumi up` lets the quantize job run (the container's create timeout): a large
 # model on one GPU takes hours; past the bound the update fails instead of hanging.
@@ -505,7 +586,7 @@ class NodeSettings:
     docker_host: str
     domain: str
     images: Mapping[str, str]  # the full table: defaults with the stack's overrides
-    engine: EngineDeployment
+    engines: tuple[EngineDeployment, ...]  # the engine groups, in stack-file order
     gateway: GatewaySpec
     edge: EdgeSettings
     tunnel_enabled: bool
@@ -517,6 +598,18 @@ class NodeSettings:
     # Where the node runs: one Docker host (stacks/node.py) or a cluster (stacks/kubernetes/).
     target: str = "docker"
     kubernetes: "KubernetesSettings | None" = None  # target kubernetes only
+    quantize_group: str | None = None  # the engine group whose model the quantize job writes
+
+    @property
+    def engine(self) -> EngineDeployment:
+        """The first generate group: the node's model where one is meant (a one-model node's only group)."""
+        return next(group for group in self.engines if group.kind == "generate")
+
+    def engines_of(self, kind: str) -> tuple[EngineDeployment, ...]:
+        return tuple(group for group in self.engines if group.kind == kind)
+
+    def group(self, name: str) -> EngineDeployment:
+        return next(group for group in self.engines if group.group == name)
 
     @property
     def public_url(self) -> str:
@@ -564,8 +657,10 @@ def parse_settings(values: Mapping[str, Any], stack: str, *, secrets_present: Se
     if not _HOSTNAME.match(domain):
         raise ConfigError("domain", f"{domain!r} is not a lowercase DNS name")
 
-    engine = _engine_deployment(values.get("engine"))
-    gateway = gateway_spec_from_config(values.get("gateway"), engines=engine.urls)
+    engines = engine_groups(values.get("engine"), values.get("engines"))
+    gateway = gateway_spec_from_config(
+        values.get("gateway"), engines=[url for group in engines if group.kind == "generate" for url in group.urls],
+        embedding_engines=[url for group in engines if group.kind == "embed" for url in group.urls])
     edge = _edge(values.get("edge"))
 
     tunnel = _Section("tunnel", values.get("tunnel"))
@@ -590,9 +685,13 @@ def parse_settings(values: Mapping[str, Any], stack: str, *, secrets_present: Se
     default, low, high = QUANTIZE_TIMEOUT_MINUTES
     quantize_timeout = _Section("quantize", values.get("quantize")).integer("timeout_minutes", default, minimum=low,
                                                                             maximum=high)
-    if quantize is not None and engine.spec.model != quantize.output_dir:
-        raise ConfigError("engine.model_dir", f"must be quantize.output_model_dir ({quantize.output_dir}) while "
-                                              "quantize.enabled is true: the engine serves the job's output")
+    quantize_group = _quantize_group(values.get("quantize"), engines) if quantize is not None else None
+    if quantize is not None:
+        target = next(group for group in engines if group.group == quantize_group)
+        if target.spec.model != quantize.output_dir:
+            raise ConfigError(f"{target.section}.model_dir",
+                              f"must be quantize.output_model_dir ({quantize.output_dir}) while quantize.enabled "
+                              f"is true: group {target.group} serves the job's output")
 
     volumes = _Section("volumes", values.get("volumes"))
     volumes.reject_unknown(VOLUMES_KEYS)
@@ -606,8 +705,8 @@ def parse_settings(values: Mapping[str, Any], stack: str, *, secrets_present: Se
                                                          "models volume (unset one of them)")
 
     target = parse_target(values)
-    kubernetes = parse_kubernetes(values.get("kubernetes"), target=target, engine=engine,
-                                  raw_engine=values.get("engine"), tunnel_enabled=tunnel_enabled,
+    kubernetes = parse_kubernetes(values.get("kubernetes"), target=target, engines=engines,
+                                  raw_engine=values.get("engine") or (values.get("engines") or [None])[0], tunnel_enabled=tunnel_enabled,
                                   models_host_dir=models_host_dir,
                                   engine_dns_ttl_seconds=gateway.engine_dns_ttl_seconds,
                                   secrets_present=secrets_present)
@@ -618,7 +717,7 @@ def parse_settings(values: Mapping[str, Any], stack: str, *, secrets_present: Se
         docker_host=docker_host,
         domain=domain,
         images=images,
-        engine=engine,
+        engines=engines,
         gateway=gateway,
         edge=edge,
         tunnel_enabled=tunnel_enabled,
@@ -629,7 +728,19 @@ def parse_settings(values: Mapping[str, Any], stack: str, *, secrets_present: Se
         tls_certificate=tls_certificate,
         target=target,
         kubernetes=kubernetes,
+        quantize_group=quantize_group,
     )
+
+
+def _quantize_group(quantize: Mapping[str, Any] | None, engines: Sequence[EngineDeployment]) -> str:
+    """The group the quantize job prepares: quantize.group, or the only group there is."""
+    s = _Section("quantize", quantize)
+    names = [group.group for group in engines]
+    name = s.string("group", names[0] if len(names) == 1 else None, choices=names)
+    if name is None:
+        raise ConfigError("quantize.group", f"is required with several engine groups: the group whose model the "
+                                            f"job writes (one of {', '.join(names)})")
+    return name
 
 
 def all_keys() -> list[str]:
@@ -637,6 +748,7 @@ def all_keys() -> list[str]:
     sections = {
         "images": tuple(DEFAULT_IMAGES),
         "engine": ENGINE_SPEC_KEYS + ENGINE_CONTAINER_KEYS,
+        "engines[]": ENGINE_GROUP_KEYS,  # plus every engine.* key, per group (docs/configuration.md)
         "gateway": gateway_keys(),
         "edge": EDGE_KEYS,
         "tunnel": TUNNEL_KEYS,
@@ -645,7 +757,7 @@ def all_keys() -> list[str]:
         "volumes": VOLUMES_KEYS,
         "kubernetes": KUBERNETES_KEYS,
     }
-    assert set(sections) == set(OBJECT_KEYS)
+    assert {section.removesuffix("[]") for section in sections} == set(OBJECT_KEYS)
     return [*STRING_KEYS, *SECRET_KEYS, *(f"{section}.{key}" for section, keys in sections.items() for key in keys)]
 
 
@@ -674,9 +786,14 @@ def load_stack_settings(stack: str) -> NodeSettings:
 
 
 def load_stack_specs(stack: str) -> tuple[EngineSpec, GatewaySpec]:
-    """The engine and gateway specs a stack file declares (used by the dev node, scripts/devnode)."""
+    """The first generate group's engine spec and the gateway spec a stack file declares."""
     settings = load_stack_settings(stack)
     return settings.engine.spec, settings.gateway
+
+
+def load_engine_specs(stack: str) -> dict[str, EngineSpec]:
+    """Group name -> the spec of one of its replicas, in stack-file order (the dev node starts each)."""
+    return {group.group: group.spec for group in load_stack_settings(stack).engines}
 
 
 # -- the Pulumi-facing reader ----------------------------------------------------------------------

@@ -1,4 +1,7 @@
-"""vLLM: the inference engine, one container per replica (one GPU each on cuda stacks).
+"""vLLM: one engine group (one model), one container per replica (its own GPUs on cuda stacks).
+
+A node declares one Engine per group of the stack's ``engines`` list (stacks/config.py);
+replicas are named after their group (``naming.engine_alias``).
 
 The command line is ``engine_args(spec)`` from services/launch.py, the same function the
 dev node uses; the image is the official vLLM image (CUDA or CPU build, pinned in
@@ -44,6 +47,7 @@ class EngineArgs:
     models: ModelsMount
     adapters_volume: docker.Volume
     after: Sequence[pulumi.Resource] = ()  # e.g. the quantize job writing the model
+    image: docker.Image | None = None  # another group's engine image for the same device (built once)
     gate: pulumi.Input[str] | None = None  # "ok" once that job succeeded
 
 
@@ -62,16 +66,15 @@ class Engine(pulumi.ComponentResource):
         deployment, spec = args.deployment, args.deployment.spec
         gpu = spec.device == "cuda"
 
-        self.image = containers.built_image(f"{name}-image", f"engine-{spec.device}", ENGINE_BUILD, args.base_image,
-                                            self)
+        self.image = args.image or containers.built_image(f"{name}-image", f"engine-{spec.device}", ENGINE_BUILD,
+                                                          args.base_image, self)
         self.command = engine_args(spec)
         start_period = deployment.health_start_period_seconds
         wait_seconds = start_period + 120  # the model's load, then a few healthchecks
         gate = {"llm-node.after": args.gate} if args.gate is not None else {}
 
         self.containers: list[docker.Container] = []
-        for index in range(deployment.replicas):
-            alias = naming.engine_alias(index)
+        for index, alias in enumerate(deployment.aliases):
             networks = [(network, alias) for network, _ in args.placement.networks]
             self.containers.append(docker.Container(
                 alias,
@@ -103,5 +106,6 @@ class Engine(pulumi.ComponentResource):
             ))
         self.urls = deployment.urls
         # Prometheus scrapes vLLM's /metrics on its API port, on the internal network.
-        self.metrics_targets = [f"{naming.engine_alias(i)}:{naming.ENGINE_PORT}" for i in range(deployment.replicas)]
-        self.register_outputs({"urls": self.urls})
+        self.metrics_targets = [f"{naming.engine_alias(i, deployment.group)}:{naming.ENGINE_PORT}"
+                                for i in range(deployment.replicas)]
+        self.register_outputs({"group": deployment.group, "urls": self.urls})

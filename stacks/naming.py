@@ -33,9 +33,15 @@ ADAPTERS_SANITIZED_DIR = "/run/llm-node/adapters"  # what the engine entrypoint 
 SECRETS_DIR = "/run/secrets"  # files uploaded from Pulumi secrets (never in env, never in inspect)
 
 
-def engine_alias(index: int) -> str:
-    return f"engine-{index}"
+# The engine group a single `engine:` section is (stacks/config.py); its containers keep the
+# names a one-model node always had (engine-0, ...), so such a stack updates without replacing them.
+DEFAULT_ENGINE_GROUP = "main"
 
 
-def engine_url(index: int) -> str:
-    return f"http://{engine_alias(index)}:{ENGINE_PORT}"
+def engine_alias(index: int, group: str = DEFAULT_ENGINE_GROUP) -> str:
+    """``engine-<index>`` for the default group, ``engine-<group>-<index>`` for the others."""
+    return f"engine-{index}" if group == DEFAULT_ENGINE_GROUP else f"engine-{group}-{index}"
+
+
+def engine_url(index: int, group: str = DEFAULT_ENGINE_GROUP) -> str:
+    return f"http://{engine_alias(index, group)}:{ENGINE_PORT}"

@@ -7,7 +7,7 @@ Networks (each container joins only what it needs):
   metrics   Prometheus, Traefik, cloudflared             internal=True: scrapes only, so the
                                                          edge-facing processes never share a
                                                          network with the data stores
-  egress    the engines, only when they download models  (engine.hf_hub_offline: false)
+  egress    the engine groups that download models      (hf_hub_offline: false)
 Volumes keep data across container replacements and are retained when the stack is destroyed.
 """
 
@@ -73,7 +73,7 @@ class Node(pulumi.ComponentResource):
         self.edge_network = network("edge", internal=False, plan=edge_plan)
         self.internal_network = network("internal", internal=True)
         self.metrics_network = network("metrics", internal=True, plan=metrics_plan)
-        engine_downloads = not settings.engine.spec.hf_hub_offline
+        engine_downloads = any(not group.spec.hf_hub_offline for group in settings.engines)
         self.egress_network = network("egress", internal=False) if engine_downloads else None
 
         # -- volumes -------------------------------------------------------------------------
@@ -101,27 +101,35 @@ class Node(pulumi.ComponentResource):
             image=images["redis"], placement=placement(self.internal_network, alias=naming.REDIS),
             data_volume=self.volumes["redis-data"]), opts=child)
 
-        # -- model: optional quantize job, then the engines -----------------------------------
-        engine_after: list[pulumi.Resource] = []
-        gate = None
+        # -- models: optional quantize job, then one Engine per group --------------------------
         self.quantize = None
         if settings.quantize is not None:
+            target = settings.group(settings.quantize_group or "")
             self.quantize = QuantizeJob("quantize", QuantizeArgs(
                 spec=settings.quantize, base_image=images["python"], placement=placement(), models_volume=self.volumes["models"],
                 adapters_volume=self.volumes["adapters"],
-                gpu_id=settings.engine.gpu_devices[0] if settings.engine.gpu_devices else None,
+                # the GPU of the group it prepares: free until that group's engines start after it
+                gpu_id=target.gpu_devices[0] if target.gpu_devices else None,
                 timeout_minutes=settings.quantize_timeout_minutes, job_history=args.job_history), opts=child)
-            engine_after.append(self.quantize.container)
-            gate = self.quantize.succeeded
-        engine_networks = [self.internal_network] + ([self.egress_network] if self.egress_network else [])
-        device = settings.engine.spec.device
-        self.engine = Engine("engine", EngineArgs(
-            deployment=settings.engine,
-            base_image=images["vllm_gpu" if device == "cuda" else "vllm_cpu"],
-            placement=placement(*engine_networks),
-            models=ModelsMount(volume=self.volumes.get("models"), host_dir=settings.models_host_dir),
-            adapters_volume=self.volumes["adapters"],
-            after=engine_after, gate=gate), opts=child)
+        self.engines: dict[str, Engine] = {}
+        built: dict[str, docker.Image] = {}  # device -> engine image, built once for every group on it
+        for group in settings.engines:
+            device = group.spec.device
+            downloads = self.egress_network is not None and not group.spec.hf_hub_offline
+            prepared = self.quantize is not None and group.group == settings.quantize_group
+            component = "engine" if group.group == naming.DEFAULT_ENGINE_GROUP else f"engine-{group.group}"
+            engine = Engine(component, EngineArgs(
+                deployment=group,
+                base_image=images["vllm_gpu" if device == "cuda" else "vllm_cpu"],
+                placement=placement(self.internal_network, *([self.egress_network] if downloads else [])),
+                models=ModelsMount(volume=self.volumes.get("models"), host_dir=settings.models_host_dir),
+                adapters_volume=self.volumes["adapters"],
+                after=[self.quantize.container] if prepared else [],
+                gate=self.quantize.succeeded if prepared else None,
+                image=built.get(device)), opts=child)
+            built.setdefault(device, engine.image)
+            self.engines[group.group] = engine
+        engine_containers = [c for engine in self.engines.values() for c in engine.containers]
 
         # -- gateway -------------------------------------------------------------------------
         self.gateway = Gateway("gateway", GatewayArgs(
@@ -130,11 +138,11 @@ class Node(pulumi.ComponentResource):
             internal_placement=placement(self.internal_network, alias="gateway-migrate"),
             database_url=self.postgres.database_url, redis_url=self.redis.url, database=self.postgres.container,
             job_history=args.job_history,
-            depends_on=[self.redis.container, *self.engine.containers]), opts=child)
+            depends_on=[self.redis.container, *engine_containers]), opts=child)
 
         # -- observability -------------------------------------------------------------------
         targets = {
-            VLLM_JOB: self.engine.metrics_targets,
+            VLLM_JOB: [target for engine in self.engines.values() for target in engine.metrics_targets],
             GATEWAY_JOB: [self.gateway.metrics_target],
             # Traefik and the tunnel come after Prometheus: their modules' targets (what the components expose).
             TRAEFIK_JOB: [traefik.METRICS_TARGET],
@@ -190,7 +198,8 @@ class Node(pulumi.ComponentResource):
             "traefik": self.traefik.container.name,
             "prometheus": self.prometheus.container.name,
             "grafana": self.grafana.container.name,
-            **{naming.engine_alias(i): c.name for i, c in enumerate(self.engine.containers)},
+            **{alias: c.name for group in settings.engines
+               for alias, c in zip(group.aliases, self.engines[group.group].containers)},
         }
         if self.tunnel:
             containers_by_service["cloudflared"] = self.tunnel.container.name
@@ -200,9 +209,12 @@ class Node(pulumi.ComponentResource):
             "public_url": settings.public_url,
             "api_base_url": f"{settings.public_url}/v1",
             "served_model_name": settings.engine.spec.served_model_name,
+            "models": {group.group: {"kind": group.kind, "served_model_name": group.spec.served_model_name}
+                       for group in settings.engines},
             "grafana_url": self.grafana.url,
             "internal_endpoints": {
-                "engines": list(self.engine.urls),
+                "engines": list(settings.gateway.engines),
+                "embedding_engines": list(settings.gateway.embedding_engines),
                 "gateway": self.gateway.url,
                 "gateway_metrics": self.gateway.metrics_url,
                 "prometheus": self.prometheus.url,

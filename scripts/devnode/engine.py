@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Mapping
 
 from services.launch import EngineSpec, engine_env, engine_process_argv
@@ -21,7 +21,7 @@ START_TIMEOUT_SECONDS = 300
 
 def local_engine_spec(port: int, *, lora_modules: Mapping[str, str] | None = None,
                       model_dir: Path = TINY_MODEL_DIR) -> EngineSpec:
-    """The dev stack's engine on 127.0.0.1:``port``, serving ``model_dir`` (and ``lora_modules``)."""
+    """The dev stack's (first generate group's) engine on 127.0.0.1:``port``, serving ``model_dir``."""
     from stacks.config import load_stack_specs
 
     engine, _ = load_stack_specs("dev")
@@ -29,22 +29,37 @@ def local_engine_spec(port: int, *, lora_modules: Mapping[str, str] | None = Non
                                lora_modules=dict(lora_modules or {}))
 
 
-# The engine groups of a node serving several models: "chat" (the dev stack's generative engine)
-# and "embed" (an embedding model: the same tiny checkpoint through vLLM's pooling runner).
-ENGINE_GROUPS = ("chat", "embed")
-EMBED_SERVED_MODEL = "tiny-embed"
+def local_model_dir(model: str) -> Path:
+    """Where a dev-stack model (``/models/<dir>``) is on this machine: the local models cache,
+    the directory the dev stack binds at /models (volumes.models_host_dir)."""
+    from stacks import naming
+
+    return TINY_MODEL_DIR.parent / PurePosixPath(model).relative_to(naming.MODELS_DIR)
+
+
+def local_group_specs(first_port: int) -> dict[str, EngineSpec]:
+    """Every engine group of the dev stack on 127.0.0.1, group i on ``first_port + i``, in stack-file order."""
+    from stacks.config import load_engine_specs
+
+    return {group: local_engine_spec_for(group, first_port + index)
+            for index, group in enumerate(load_engine_specs("dev"))}
 
 
 def local_engine_spec_for(group: str, port: int | None = None) -> EngineSpec:
-    """The dev node's engine of ``group`` on 127.0.0.1:``port`` (a free port by default)."""
-    if group not in ENGINE_GROUPS:
-        raise ValueError(f"engine group {group!r} is not one of {', '.join(ENGINE_GROUPS)}")
-    spec = local_engine_spec(free_port() if port is None else port)
-    if group == "chat":
-        return spec
-    # until stacks.config.load_engine_specs lands
-    return dataclasses.replace(spec, kind="embed", served_model_name=EMBED_SERVED_MODEL, max_model_len=512,
-                               enable_lora=False, allow_runtime_lora_updating=False, lora_modules={})
+    """The dev stack's engine group ``group`` on 127.0.0.1:``port`` (a free port by default)."""
+    from stacks.config import load_engine_specs
+
+    specs = load_engine_specs("dev")
+    if group not in specs:
+        raise ValueError(f"engine group {group!r} is not one of the dev stack's: {', '.join(specs)}")
+    spec = specs[group]
+    return dataclasses.replace(spec, model=str(local_model_dir(spec.model)), host="127.0.0.1",
+                               port=free_port() if port is None else port)
+
+
+def embedding_model_name() -> str:
+    """The model name the dev stack's embedding group serves."""
+    return local_engine_spec_for("embed", 1).served_model_name
 
 
 def served_model_name() -> str:

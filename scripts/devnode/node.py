@@ -1,4 +1,5 @@
-"""The local dev node: CPU vLLM + gateway as background processes, state under .dev/.
+"""The local dev node: one CPU vLLM per engine group + the gateway as background processes,
+state under .dev/.
 
 The engine argv and the gateway env come from services/launch.py, fed with the `dev`
 stack's configuration (stacks/Pulumi.dev.yaml via stacks/config.py) — the same code the
@@ -19,7 +20,7 @@ from pathlib import Path
 from services.launch import (EngineSpec, GatewaySpec, engine_env, engine_process_argv, gateway_process_argv,
                              gateway_secrets_env)
 
-from .engine import local_engine_spec
+from .engine import local_group_specs
 from .gateway import process_env as gateway_process_env
 from .local_services import ensure_database, ensure_postgres, ensure_redis
 from .paths import ENGINE_PYTHON
@@ -32,20 +33,32 @@ PROJECT_PYTHON = sys.executable
 
 @dataclass(frozen=True)
 class DevPorts:
-    engine: int = int(os.environ.get("LLM_NODE_DEV_ENGINE_PORT", 8000))
+    engine: int = int(os.environ.get("LLM_NODE_DEV_ENGINE_PORT", 8000))  # the first group's; group i: engine + i
     gateway: int = int(os.environ.get("LLM_NODE_DEV_GATEWAY_PORT", 8080))
     metrics: int = int(os.environ.get("LLM_NODE_DEV_METRICS_PORT", 9101))
 
 
-def dev_specs(ports: DevPorts) -> tuple[EngineSpec, GatewaySpec]:
-    """The dev stack's engine and gateway specs, re-pointed at local paths and ports."""
+def dev_specs(ports: DevPorts) -> tuple[dict[str, EngineSpec], GatewaySpec]:
+    """The dev stack's engine groups (name -> spec) and gateway spec, re-pointed at local paths and ports."""
     from stacks.config import load_stack_specs
 
     _, gateway = load_stack_specs("dev")
-    engine = local_engine_spec(ports.engine)
-    gateway = gateway.replace(engines=[f"http://127.0.0.1:{ports.engine}"], host="127.0.0.1",
-                              port=ports.gateway, metrics_port=ports.metrics)
-    return engine, gateway
+    engines = local_group_specs(ports.engine)
+    urls = {kind: [f"http://127.0.0.1:{spec.port}" for spec in engines.values() if spec.kind == kind]
+            for kind in ("generate", "embed")}
+    gateway = gateway.replace(engines=urls["generate"], embedding_engines=urls["embed"],
+                              host="127.0.0.1", port=ports.gateway, metrics_port=ports.metrics)
+    return engines, gateway
+
+
+def _engine_process(group: str) -> DetachedProcess:
+    return _process(f"engine-{group}")
+
+
+def _groups() -> list[str]:
+    from stacks.config import load_engine_specs
+
+    return list(load_engine_specs("dev"))
 
 
 def _process(name: str) -> DetachedProcess:
@@ -71,21 +84,29 @@ def _admin(args: list[str], database_url: str) -> str:
 
 def start(ports: DevPorts = DevPorts()) -> dict[str, str]:
     STATE.mkdir(parents=True, exist_ok=True)
-    engine_spec, gateway_spec = dev_specs(ports)
+    engine_specs, gateway_spec = dev_specs(ports)
     admin_dsn = os.environ.get("LLM_NODE_PG_ADMIN_DSN") or ensure_postgres()
     database_url = ensure_database(admin_dsn, "llmnode_dev")
     redis_url = ensure_redis() + "/1"
 
-    engine, gateway = _process("engine"), _process("gateway")
-    external_engine = os.environ.get("LLM_NODE_DEV_ENGINE_URL")  # reuse a running engine (tests do)
+    gateway = _process("gateway")
+    external_engine = os.environ.get("LLM_NODE_DEV_ENGINE_URL")  # reuse running engines (tests do)
     if external_engine:
-        gateway_spec = gateway_spec.replace(engines=[external_engine.rstrip("/")])
+        external_embedding = os.environ.get("LLM_NODE_DEV_EMBEDDING_ENGINE_URL")
+        gateway_spec = gateway_spec.replace(engines=[external_engine.rstrip("/")],
+                                            embedding_engines=[external_embedding.rstrip("/")] if external_embedding
+                                            else [])
     else:
-        if engine.pid() is None:
-            print(f"starting vLLM (CPU) on 127.0.0.1:{ports.engine}; first start takes about a minute ...",
-                  flush=True)
-            engine.start(engine_process_argv(engine_spec, str(ENGINE_PYTHON)), engine_env(engine_spec), ROOT)
-        engine.wait_until(lambda: http_ok(f"http://127.0.0.1:{ports.engine}/health"), 600, "healthy")
+        # Start every group first, then wait: the models load side by side.
+        for group, spec in engine_specs.items():
+            engine = _engine_process(group)
+            if engine.pid() is None:
+                print(f"starting vLLM (CPU) group {group} ({spec.kind}, {spec.served_model_name}) on "
+                      f"127.0.0.1:{spec.port}; first start takes about a minute ...", flush=True)
+                engine.start(engine_process_argv(spec, str(ENGINE_PYTHON)), engine_env(spec), ROOT)
+        for group, spec in engine_specs.items():
+            _engine_process(group).wait_until(lambda port=spec.port: http_ok(f"http://127.0.0.1:{port}/health"),
+                                              600, "healthy")
 
     _admin(["migrate"], database_url)
     if gateway.pid() is None:
@@ -100,8 +121,11 @@ def start(ports: DevPorts = DevPorts()) -> dict[str, str]:
     base_url = f"http://127.0.0.1:{ports.gateway}/v1"
     env_file.write_text(f"export OPENAI_BASE_URL={base_url}\nexport OPENAI_API_KEY={key}\n")
     env_file.chmod(0o600)
-    return {"base_url": base_url, "key": key, "model": engine_spec.served_model_name, "env_file": str(env_file),
-            "database_url": database_url}
+    def first(kind: str) -> str:
+        return next((spec.served_model_name for spec in engine_specs.values() if spec.kind == kind), "")
+
+    return {"base_url": base_url, "key": key, "model": first("generate"), "embedding_model": first("embed"),
+            "env_file": str(env_file), "database_url": database_url}
 
 
 def _existing_key(env_file: Path) -> str | None:
@@ -120,10 +144,14 @@ def _existing_key(env_file: Path) -> str | None:
         return None
 
 
+def _names() -> list[str]:
+    return [f"engine-{group}" for group in _groups()] + ["gateway"]
+
+
 def stop() -> list[str]:
-    # Gateway first, so in-flight requests drain while the engine still answers.
-    return [name for name in ("gateway", "engine") if _process(name).stop()]
+    # Gateway first, so in-flight requests drain while the engines still answer.
+    return [name for name in reversed(_names()) if _process(name).stop()]
 
 
 def status() -> dict[str, int | None]:
-    return {name: _process(name).pid() for name in ("engine", "gateway")}
+    return {name: _process(name).pid() for name in _names()}

@@ -99,7 +99,7 @@ def parse_target(values: Mapping[str, Any]) -> str:
     return target
 
 
-def parse_kubernetes(values: Mapping[str, Any] | None, *, target: str, engine: "EngineDeployment",
+def parse_kubernetes(values: Mapping[str, Any] | None, *, target: str, engines: "Sequence[EngineDeployment]",
                      raw_engine: Mapping[str, Any] | None, tunnel_enabled: bool, models_host_dir: str | None,
                      engine_dns_ttl_seconds: int | None = None, secrets_present: Sequence[str] = (),
                      ) -> KubernetesSettings | None:
@@ -115,9 +115,17 @@ def parse_kubernetes(values: Mapping[str, Any] | None, *, target: str, engine: "
             if secret in secrets_present:
                 raise ConfigError(secret, "applies only to target: kubernetes with kubernetes.data_stores: external")
         return None
+    # One engine StatefulSet, one KEDA scaler, one InferencePool: the manifests serve one model.
+    if len(engines) > 1:
+        raise ConfigError("engines", f"target kubernetes serves one engine group, this stack has {len(engines)} "
+                                     f"({', '.join(group.group for group in engines)}): deploy one stack per model, "
+                                     "or use target docker for a multi-model node")
+    engine = engines[0]
+    if engine.kind != "generate":
+        raise ConfigError(f"{engine.section}.kind", "target kubernetes serves a generate group only")
     # Docker-only settings would silently do nothing on a cluster: refuse them.
     if raw_engine and raw_engine.get("gpu_ids") is not None:
-        raise ConfigError("engine.gpu_ids", "is a Docker host setting; on kubernetes set kubernetes.gpus_per_engine "
+        raise ConfigError(f"{engine.section}.gpu_ids", "is a Docker host setting; on kubernetes set kubernetes.gpus_per_engine "
                                             "(the scheduler picks the GPUs)")
     if tunnel_enabled:
         raise ConfigError("tunnel.enabled", "is not supported on target kubernetes yet (expose the edge Service "

@@ -113,7 +113,8 @@ def test_a_changed_gateway_setting_replaces_the_gateway_and_drains_its_streams(r
         assert stream.status == 200 and stream.done, f"the stream in flight was cut: {stream.events[-2:]}"
         assert end > stops[0], "the stream was not in flight when the gateway was stopped: raise STREAM_TOKENS"
         gateway_name = f"{prefix}-gateway"
-        assert {f"{prefix}-{s}" for s in ("engine-0", "postgres", "redis", "prometheus", "gateway-migrate")} <= set(before)
+        assert {f"{prefix}-{s}" for s in ("engine-chat-0", "engine-embed-0", "postgres", "redis", "prometheus",
+                                          "gateway-migrate")} <= set(before)
         assert set(after) == set(before)
         assert after[gateway_name] != before[gateway_name], "the gateway was not replaced"
         untouched = {name: id_ for name, id_ in before.items() if name != gateway_name}

@@ -127,7 +127,10 @@ def _ready(node: DeployedNode) -> DeployedNode:
         node.create_key()
     models = node.http().get(node.api_url + "/v1/models", headers={"Authorization": f"Bearer {node.api_key}"}, timeout=30)
     models.raise_for_status()
-    node.model = models.json()["data"][0]["id"]
+    served = [card["id"] for card in models.json()["data"]]
+    # the first generate group's model: an embedding model (kind embed) answers no chat
+    chat_model = node.layout.settings.engine.spec.served_model_name
+    node.model = chat_model if chat_model in served else served[0]
     return node
 
 

@@ -99,8 +99,8 @@ class DeployedLayout:
     def services(self) -> tuple[Service, ...]:
         """Each long-running container, a process it runs and the port it listens on inside."""
         gateway = self.settings.gateway
-        engines = tuple(Service(naming.engine_alias(i), r"vllm", naming.ENGINE_PORT)
-                        for i in range(self.settings.engine.replicas))
+        engines = tuple(Service(alias, r"vllm", naming.ENGINE_PORT)
+                        for group in self.settings.engines for alias in group.aliases)
         every = engines + (
             Service("gateway", r"llm_gateway", gateway.port),
             Service("postgres", r"postgres", naming.POSTGRES_PORT),

@@ -66,10 +66,20 @@ def test_only_the_intended_host_ports_listen(deployed_node):
     assert not problems and not missing, "\n".join(problems + [f"not listening: {sorted(missing)}"])
 
 
+ENGINES = "every engine"  # resolved from the deployed stack's groups (engine-0, engine-chat-0, ...)
+
+
 @pytest.mark.parametrize("alias,port", [(naming.POSTGRES, naming.POSTGRES_PORT), (naming.REDIS, naming.REDIS_PORT),
-                                        (naming.engine_alias(0), naming.ENGINE_PORT)])
+                                        (ENGINES, naming.ENGINE_PORT)])
 def test_internal_services_are_unreachable_from_the_edge_network(deployed_node, alias, port):
-    node = deployed_node
+    if alias == ENGINES:
+        for engine in [a for group in deployed_node.layout.settings.engines for a in group.aliases]:
+            _unreachable_from_the_edge(deployed_node, engine, port)
+    else:
+        _unreachable_from_the_edge(deployed_node, alias, port)
+
+
+def _unreachable_from_the_edge(node, alias: str, port: int) -> None:
     layout = node.layout
     # Reachable from the internal network (so the probe itself works) ...
     assert node.can_connect(layout.internal_network, alias, port) == "connected"

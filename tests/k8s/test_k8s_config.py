@@ -10,6 +10,17 @@ import pytest
 from stacks.config import ConfigError, all_keys, load_stack_settings
 from tests.stacks.mock_runtime import MOCK_SECRET_MARK, run_program
 
+
+def _k8s_dev_groups(*extra: dict) -> dict:
+    """k8s-dev with its engine section as group `chat` of an engines list, plus ``extra`` groups."""
+    from stacks.config import read_stack_values
+
+    chat = {"name": "chat", **read_stack_values("k8s-dev")["engine"]}
+    return {"engine": None, "engines": [chat, *extra]}
+
+
+EMBED = {"name": "embed", "kind": "embed", "device": "cpu", "model_dir": "tiny-llama", "served_model_name": "tiny-embed",
+         "max_model_len": 512}
 BAD = [
     ("k8s-dev", {"kubernetes": {"namespace": None}}, "kubernetes.namespace", "is required"),
     ("k8s-dev", {"kubernetes": {"storage_class": None}}, "kubernetes.storage_class", "is required"),
@@ -19,6 +30,13 @@ BAD = [
     ("k8s-dev", {"kubernetes": {"gpus_per_engine": 1}}, "kubernetes.gpus_per_engine", "only applies"),
     ("k8s-prod", {"engine": {"gpu_ids": ["0", "1"]}}, "engine.gpu_ids", "Docker host setting"),
     ("k8s-dev", {"tunnel": {"enabled": True}}, "tunnel.enabled", "not supported"),
+    # one model per cluster stack: several engine groups are refused, naming them
+    ("k8s-dev", _k8s_dev_groups(EMBED), "engines", "target kubernetes serves one engine group, this stack has 2 "
+                                                   "(chat, embed)"),
+    ("k8s-dev", {"engine": None, "engines": [EMBED]}, "engines", "at least one group of kind generate"),
+    ("k8s-dev", _k8s_dev_groups() | {"engines": [{"name": "chat", **_k8s_dev_groups()["engines"][0],
+                                                  "gpu_ids": ["0"], "device": "cuda"}]},
+     "engines[0].gpu_ids", "Docker host setting"),
     ("k8s-dev", {"volumes": {"models_host_dir": "/srv/models"}}, "volumes.models_host_dir", "PersistentVolumeClaim"),
     ("k8s-dev", {"target": "nomad"}, "target", "is not one of docker, kubernetes"),
     ("dev", {"kubernetes": {"namespace": "x"}}, "kubernetes", "applies only to target: kubernetes"),
@@ -53,6 +71,16 @@ def test_bad_kubernetes_config_fails_naming_the_key(stack, overrides, key, messa
     with pytest.raises(ConfigError, match=rf"^llm-node:{re.escape(key)}: .*{re.escape(message)}") as raised:
         deploy()
     assert raised.value.key == key
+
+
+def test_a_one_group_engines_list_is_the_engine_section():
+    from stacks.config import parse_settings, read_stack_values
+    from tests.stacks.mock_runtime import deep_merge
+
+    values = read_stack_values("k8s-dev")
+    section, listed = parse_settings(values, "k8s-dev"), parse_settings(deep_merge(values, _k8s_dev_groups()), "k8s-dev")
+    assert listed.engine.spec == section.engine.spec and listed.kubernetes == section.kubernetes
+    # (the gateway's engine URLs on a cluster are the StatefulSet's pod names: stacks/kubernetes/manifests.py)
 
 
 def test_the_docker_stacks_stay_on_docker():

@@ -14,7 +14,7 @@ import pytest
 import redis
 import requests
 
-from llm_gateway.limiter import KEY_PREFIX
+from llm_gateway.limiter_scripts import limiter_keys
 
 from tests.gateway.api_helpers import CHAT, COMPLETIONS, assert_openai_error, auth, chat_body, post
 from tests.support.gateway_fixtures import key_id_of
@@ -228,7 +228,7 @@ def wait_until_settled(gateway, key: str, timeout: float = 5.0) -> None:
     client = redis.Redis.from_url(gateway.redis_url)
     try:
         deadline = time.monotonic() + timeout
-        while client.zcard(f"{KEY_PREFIX}{{{key_id_of(key)}}}:c"):
+        while client.zcard(limiter_keys(key_id_of(key)).leases):
             assert time.monotonic() < deadline, "the request's books were never closed"
             time.sleep(0.005)
     finally:

@@ -58,6 +58,22 @@ def test_engine_dashboards_filter_on_the_model_variable():
             assert 'model_name=~"$model"' in q.expr, str(q)
 
 
+def test_engine_series_are_never_added_up_across_models():
+    """A node serves several models (engine groups): every aggregation of engine series keeps the
+    model (model_name) or the engine (instance, which names its group), so no panel adds them up."""
+    import re
+
+    for q in queries(render_dashboards()):
+        if not (any(n.startswith("vllm:") for n in metric_names(q.expr)) or "model_name:" in q.expr):
+            continue
+        for operator, labels in re.findall(r"\b(sum|max|min|avg|count|histogram_quantile)\b\s*(?:by\s*\(([^)]*)\))?",
+                                           q.expr):
+            if operator == "histogram_quantile":
+                continue  # its argument is the aggregation checked here
+            kept = {label.strip() for label in labels.split(",")}
+            assert kept & {"model_name", "instance"}, f"{q}: {operator} without model_name or instance"
+
+
 def test_the_issue_s_panels_exist():
     titles = {json.loads(t)["uid"]: {p["title"] for p in panels(json.loads(t))} for t in render_dashboards().values()}
     assert {"Time to first token", "Inter-token latency", "KV cache usage", "Running and waiting requests",

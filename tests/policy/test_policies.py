@@ -20,6 +20,7 @@ from pulumi_policy import (PolicyCustomTimeouts, PolicyResource, PolicyResourceO
 from policy import rules
 from policy.pack import POLICIES
 from stacks.images import DEFAULT_IMAGES, is_pinned
+from tests.stacks.engine_groups import three_group_overrides
 from tests.stacks.mock_runtime import MOCK_SECRET_MARK, Deployment, run_program
 
 POLICY = {p.name: p for p in POLICIES}
@@ -29,6 +30,7 @@ NODES = {
     "prod-tunnel": ("prod", {"overrides": {"tunnel": {"enabled": True}},
                              "secrets": {"tunnel_token": f"{MOCK_SECRET_MARK}-eyJhIjoiMTIzNDU2Nzg5MDEyMzQ1Njc4OTAifQ"}}
                     ),
+    "prod-three-groups": ("prod", {"overrides": three_group_overrides()}),  # two GPU groups and an embedding one
 }
 
 Node = list[rules.Resource]
@@ -133,6 +135,30 @@ def test_internal_services_publish_no_host_ports_catches_violations():
         # Traefik is on the edge network: its ports are legitimate.
         assert any(r.props.get("ports") for r in node if r.name == "traefik")
     return with_node("prod", check)
+
+
+@pulumi.runtime.test
+def test_gpus_exclusive_catches_a_gpu_shared_across_groups_and_a_request_by_count():
+    def check(node: Node):
+        def on_gpu(*ids):
+            def edit(props):
+                props["deviceRequests"] = [{"driver": "nvidia", "deviceIds": list(ids), "capabilities": ["gpu"]}]
+            return edit
+        shared = edited(node, "engine-embed-0", on_gpu("1"))  # chat's second GPU
+        found = violations("gpus-exclusive", shared)
+        assert len(found) == 1 and "asks for GPU 1, which" in found[0], found
+        assert "engine-embed-0" in found[0] and "engine-chat-0" in found[0]  # both holders named
+
+        def by_count(props):
+            props["deviceRequests"] = [{"driver": "nvidia", "count": -1, "capabilities": ["gpu"]}]
+        found = violations("gpus-exclusive", edited(node, "engine-coder-0", by_count))
+        assert len(found) == 1 and found[0].startswith("engine-coder-0: asks for GPUs by count (-1)")
+
+        # the quantize job shares its group's GPU: it runs before that group's engines start
+        assert [r for r in node if r.type == rules.CONTAINER and r.name == "quantize"
+                and r.props["deviceRequests"][0]["deviceIds"] == ["0"]]
+        assert violations("gpus-exclusive", node) == []
+    return with_node("prod-three-groups", check)
 
 
 @pulumi.runtime.test
@@ -296,7 +322,7 @@ def test_every_policy_is_mandatory_and_documented():
     assert {p.name for p in POLICIES} == {
         "internal-services-publish-no-host-ports", "healthcheck-and-restart-policy", "pinned-images",
         "no-plain-secrets-in-env-or-args", "traefik-exposed-by-default-off", "no-docker-socket",
-        "graceful-stop", "create-timeout-covers-waits",
+        "graceful-stop", "create-timeout-covers-waits", "gpus-exclusive",
         # the kubernetes target (tests/policy/test_k8s_policies.py)
         "k8s-edge-only-external-service", "k8s-probes-and-resources", "k8s-no-privilege", "k8s-pinned-images",
         "k8s-no-secret-env", "k8s-network-policy-for-every-workload"}

@@ -10,12 +10,19 @@ import pytest
 from stacks.config import ConfigError, load_stack_settings, parse_settings, read_stack_values
 from tests.stacks.mock_runtime import MOCK_SECRET_MARK, deep_merge, run_program
 
+
+def dev_group(index: int, **changes) -> dict:
+    """Overrides changing group ``index`` of the dev stack's engines list (a list is replaced whole)."""
+    groups = [dict(group) for group in read_stack_values("dev")["engines"]]
+    groups[index].update(changes)
+    return {"engines": groups}
+
 BAD_THROUGH_THE_PROGRAM = [
     # (stack, overrides, secrets, plaintext secrets, key the message must name)
     ("prod", {"engine": {"gpu_memory_utilization": 1.5}}, {}, False, "engine.gpu_memory_utilization"),
     ("prod", {"engine": {"quantization": "int3"}}, {}, False, "engine.quantization"),
-    ("dev", {"engine": {"max_model_len": "2048"}}, {}, False, "engine.max_model_len"),
-    ("dev", {"engine": {"gpu_memory_utilzation": 0.5}}, {}, False, "engine.gpu_memory_utilzation"),
+    ("dev", dev_group(0, max_model_len="2048"), {}, False, "engines[0].max_model_len"),
+    ("dev", dev_group(1, gpu_memory_utilzation=0.5), {}, False, "engines[1].gpu_memory_utilzation"),
     ("dev", {"enigne": {"device": "cpu"}}, {}, False, "enigne"),
     ("prod", {"tunnel": {"enabled": True}}, {}, False, "tunnel_token"),
     ("prod", {"tunnel": {"enabled": True}}, {"tunnel_token": f"{MOCK_SECRET_MARK}-t"}, True, "tunnel_token"),
@@ -24,7 +31,7 @@ BAD_THROUGH_THE_PROGRAM = [
     ("prod", {"edge": {"ip_allow_list": ["10.0.0.0/33"]}}, {}, False, "edge.ip_allow_list"),
     ("prod", {"engine": {"model_dir": "other-model"}}, {}, False, "engine.model_dir"),
     ("prod", {"gateway": {"limiter_failure_mode": "open"}}, {}, False, "gateway.limiter_failure_mode"),
-    ("dev", {"engine": {"quantization": "awq_marlin"}}, {}, False, "engine.quantization"),
+    ("dev", dev_group(0, quantization="awq_marlin"), {}, False, "engines[0].quantization"),
     ("dev", {"domain": "LLM_Node"}, {}, False, "domain"),
 ]
 

@@ -88,7 +88,8 @@ def test_every_stack_setting_reaches_the_container(monkeypatch, tmp_path):
         _assert_reached(settings, "stack -> container env")
         for name in SECRET_FIELDS:
             assert getattr(settings, name).get_secret_value() == (tmp_path / f"gateway_{name}").read_text(), name
-        assert settings.engines == ["http://engine-0:8000"]
+        assert settings.engines == ["http://engine-chat-0:8000"]              # the dev stack's two groups
+        assert settings.embedding_engines == ["http://engine-embed-0:8000"]
 
     return deployment.ready().apply(check)
 
@@ -105,8 +106,8 @@ def test_every_stack_setting_reaches_the_dev_node(monkeypatch):
                       admin_token="dev-admin")
     settings = _settings_from(env, monkeypatch)
     _assert_reached(settings, "stack -> dev node env")
-    assert (settings.engines, settings.host, settings.port, settings.metrics_port) == (
-        ["http://127.0.0.1:18000"], "127.0.0.1", 18080, 19101)
+    assert (settings.engines, settings.embedding_engines, settings.host, settings.port, settings.metrics_port) == (
+        ["http://127.0.0.1:18000"], ["http://127.0.0.1:18001"], "127.0.0.1", 18080, 19101)
     assert settings.database_url.get_secret_value() == "postgresql://dev@127.0.0.1/db"
     assert settings.admin_token.get_secret_value() == "dev-admin"
 
@@ -115,7 +116,7 @@ def test_every_setting_reaches_a_test_gateway(monkeypatch):
     """The tests' gateways (scripts/devnode/gateway.py: start_gateway) take any field by name."""
     from scripts.devnode.gateway import process_env
 
-    deployment_values = {"engines": ["http://127.0.0.1:1"], "host": "127.0.0.2", "port": 1234, "metrics_port": 1235}
+    deployment_values = {"engines": ["http://127.0.0.1:1"], "embedding_engines": ["http://127.0.0.1:2"], "host": "127.0.0.2", "port": 1234, "metrics_port": 1235}
     spec = GatewaySpec(**OTHER_VALUES, **deployment_values)
     settings = _settings_from(process_env(spec, database_url="postgresql://t@h/db", redis_url="redis://h/2",
                                           admin_token=None), monkeypatch)

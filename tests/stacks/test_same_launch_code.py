@@ -12,17 +12,18 @@ from pathlib import PurePosixPath
 import dataclasses
 
 import pulumi
+import pytest
 
 from services.launch import (GATEWAY_SECRET_FIELDS, GATEWAY_SECRETS_DIR_ENV, gateway_secret_file, EngineSpec, GatewaySpec,
                              engine_args, engine_env, engine_process_argv, gateway_env, gateway_process_argv)
-from stacks.config import load_stack_specs
+from stacks.config import load_engine_specs, load_stack_settings, load_stack_specs
 from tests.stacks.mock_runtime import Deployment, run_program
 
 LOCATION_FIELDS_ENGINE = {"model", "host", "port", "lora_modules"}
-LOCATION_FIELDS_GATEWAY = {"engines", "host", "port", "metrics_port"}
+LOCATION_FIELDS_GATEWAY = {"engines", "embedding_engines", "host", "port", "metrics_port"}
 
 
-def dev_node_specs() -> tuple[EngineSpec, GatewaySpec]:
+def dev_node_specs() -> tuple[dict[str, EngineSpec], GatewaySpec]:
     from scripts.devnode.node import DevPorts, dev_specs
 
     return dev_specs(DevPorts(engine=18000, gateway=18080, metrics=19101))
@@ -34,21 +35,26 @@ def _same_except(a, b, allowed: set[str]) -> list[str]:
 
 
 def test_dev_node_specs_are_the_dev_stack_specs():
-    stack_engine, stack_gateway = load_stack_specs("dev")
-    node_engine, node_gateway = dev_node_specs()
-    assert _same_except(stack_engine, node_engine, LOCATION_FIELDS_ENGINE) == []
+    stack_engines, (_, stack_gateway) = load_engine_specs("dev"), load_stack_specs("dev")
+    node_engines, node_gateway = dev_node_specs()
+    assert list(node_engines) == list(stack_engines) == ["chat", "embed"]  # every group, in stack order
+    for group, stack_engine in stack_engines.items():
+        assert _same_except(stack_engine, node_engines[group], LOCATION_FIELDS_ENGINE) == [], group
     assert _same_except(stack_gateway, node_gateway, LOCATION_FIELDS_GATEWAY) == []
-    # ... and the locations really are the dev node's own
-    assert node_engine.port == 18000 and node_gateway.engines == ["http://127.0.0.1:18000"]
+    # ... and the locations really are the dev node's own: one port per group, each kind to its list
+    assert [spec.port for spec in node_engines.values()] == [18000, 18001]
+    assert node_gateway.engines == ["http://127.0.0.1:18000"]
+    assert node_gateway.embedding_engines == ["http://127.0.0.1:18001"]
 
 
+@pytest.mark.parametrize("group", ["chat", "embed"])
 @pulumi.runtime.test
-def test_engine_argv_and_env_are_identical_but_for_locations():
-    stack_engine, _ = load_stack_specs("dev")
-    node_engine, _ = dev_node_specs()
+def test_engine_argv_and_env_are_identical_but_for_locations(group):
+    stack_engine = load_engine_specs("dev")[group]
+    node_engine = dev_node_specs()[0][group]
 
     def check(d: Deployment):
-        container = d.container("engine-0")
+        container = d.container(load_stack_settings("dev").group(group).aliases[0])
         command = container.props["command"]
         assert command == engine_args(stack_engine)
 
@@ -83,7 +89,8 @@ def test_gateway_env_is_identical_but_for_locations_and_secrets():
         uploaded = {PurePosixPath(u["file"]).relative_to(env[GATEWAY_SECRETS_DIR_ENV]).as_posix()
                     for u in container.props["uploads"]}
         assert uploaded == {gateway_secret_file(field) for field in GATEWAY_SECRET_FIELDS}
-        location_env = {"GATEWAY_ENGINES", "GATEWAY_HOST", "GATEWAY_PORT", "GATEWAY_METRICS_PORT"}
+        location_env = {"GATEWAY_ENGINES", "GATEWAY_EMBEDDING_ENGINES", "GATEWAY_HOST", "GATEWAY_PORT",
+                        "GATEWAY_METRICS_PORT"}
         dev_env = gateway_env(node_gateway)
         assert {k for k in dev_env if dev_env[k] != env[k]} <= location_env
         assert {k: v for k, v in dev_env.items() if k not in location_env} == \

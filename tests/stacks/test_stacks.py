@@ -13,7 +13,7 @@ import yaml
 
 from llm_gateway.settings import env_name as gateway_env_name
 from services.launch import GATEWAY_SECRET_FIELDS, gateway_secret_file
-from stacks.config import load_stack_settings
+from stacks.config import load_stack_settings, read_stack_values
 from stacks.containers import go_duration
 from stacks.images import is_pinned
 from tests.stacks.mock_runtime import (MOCK_SECRET_MARK, PASSWORD, VOLUME, Deployment,
@@ -23,10 +23,14 @@ from traefik import static
 TUNNEL_TOKEN = f"{MOCK_SECRET_MARK}-tunnel-token"
 WITH_TUNNEL = {"overrides": {"tunnel": {"enabled": True}}, "secrets": {"tunnel_token": TUNNEL_TOKEN}}
 
-LONG_RUNNING = {"engine-0", "gateway", "postgres", "redis", "traefik", "prometheus", "grafana"}
+LONG_RUNNING = {"gateway", "postgres", "redis", "traefik", "prometheus", "grafana"}
+# The engine containers, named after their group: prod's single `engine:` section is group main
+# (engine-0, the names of a one-model node); dev serves two groups, chat and embed.
+ENGINES = {"dev": {"engine-chat-0", "engine-embed-0"}, "prod": {"engine-0"}}
+FIRST_ENGINE = {"dev": "engine-chat-0", "prod": "engine-0"}  # the first generate group's first replica
 EXPECTED_CONTAINERS = {
-    "dev": LONG_RUNNING | {"gateway-migrate"},
-    "prod": LONG_RUNNING | {"gateway-migrate", "quantize"},
+    "dev": LONG_RUNNING | ENGINES["dev"] | {"gateway-migrate"},
+    "prod": LONG_RUNNING | ENGINES["prod"] | {"gateway-migrate", "quantize"},
 }
 EXPECTED_VOLUMES = {
     # dev binds the host's model directory instead of a models volume; no ACME in dev
@@ -37,6 +41,8 @@ PREFIX = {"dev": "llm-node-dev", "prod": "llm-node"}
 # Which networks each service joins (edge: public side; internal/metrics: internal=True).
 MEMBERSHIP = {
     "engine-0": {"internal"},
+    "engine-chat-0": {"internal"},
+    "engine-embed-0": {"internal"},
     "postgres": {"internal"},
     "redis": {"internal"},
     "prometheus": {"internal", "metrics"},
@@ -47,7 +53,7 @@ MEMBERSHIP = {
     "cloudflared": {"edge", "metrics"},
     "quantize": set(),
 }
-INTERNAL_ONLY = ("postgres", "redis", "engine-0", "prometheus")
+INTERNAL_ONLY = {stack: ("postgres", "redis", "prometheus", *sorted(engines)) for stack, engines in ENGINES.items()}
 
 
 def short(deployment: Deployment, name: str) -> str:
@@ -95,7 +101,7 @@ def test_network_membership(stack, variant):
         assert internal_flag == {"edge": False, "internal": True, "metrics": True}
         for name, container in d.containers.items():
             assert network_kinds(d, container) == MEMBERSHIP[short(d, name)], name
-        for service in INTERNAL_ONLY:
+        for service in INTERNAL_ONLY[stack]:
             kinds = network_kinds(d, d.container(service))
             assert kinds and all(internal_flag[k] for k in kinds), f"{service} joins a non-internal network"
         assert d.container("quantize").props["networkMode"] == "none" if stack == "prod" else True
@@ -150,9 +156,10 @@ def test_tensor_parallel_replica_spans_its_gpus():
 def test_no_gpu_request_in_dev():
     def check(d: Deployment):
         assert not any(c.props.get("deviceRequests") for c in d.containers.values())
-        engine = d.container("engine-0")
-        assert engine.env["VLLM_CPU_KVCACHE_SPACE"] == "1"
-        assert engine.props["capabilities"] == {"adds": ["SYS_NICE"]}
+        for name in ENGINES["dev"]:
+            engine = d.container(name)
+            assert engine.env["VLLM_CPU_KVCACHE_SPACE"] == "1"
+            assert engine.props["capabilities"] == {"adds": ["SYS_NICE"]}
     return run_program("dev").ready().apply(check)
 
 
@@ -165,11 +172,17 @@ def _flag_value(command: list[str], flag: str) -> str:
 @pulumi.runtime.test
 def test_vllm_command_carries_every_engine_setting(stack):
     adapters = ["sql-expert", "support"]
-    run = run_program(stack, overrides={"engine": {"lora_adapters": adapters, "extra_args": ["--seed", "7"]}})
-    engine = run.values["engine"]
+    changes = {"lora_adapters": adapters, "extra_args": ["--seed", "7"]}
+    if stack == "dev":  # the chat group (the first of the engines list)
+        groups = read_stack_values("dev")["engines"]
+        run = run_program(stack, overrides={"engines": [groups[0] | changes, *groups[1:]]})
+        engine = run.values["engines"][0]
+    else:
+        run = run_program(stack, overrides={"engine": changes})
+        engine = run.values["engine"]
 
     def check(d: Deployment):
-        container = d.container("engine-0")
+        container = d.container(FIRST_ENGINE[stack])
         command = container.props["command"]
         # Read back every setting from the yaml, flag by flag (not through engine_args).
         assert _flag_value(command, "--model") == f"/models/{engine['model_dir']}"
@@ -199,11 +212,11 @@ def test_vllm_command_carries_every_engine_setting(stack):
         assert mounts["/adapters"]["readOnly"] is True and mounts["/models"]["readOnly"] is True
         # The image extends the official vLLM image of the device, pinned.
         base = d.of_type("docker:index/image:Image")
-        engine_image = next(i for i in base if i.name == "engine-image").props
+        engine_image = next(i for i in base if i.props["imageName"] == container.props["image"]).props
         assert engine_image["build"]["args"]["VLLM_IMAGE"].startswith(
             "vllm/vllm-openai:v" if engine["device"] == "cuda" else "vllm/vllm-openai-cpu:v")
         assert engine_image["build"]["dockerfile"].endswith("services/engine/Dockerfile")
-        assert container.props["image"] == engine_image["imageName"]
+        assert len([i for i in base if i.props["imageName"].startswith("llm-node/engine-")]) == 1  # built once
     return run.ready().apply(check)
 
 
@@ -342,11 +355,12 @@ def test_every_container_is_pinned_restarted_rotated_and_checked(stack):
                 assert props["restart"] == "unless-stopped", name
                 tests = props["healthcheck"]["tests"]
                 assert tests and tests[0] in ("CMD", "CMD-SHELL"), name
-        for service in ("postgres", "redis", "engine-0", "gateway", "traefik"):
+        for service in ("postgres", "redis", *ENGINES[stack], "gateway", "traefik"):
             assert d.container(service).props["wait"] is True, service
-        engine = d.container("engine-0").props
-        start = load_stack_settings(stack).engine.health_start_period_seconds
-        assert engine["healthcheck"]["startPeriod"] == go_duration(start) and engine["waitTimeout"] > start
+        for group in load_stack_settings(stack).engines:
+            engine = d.container(group.aliases[0]).props
+            start = group.health_start_period_seconds
+            assert engine["healthcheck"]["startPeriod"] == go_duration(start) and engine["waitTimeout"] > start
         for image in d.of_type("docker:index/remoteImage:RemoteImage"):
             assert is_pinned(image.props["name"]) and image.props["keepLocally"] is True
     return run_program(stack).ready().apply(check)
@@ -410,7 +424,8 @@ def test_observability_configs_are_uploaded(stack):
     def check(d: Deployment):
         prometheus = {u["file"]: u["content"] for u in d.container("prometheus").props["uploads"]}
         config = prometheus["/etc/prometheus/prometheus.yml"]
-        for target in ("engine-0:8000", "gateway:9101", "traefik:8082", "localhost:9090"):
+        for target in (*(f"{engine}:8000" for engine in ENGINES[stack]), "gateway:9101", "traefik:8082",
+                       "localhost:9090"):
             assert target in config
         assert "cloudflared" not in config  # no tunnel: no target that can never be up
         assert {f for f in prometheus if f.startswith("/etc/prometheus/rules/")} == {
