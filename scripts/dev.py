@@ -8,11 +8,8 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from scripts.devnode import node  # noqa: E402
+from scripts.devnode import node
 
 
 def main(argv: list[str]) -> int:

@@ -27,10 +27,8 @@ from pathlib import Path
 
 import testinfra
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from scripts import preflight_gpu as gpu  # noqa: E402
-from stacks.config import STACKS_DIR, load_stack_settings  # noqa: E402
+from scripts import preflight_gpu as gpu
+from stacks.config import STACKS_DIR, load_stack_settings
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 

@@ -46,13 +46,13 @@ import asyncpg
 
 from .localnode import ROOT
 
-from llm_gateway.db import migrate  # noqa: E402
-from llm_gateway.keys import generate_key, hash_secret  # noqa: E402
-from scripts.devnode.gateway import start_gateway  # noqa: E402
-from scripts.devnode.processes import ManagedProcess, free_port, http_ok, port_open  # noqa: E402
-from scripts.devnode.throwaway import ThrowawayPostgres, ThrowawayRedis  # noqa: E402
+from llm_gateway.db import migrate
+from llm_gateway.keys import generate_key, hash_secret
+from scripts.devnode.gateway import start_gateway
+from scripts.devnode.processes import ManagedProcess, free_port, http_ok, port_open
+from scripts.devnode.throwaway import ThrowawayPostgres, ThrowawayRedis
 
-from .report import print_table  # noqa: E402
+from .report import print_table
 
 MODEL = "tiny-llama"            # what fast_upstream serves
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}

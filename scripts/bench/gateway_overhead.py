@@ -35,17 +35,13 @@ import time
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import aiohttp
 
-import aiohttp  # noqa: E402
-
-from scripts.bench.nginx_upstream import NginxUpstream  # noqa: E402
-from scripts.bench.report import ms, percentile, print_table  # noqa: E402
-from scripts.bench.stack_floor import StackFloor  # noqa: E402
-from scripts.devnode.gateway import start_gateway  # noqa: E402
-from scripts.devnode.local_services import admin_dsn as postgres_admin_dsn, ensure_redis  # noqa: E402
+from scripts.bench.nginx_upstream import NginxUpstream
+from scripts.bench.report import ms, percentile, print_table
+from scripts.bench.stack_floor import StackFloor
+from scripts.devnode.gateway import start_gateway
+from scripts.devnode.local_services import admin_dsn as postgres_admin_dsn, ensure_redis
 
 PATH = "/v1/chat/completions"
 BIG = 1_000_000_000

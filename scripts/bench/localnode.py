@@ -29,13 +29,11 @@ from pathlib import Path
 import psutil
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from services.launch import GATEWAY_SECRET_ENV  # noqa: E402
-from scripts.devnode import gateway as fixtures  # noqa: E402
-from scripts.devnode.engine import Engine, served_model_name, start_engine  # noqa: E402
-from scripts.devnode.local_services import admin_dsn as postgres_admin_dsn, ensure_redis  # noqa: E402
+from services.launch import GATEWAY_SECRET_ENV
+from scripts.devnode import gateway as fixtures
+from scripts.devnode.engine import Engine, served_model_name, start_engine
+from scripts.devnode.local_services import admin_dsn as postgres_admin_dsn, ensure_redis
 
 # Environment variable naming an engine that is already running (skips a ~1 min start).
 ENGINE_URL_ENV = "LLM_NODE_BENCH_ENGINE_URL"

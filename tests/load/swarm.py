@@ -22,12 +22,11 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families
 
-from scripts.bench.localnode import LocalNode  # noqa: E402
-from scripts.bench.report import print_table  # noqa: E402
+from scripts.bench.localnode import LocalNode
+from scripts.bench.report import print_table
 
 LOCUSTFILE = ROOT / "tests" / "load" / "locustfile.py"
 
