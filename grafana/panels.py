@@ -6,7 +6,7 @@ rename, and every engine query filters on the `model` template variable.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from grafanalib.core import GridPos, RowPanel, Stat, Target, Template, TimeSeries
 

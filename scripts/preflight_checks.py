@@ -23,7 +23,6 @@ import os
 import re
 import sys
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import testinfra
 
@@ -133,7 +132,7 @@ class Options:
 class Preflight:
     """The checks, in the order a person would fix them."""
 
-    host: "testinfra.host.Host"
+    host: testinfra.host.Host
     options: Options
     results: list[Result] = field(default_factory=list)
     _docker_info: dict | None = None

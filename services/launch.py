@@ -10,8 +10,9 @@ the dev node from its own generated values).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Mapping, Sequence
+from typing import Literal
 
 Device = Literal["cpu", "cuda"]
 # What an engine serves: "generate" (completions/chat) or "embed" (/v1/embeddings, vLLM's

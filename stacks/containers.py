@@ -22,9 +22,9 @@ which pulumi-docker v5 wraps):
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import pulumi
 import pulumi_docker as docker

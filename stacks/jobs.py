@@ -18,8 +18,8 @@ runs again. A job that succeeded (or is still running) keeps its label: no diff,
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import pulumi
 import pulumi_docker as docker

@@ -44,14 +44,13 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 
-from .localnode import ROOT
-
 from llm_gateway.db import migrate
 from llm_gateway.keys import generate_key, hash_secret
 from scripts.devnode.gateway import start_gateway
 from scripts.devnode.processes import ManagedProcess, free_port, http_ok, port_open
 from scripts.devnode.throwaway import ThrowawayPostgres, ThrowawayRedis
 
+from .localnode import ROOT
 from .report import print_table
 
 MODEL = "tiny-llama"            # what fast_upstream serves
@@ -108,7 +107,7 @@ async def swarm(url: str, clients: int, key_for, stop: asyncio.Event, samples: l
                         payload = await response.read()
                         status = response.status
                     code = "" if status == 200 else _code(payload)
-                except (aiohttp.ClientError, asyncio.TimeoutError):
+                except (TimeoutError, aiohttp.ClientError):
                     status, code = 0, "no answer"
                 samples.append(Sample(sent, time.monotonic(), status, code))
                 if status != 200:
@@ -129,7 +128,7 @@ async def wait_postgres(dsn: str, timeout: float = 60.0) -> None:
         try:
             await (await asyncpg.connect(dsn, timeout=2)).close()
             return
-        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+        except (TimeoutError, OSError, asyncpg.PostgresError):
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.01)

@@ -41,7 +41,8 @@ from scripts.bench.nginx_upstream import NginxUpstream
 from scripts.bench.report import ms, percentile, print_table
 from scripts.bench.stack_floor import StackFloor
 from scripts.devnode.gateway import start_gateway
-from scripts.devnode.local_services import admin_dsn as postgres_admin_dsn, ensure_redis
+from scripts.devnode.local_services import admin_dsn as postgres_admin_dsn
+from scripts.devnode.local_services import ensure_redis
 
 PATH = "/v1/chat/completions"
 BIG = 1_000_000_000

@@ -65,7 +65,7 @@ async def measure(gateway_url: str, key: str, model: str, streams: int, probes: 
                     while not stop.is_set():
                         try:
                             chunk = await asyncio.wait_for(r.content.readany(), 0.5)
-                        except asyncio.TimeoutError:
+                        except TimeoutError:
                             continue
                         if not chunk:
                             ended_early.append(last[-160:])  # the server ended it before we did

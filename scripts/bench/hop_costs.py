@@ -21,13 +21,13 @@ import asyncio
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Awaitable, Callable
 
 import aiohttp
 import uvloop
 
-from llm_gateway.limiter import _ScriptRunner, _script, create_redis
+from llm_gateway.limiter import _script, _ScriptRunner, create_redis
 from scripts.bench.gateway_overhead import body_for
 from scripts.bench.nginx_upstream import NginxUpstream
 from scripts.bench.report import ms, percentile, print_table

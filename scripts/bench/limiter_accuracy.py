@@ -23,7 +23,6 @@ from .client import auth, chat_body
 from .localnode import LocalNode, wait_engine_idle
 from .report import print_table
 
-
 OTHER_ANSWERS: dict[int, str] = {}  # first body of each status that is neither 200 nor 429
 
 

@@ -30,10 +30,11 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[2]
 
-from services.launch import GATEWAY_SECRET_ENV
 from scripts.devnode import gateway as fixtures
 from scripts.devnode.engine import Engine, served_model_name, start_engine
-from scripts.devnode.local_services import admin_dsn as postgres_admin_dsn, ensure_redis
+from scripts.devnode.local_services import admin_dsn as postgres_admin_dsn
+from scripts.devnode.local_services import ensure_redis
+from services.launch import GATEWAY_SECRET_ENV
 
 # Environment variable naming an engine that is already running (skips a ~1 min start).
 ENGINE_URL_ENV = "LLM_NODE_BENCH_ENGINE_URL"
@@ -88,7 +89,7 @@ class LocalNode:
 
     # -- lifecycle -------------------------------------------------------------------------
     @classmethod
-    def start(cls, engine_url: str | None = None, log_dir: Path | None = None) -> "LocalNode":
+    def start(cls, engine_url: str | None = None, log_dir: Path | None = None) -> LocalNode:
         log_dir = Path(log_dir or tempfile.mkdtemp(prefix="llmnode-bench-logs-"))
         cleanup = ExitStack()
         try:
@@ -116,7 +117,7 @@ class LocalNode:
     def close(self) -> None:
         self._cleanup.close()
 
-    def __enter__(self) -> "LocalNode":
+    def __enter__(self) -> LocalNode:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -6,9 +6,9 @@ port. The dev node, the tests (once per session) and the benchmarks start it thi
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from services.launch import EngineSpec, engine_env, engine_process_argv
 

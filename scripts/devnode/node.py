@@ -17,8 +17,15 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.launch import (GATEWAY_SECRET_ENV, EngineSpec, GatewaySpec, engine_env, engine_process_argv,
-                             gateway_env, gateway_process_argv)
+from services.launch import (
+    GATEWAY_SECRET_ENV,
+    EngineSpec,
+    GatewaySpec,
+    engine_env,
+    engine_process_argv,
+    gateway_env,
+    gateway_process_argv,
+)
 
 from .engine import local_engine_spec
 from .local_services import ensure_database, ensure_postgres, ensure_redis

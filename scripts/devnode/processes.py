@@ -13,9 +13,9 @@ import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import closing
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 _handed_out: set[int] = set()
 

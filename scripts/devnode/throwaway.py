@@ -26,7 +26,7 @@ class ThrowawayRedis:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> "ThrowawayRedis":
+    def start(self) -> ThrowawayRedis:
         self.proc = ManagedProcess(f"redis-{self.port}", ["redis-server", "--bind", "127.0.0.1", "--port",
                                    str(self.port), "--save", "", "--appendonly", "no"], self.log_dir)
         self.proc.wait_until(lambda: port_open("127.0.0.1", self.port), 10, "listening")
@@ -55,7 +55,7 @@ class ThrowawayPostgres:
     def _as_postgres(self, argv: list[str]) -> list[str]:
         return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
 
-    def start(self) -> "ThrowawayPostgres":
+    def start(self) -> ThrowawayPostgres:
         if not self._initialised:
             if os.geteuid() == 0:
                 shutil.chown(self.data_dir, "postgres", "postgres")

@@ -22,9 +22,10 @@ import json
 import shutil
 import struct
 import sys
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 CONFIG_NAME = "adapter_config.json"
 REPORT_NAME = "llm-node-sanitize-report.json"

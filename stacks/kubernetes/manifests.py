@@ -28,13 +28,21 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import yaml
 
-from services.launch import (GATEWAY_SECRETS_DIR_ENV, GatewaySpec, engine_args, gateway_env, gateway_process_argv,
-                             gateway_secret_file, quantize_args)
+from services.launch import (
+    GATEWAY_SECRETS_DIR_ENV,
+    GatewaySpec,
+    engine_args,
+    gateway_env,
+    gateway_process_argv,
+    gateway_secret_file,
+    quantize_args,
+)
 from stacks import naming
 from stacks.config import NodeSettings
 from stacks.kubernetes.settings import KubernetesSettings

@@ -8,10 +8,11 @@ Every error names its key, e.g. ``llm-node:kubernetes.gpus_per_engine: is requir
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 import ipaddress
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from stacks.config import EngineDeployment
@@ -99,7 +100,7 @@ def parse_target(values: Mapping[str, Any]) -> str:
     return target
 
 
-def parse_kubernetes(values: Mapping[str, Any] | None, *, target: str, engine: "EngineDeployment",
+def parse_kubernetes(values: Mapping[str, Any] | None, *, target: str, engine: EngineDeployment,
                      raw_engine: Mapping[str, Any] | None, tunnel_enabled: bool, models_host_dir: str | None,
                      engine_dns_ttl_seconds: int | None = None, secrets_present: Sequence[str] = (),
                      ) -> KubernetesSettings | None:

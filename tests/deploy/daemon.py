@@ -69,11 +69,11 @@ class PrivateDaemon:
         return self.root / "dockerd.log"
 
     @classmethod
-    def builder(cls) -> "PrivateDaemon":
+    def builder(cls) -> PrivateDaemon:
         return cls(DOCKER_ROOT, RUN_DIR)
 
     @classmethod
-    def node(cls) -> "PrivateDaemon":
+    def node(cls) -> PrivateDaemon:
         return cls(NODE_ROOT, NODE_RUN_DIR, NODE_NETNS)
 
     @property
@@ -87,7 +87,7 @@ class PrivateDaemon:
     def answers(self) -> bool:
         return subprocess.run(["docker", "-H", self.url, "version"], capture_output=True, timeout=20).returncode == 0
 
-    def start(self, timeout: float = 60) -> "PrivateDaemon":
+    def start(self, timeout: float = 60) -> PrivateDaemon:
         if shutil.which("dockerd") is None:
             raise RuntimeError("dockerd is not installed: scripts/bootstrap installs docker.io")
         if os.geteuid() != 0:

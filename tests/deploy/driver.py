@@ -53,9 +53,10 @@ import string
 import tarfile
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import pulumi
 from pulumi.runtime import settings as runtime_settings
@@ -222,7 +223,7 @@ class Deployment:
                                     "omitted": self.omitted, "state": self.state, **extra}, indent=1, default=str))
 
     @classmethod
-    def load(cls, path: Path) -> "Deployment":
+    def load(cls, path: Path) -> Deployment:
         data = json.loads(path.read_text())
         return cls(stack=data["stack"], created=[Created(**c) for c in data["created"]],
                    outputs=data.get("outputs") or {}, omitted=data.get("omitted") or {},
@@ -283,7 +284,7 @@ class DockerResources(pulumi.runtime.Mocks):
                 self.deployment.state[key] = {"id": resource_id, "inputs": _normal(inputs),
                                               "outputs": _normal(outputs)}
             return resource_id, outputs
-        except Exception as error:  # noqa: BLE001  recorded, then re-raised into the SDK
+        except Exception as error:  # recorded, then re-raised into the SDK
             self.log(f"FAILED {args.typ} {args.name}: {error}")
             with self.lock:
                 self.errors.append(error)
@@ -734,6 +735,6 @@ def destroy(client, deployment: Deployment, log: Callable[[str], None] = print) 
                 api.remove_network(item.id)
             elif item.type == VOLUME:
                 api.remove_volume(item.id)
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             if "No such" not in str(error) and "not found" not in str(error):
                 raise

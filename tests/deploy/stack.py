@@ -11,7 +11,8 @@ obtained on these machines in any form.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from stacks.config import SECRET_KEYS, read_stack_values
 from stacks.images import DEFAULT_IMAGES

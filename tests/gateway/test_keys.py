@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
@@ -93,7 +93,7 @@ async def test_only_a_hash_of_the_secret_is_stored(store, pool):
 
 
 async def test_create_stores_every_field(store):
-    expires = datetime.now(timezone.utc) + timedelta(days=3)
+    expires = datetime.now(UTC) + timedelta(days=3)
     full, key = await store.create(name="fields", tier="premium", models=["tiny-llama", "adapter-a"], rpm=7,
                                    tpm=1000, max_concurrent=2, max_tokens=64, expires_at=expires)
     assert isinstance(key, ApiKey)
@@ -152,14 +152,14 @@ async def test_invalid_secret(store):
 
 async def test_expired_key(store):
     full, _ = await store.create(name="expired", tier="standard",
-                                 expires_at=datetime.now(timezone.utc) - timedelta(seconds=1))
+                                 expires_at=datetime.now(UTC) - timedelta(seconds=1))
     assert await rejected_reason(store, f"Bearer {full}") == "expired"
 
 
 async def test_key_expires_while_cached(pool):
     store = KeyStore(pool, cache_ttl_seconds=60)
     full, _ = await store.create(name="expiring", tier="standard",
-                                 expires_at=datetime.now(timezone.utc) + timedelta(seconds=2))
+                                 expires_at=datetime.now(UTC) + timedelta(seconds=2))
     await store.authenticate(f"Bearer {full}")
     await asyncio.sleep(2.1)
     assert await rejected_reason(store, f"Bearer {full}") == "expired"

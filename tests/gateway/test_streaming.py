@@ -12,7 +12,7 @@ import time
 import pytest
 import requests
 
-from tests.gateway.api_helpers import CHAT, raw_request, COMPLETIONS, auth, sse_data
+from tests.gateway.api_helpers import CHAT, COMPLETIONS, auth, raw_request, sse_data
 from tests.support.flaky_upstream import FlakyUpstream
 from tests.support.gateway_fixtures import key_id_of
 
@@ -94,7 +94,7 @@ def test_client_disconnect_while_a_non_streaming_answer_is_generated_aborts_it(g
         sock.settimeout(hang_up_after)
         try:
             answered = sock.recv(65536)        # nothing comes before the hang-up, unless all of it
-        except socket.timeout:
+        except TimeoutError:
             answered = b""
         sock.close()
         hung_up = time.monotonic() - sent

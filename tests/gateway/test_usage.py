@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
-import pytest
 import pytest_asyncio
 
 from llm_gateway.db import create_pool, migrate
@@ -74,7 +73,7 @@ async def test_batches_are_written_in_the_background(pool, key_id):
                                   f"req-{key_id}-12")
         assert (row["tier"], row["model"], row["prompt_tokens"], row["completion_tokens"], row["status"]) == (
             "standard", "tiny-llama", 5, 1, 200)
-        assert abs((datetime.now(timezone.utc) - row["created_at"]).total_seconds()) < 60
+        assert abs((datetime.now(UTC) - row["created_at"]).total_seconds()) < 60
     finally:
         await recorder.close()
 
@@ -146,7 +145,7 @@ async def test_usage_summary(pool):
         ("adapter-x", 2, 20, 10), ("tiny-llama", 3, 30, 15)]
     everything = {(r["key_id"], r["model"]) for r in await usage_summary(pool)}
     assert {(a.id, "tiny-llama"), (a.id, "adapter-x"), (b.id, "tiny-llama")} <= everything
-    future = datetime.now(timezone.utc) + timedelta(hours=1)
+    future = datetime.now(UTC) + timedelta(hours=1)
     assert await usage_summary(pool, key_id=a.id, since=future) == []
 
 

@@ -31,7 +31,7 @@ class LocalNode:
     prometheus: Prometheus
     expected_jobs: frozenset[str] = frozenset({VLLM_JOB, GATEWAY_JOB})
     kind: str = "local"
-    host: "testinfra.host.Host" = field(default_factory=lambda: testinfra.get_host("local://"))
+    host: testinfra.host.Host = field(default_factory=lambda: testinfra.get_host("local://"))
 
     def listener(self, service: Service) -> Listener:
         return listeners_via_ss(self.host, service.port)

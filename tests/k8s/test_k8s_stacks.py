@@ -17,15 +17,20 @@ import pytest
 import yaml
 
 from prometheus.render import rule_files
-from services.launch import (GATEWAY_SECRETS_DIR_ENV, engine_args, gateway_env, gateway_process_argv,
-                             gateway_secret_file)
+from services.launch import GATEWAY_SECRETS_DIR_ENV, engine_args, gateway_env, gateway_process_argv, gateway_secret_file
 from stacks.config import load_stack_settings, parse_settings, read_stack_values
 from stacks.kubernetes import manifests
 from stacks.kubernetes.node import BUILT_IN
 from tests.k8s.netpol import Endpoint, Policies
 from tests.k8s.objects import charts, containers, declared_objects, names, objects, pod_templates
-from tests.stacks.mock_runtime import (MOCK_SECRET_MARK, Deployment, deep_merge, is_secret_value, plain_parts,
-                                      run_program)
+from tests.stacks.mock_runtime import (
+    MOCK_SECRET_MARK,
+    Deployment,
+    deep_merge,
+    is_secret_value,
+    plain_parts,
+    run_program,
+)
 
 STACKS = ("k8s-dev", "k8s-prod")
 BUILT_IN_KINDS = {kind for _, kind in BUILT_IN}
@@ -378,7 +383,7 @@ def test_network_policies_allow_exactly_the_intended_flows(variant):
         allowed = set()
         for source in pods.values():
             for destination in pods.values():
-                if source.name not in OURS and destination.name not in OURS or source is destination:
+                if (source.name not in OURS and destination.name not in OURS) or source is destination:
                     continue  # flows between outside endpoints are not this stack's
                 for port, protocol in LISTENING[destination.name]:
                     if policies.can_reach(source, destination, port, protocol):

@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from services.engine.adapter_sanitizer import (
-    CONFIG_NAME, KEPT_KEYS, REPORT_NAME, AdapterRejected, Policy, sanitize_adapter, sanitize_tree,
+    CONFIG_NAME,
+    KEPT_KEYS,
+    REPORT_NAME,
+    AdapterRejected,
+    Policy,
+    sanitize_adapter,
+    sanitize_tree,
 )
 from tests.model.helpers.safetensors_header import write_zeros
 from tests.support.adapters import NEWER_PEFT_KEYS, REPO, as_newer_peft_wrote_it

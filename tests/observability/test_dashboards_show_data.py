@@ -26,7 +26,12 @@ from grafana.render import render_dashboards
 from prometheus.render import GATEWAY_JOB, PROMETHEUS_JOB, VLLM_JOB, render_prometheus_config, rule_files
 from tests.observability.conftest import NOT_CHECKED_LIVE
 from tests.observability.dashboards import (
-    PanelQuery, is_edge_only, label_values_query, queries, substitute, template_variables,
+    PanelQuery,
+    is_edge_only,
+    label_values_query,
+    queries,
+    substitute,
+    template_variables,
 )
 from tests.observability.failing_engine import FailingEngine
 from tests.support.gateway_fixtures import Gateway, start_gateway

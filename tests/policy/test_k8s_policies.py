@@ -6,15 +6,15 @@ Driven through pulumi_policy's own validation entry points (tests/policy/test_po
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pulumi
 import pytest
 
 from policy import k8s_rules
 from policy.pack import POLICIES
-from tests.policy.test_policies import Node, declared_node, edited, violations
 from tests.k8s.objects import _ints
+from tests.policy.test_policies import Node, declared_node, edited, violations
 from tests.stacks.mock_runtime import MOCK_SECRET_MARK, run_program
 
 K8S_POLICIES = ("k8s-edge-only-external-service", "k8s-probes-and-resources", "k8s-no-privilege",

@@ -15,8 +15,7 @@ from services.launch import GATEWAY_SECRET_ENV
 from stacks.config import load_stack_settings
 from stacks.containers import go_duration
 from stacks.images import is_pinned
-from tests.stacks.mock_runtime import (MOCK_SECRET_MARK, PASSWORD, VOLUME, Deployment,
-                                       plain_parts, run_program)
+from tests.stacks.mock_runtime import MOCK_SECRET_MARK, PASSWORD, VOLUME, Deployment, plain_parts, run_program
 from traefik import static
 
 TUNNEL_TOKEN = f"{MOCK_SECRET_MARK}-tunnel-token"

@@ -17,7 +17,7 @@ import asyncio
 import json
 import re
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import asyncpg
 from pydantic import ValidationError
@@ -51,7 +51,7 @@ def _timestamp(text: str) -> datetime:
         value = datetime.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r} (e.g. 2030-01-31T12:00:00Z)") from None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)   # no zone given: UTC
+    return value if value.tzinfo else value.replace(tzinfo=UTC)   # no zone given: UTC
 
 
 def _models(text: str) -> list[str]:
@@ -113,7 +113,7 @@ def _key_json(key: ApiKey) -> dict:
 def _status(key: ApiKey) -> str:
     if key.revoked:
         return "revoked"
-    if key.expires_at and key.expires_at <= datetime.now(timezone.utc):
+    if key.expires_at and key.expires_at <= datetime.now(UTC):
         return "expired"
     return "active"
 
@@ -134,7 +134,7 @@ async def _create_key(args: argparse.Namespace, settings: Settings) -> None:
         raise UsageError(f"unknown tier {args.tier!r} (known tiers: {known})")
     if not args.name.strip():
         raise UsageError("--name must not be empty")
-    if args.expires_at and args.expires_at <= datetime.now(timezone.utc):
+    if args.expires_at and args.expires_at <= datetime.now(UTC):
         raise UsageError(f"--expires-at {args.expires_at.isoformat()} is in the past")
     async with _pool(settings) as pool:
         full_key, key = await KeyStore(pool, cache_ttl_seconds=0).create(
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     except asyncpg.InvalidCatalogNameError as exc:
         print(f"error: {exc} (check GATEWAY_DATABASE_URL)", file=sys.stderr)
         return 1
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         print(f"error: cannot use PostgreSQL (check GATEWAY_DATABASE_URL): {type(exc).__name__}: {exc}",
               file=sys.stderr)
         return 1

@@ -17,14 +17,15 @@ import time
 
 import orjson
 from starlette.requests import Request
-from starlette.routing import Route
 from starlette.responses import Response
+from starlette.routing import Route
 
 from . import proxy
 from .errors import GatewayError
 from .observe import Observation
 from .runtime import Runtime
 from .validation import CHAT, COMPLETION, read_json_body
+
 
 async def chat_completions(request: Request) -> Response:
     return await _complete(request, CHAT, "/v1/chat/completions")

@@ -7,7 +7,7 @@ mistake is never a 500 and every error body looks like OpenAI's:
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 
 class GatewayError(Exception):

@@ -37,9 +37,9 @@ import math
 import re
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Iterable
+from datetime import UTC, datetime
 
 import asyncpg
 import cachetools
@@ -327,7 +327,7 @@ class KeyStore:
             if value is not None and value <= 0:
                 raise ValueError(f"{label} must be a positive integer")
         if expires_at is not None and expires_at.tzinfo is None:
-            expires_at = expires_at.replace(tzinfo=timezone.utc)
+            expires_at = expires_at.replace(tzinfo=UTC)
         model_list = [m.strip() for m in models if m.strip()]
         full_key, key_id, secret = generate_key()
         row = await self._pool.fetchrow(

@@ -21,8 +21,8 @@ import hmac
 import aiohttp
 import orjson
 from starlette.requests import Request
-from starlette.routing import Route
 from starlette.responses import Response
+from starlette.routing import Route
 
 from .errors import AuthenticationError, InvalidRequest, NotFound, PermissionDenied
 from .runtime import Runtime
@@ -77,5 +77,5 @@ async def _call(rt: Runtime, url: str, payload: bytes) -> dict:
                                 timeout=aiohttp.ClientTimeout(total=120)) as response:
             text = (await response.read()).decode(errors="replace")
             return {"status": response.status, "detail": text[:2000]}
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         return {"status": 0, "detail": f"{type(exc).__name__}: {exc}"[:2000]}

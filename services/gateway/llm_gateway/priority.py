@@ -9,7 +9,7 @@ reject a non-zero priority).
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 
 class TierPriorities:

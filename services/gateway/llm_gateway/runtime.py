@@ -76,10 +76,10 @@ class Runtime:
     probe_redis: aioredis.Redis | None = None
     hangups: HangUpWatch = field(default_factory=HangUpWatch)
     _tasks: list[asyncio.Task] = field(default_factory=list)
-    _readiness: tuple[float, "asyncio.Future[Readiness]"] | None = None
+    _readiness: tuple[float, asyncio.Future[Readiness]] | None = None
 
     @classmethod
-    async def start(cls, settings: Settings) -> "Runtime":
+    async def start(cls, settings: Settings) -> Runtime:
         pool = await _connect_postgres(settings.database_url.get_secret_value())
         redis = create_redis(settings.redis_url.get_secret_value())
         probe_redis = create_probe_redis(settings.redis_url.get_secret_value())
@@ -149,7 +149,7 @@ class Runtime:
                     next_models = time.monotonic() + self.settings.model_refresh_seconds
                 await self.check_postgres()
                 await self.limiter.ping()   # keeps gateway_dependency_up{redis} current
-            except Exception:  # noqa: BLE001 - the watcher must outlive any single failure
+            except Exception:  # the watcher must outlive any single failure
                 log.exception("dependency watch failed")
 
     async def check_postgres(self, timeout: float = 2.0) -> bool:
@@ -161,7 +161,7 @@ class Runtime:
         metrics.DEPENDENCY_UP.labels("postgres").set(1 if up else 0)
         return up
 
-    async def readiness(self) -> "Readiness":
+    async def readiness(self) -> Readiness:
         """Whether this worker can serve, checked at most once a second: concurrent and repeated
         /readyz calls share one check, so probing cannot load PostgreSQL or Redis."""
         now = time.monotonic()
@@ -170,7 +170,7 @@ class Runtime:
             cached = self._readiness = (now, asyncio.ensure_future(self._check_readiness()))
         return await asyncio.shield(cached[1])
 
-    async def _check_readiness(self) -> "Readiness":
+    async def _check_readiness(self) -> Readiness:
         postgres, redis = await asyncio.gather(self.check_postgres(), self.limiter.ping())
         engines = {e.url: e.healthy for e in self.engines.engines}
         redis_required = self.settings.limiter_failure_mode == "closed"
@@ -211,7 +211,7 @@ async def _connect_postgres(dsn: str) -> asyncpg.Pool:
     while True:
         try:
             return await db.create_pool(dsn)
-        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
+        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
             if time.monotonic() + delay > deadline:
                 raise
             log.warning("PostgreSQL not reachable yet (%s); retrying", type(exc).__name__)

@@ -129,7 +129,7 @@ class TokenCounter:
             failure = "connect"          # refused or unreachable: the engine is down
             raise ServiceUnavailable("Could not reach the engine to count tokens; retry shortly.",
                                      reason="no_healthy_engine") from None
-        except asyncio.TimeoutError:
+        except TimeoutError:
             failure = "timeout"
             raise ServiceUnavailable("Counting the prompt's tokens timed out; retry shortly.",
                                      reason="tokenize_failed") from None

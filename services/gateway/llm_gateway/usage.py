@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import asyncpg
 
@@ -64,7 +64,7 @@ class UsageRecorder:
                                 completion_tokens, status, time.time()))
             if len(self._queue) == self._batch_size:
                 self._wake.set()
-        except Exception:  # noqa: BLE001 - accounting must never fail a request
+        except Exception:  # accounting must never fail a request
             log.exception("usage: could not queue a record")
 
     async def start(self) -> None:
@@ -79,7 +79,7 @@ class UsageRecorder:
             # Not cancelled: a batch cancelled mid-COPY could be written and then written again.
             try:
                 await self._task
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("usage: flusher failed")
             self._task = None
         deadline = time.monotonic() + timeout
@@ -99,7 +99,7 @@ class UsageRecorder:
             if delay or len(self._queue) < self._batch_size:
                 try:
                     await asyncio.wait_for(self._wake.wait(), delay or self._interval)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             self._wake.clear()
             ok = True
@@ -116,7 +116,7 @@ class UsageRecorder:
         if not count:
             return True
         batch = [self._queue[i] for i in range(count)]
-        rows = [(*r[:8], datetime.fromtimestamp(r[8], timezone.utc)) for r in batch]
+        rows = [(*r[:8], datetime.fromtimestamp(r[8], UTC)) for r in batch]
         try:
             async with self._pool.acquire() as conn:
                 try:
@@ -124,7 +124,7 @@ class UsageRecorder:
                 except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError):
                     # One bad record (e.g. a key id that does not exist) must not block the rest.
                     await self._write_one_by_one(conn, rows)
-        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("usage: writing %d records failed (%s); will retry", count, type(exc).__name__)
             return False
         for _ in range(count):
