@@ -34,7 +34,7 @@ Stop it with: make dev-stop""")
         return 0
     if command == "status":
         for name, pid in node.status().items():
-            print(f"{name:8} {'running (pid %d)' % pid if pid else 'stopped'}")
+            print(f"{name:8} {f'running (pid {pid})' if pid else 'stopped'}")
         return 0
     print(__doc__, file=sys.stderr)
     return 2

@@ -89,7 +89,7 @@ class DockerJobHistory(JobHistory):
                 container = self._client.api.inspect_container(container_name)
             except docker.errors.NotFound:
                 return None
-        except Exception as error:  # no history is no reason to stop: the provider reports the host
+        except Exception as error:  # noqa: BLE001 - no history is no reason to stop: the provider reports the host
             self._unreachable = True
             logging.getLogger(__name__).debug("job history unavailable: %s", error)
             pulumi.log.warn(f"could not read job containers on {self.docker_host} ({type(error).__name__}): "

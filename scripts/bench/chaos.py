@@ -261,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     notes = []
     for p in phases:
         codes = Counter((s.status, s.code) for s in p.samples if s.status != 200)
-        notes.append(f"{p.name} errors by code: " + ", ".join(f"{st} {code}: {n}" for (st, code), n in sorted(codes.items())))
+        notes.append(f"{p.name} errors by code: "
+                     + ", ".join(f"{st} {code}: {n}" for (st, code), n in sorted(codes.items())))
     print_table(f"Chaos: {args.clients} concurrent clients, each dependency killed (SIGKILL) for {args.outage:g} s",
                 ["dependency", "before", "during", "after back", "first success", "last failure", "other 5xx"],
                 rows,

@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             f50, f99 = _medians(per_round["floor"])
             b50, _ = _medians(per_round["bare"])
             g50, g99 = _medians(per_round["gateway"])
-            added50 = [g[0] - d[0] for g, d in zip(per_round["gateway"], per_round["direct"])]
+            added50 = [g[0] - d[0] for g, d in zip(per_round["gateway"], per_round["direct"], strict=True)]
             errors = sum(r[2] for rounds_ in per_round.values() for r in rounds_)
             rows.append([f"{rate:g}", errors, ms(d50), ms(d99), ms(g50), ms(g99), ms(g50 - d50), ms(g99 - d99),
                          f"{ms(min(added50))}-{ms(max(added50))}"])

@@ -22,19 +22,19 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
-
-ROOT = Path(__file__).resolve().parents[2]
 
 from scripts.devnode import gateway as fixtures
 from scripts.devnode.engine import Engine, served_model_name, start_engine
 from scripts.devnode.local_services import admin_dsn as postgres_admin_dsn
 from scripts.devnode.local_services import ensure_redis
 from services.launch import GATEWAY_SECRET_ENV
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # Environment variable naming an engine that is already running (skips a ~1 min start).
 ENGINE_URL_ENV = "LLM_NODE_BENCH_ENGINE_URL"
@@ -68,10 +68,8 @@ class Gateway(fixtures.Gateway):
     def rss_bytes(self) -> int:
         total = 0
         for process in self.processes():
-            try:
+            with suppress(psutil.NoSuchProcess):
                 total += process.memory_info().rss
-            except psutil.NoSuchProcess:
-                pass
         return total
 
     def stop(self, timeout: float = 40.0) -> int | None:

@@ -3,6 +3,7 @@ benchmark: they may be stopped and restarted at will (never the machine's shared
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -80,10 +81,8 @@ class ThrowawayPostgres:
             # SIGINT is PostgreSQL's "fast" shutdown: it disconnects clients. SIGTERM ("smart",
             # what ManagedProcess sends) waits for them, and a restart may then find a stale pid file.
             self.proc.signal(signal.SIGINT)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                pass
             self.proc.stop()
             self.proc = None
 

@@ -273,8 +273,8 @@ def build(settings: NodeSettings, images: Images, secrets: SecretValues) -> Plan
     gpu = engine.spec.device == "cuda"
     plan = Plan()
 
-    plan.add(Manifest("v1", "Namespace", ns, {"metadata": {"name": ns, "labels": {"app.kubernetes.io/name": APP,
-                                                                                  "app.kubernetes.io/instance": prefix}}}))
+    namespace_labels = {"app.kubernetes.io/name": APP, "app.kubernetes.io/instance": prefix}
+    plan.add(Manifest("v1", "Namespace", ns, {"metadata": {"name": ns, "labels": namespace_labels}}))
 
     def meta(name: str, component: str, **kwargs: Any) -> dict[str, Any]:
         return _meta(name, ns, component, prefix, **kwargs)

@@ -5,8 +5,8 @@ names the private daemon (the provider's host, also where the program reads its 
 runs: stacks/jobs.py), and the ``images`` table points PostgreSQL, Redis and Prometheus at their
 stand-ins and the build bases at theirs: ``vllm_cpu`` (the VLLM_IMAGE build argument of
 services/engine/Dockerfile) at the CPU vLLM stand-in, ``python`` (PYTHON_IMAGE of
-services/gateway and services/quantize) at the Python stand-in. Traefik, Grafana and cloudflared are not deployed: no image of them can be
-obtained on these machines in any form.
+services/gateway and services/quantize) at the Python stand-in. Traefik, Grafana and cloudflared
+are not deployed: no image of them can be obtained on these machines in any form.
 """
 
 from __future__ import annotations

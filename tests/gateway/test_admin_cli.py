@@ -154,7 +154,7 @@ async def test_usage(fresh_database, pool):
     assert [(r["model"], r["requests"], r["prompt_tokens"], r["completion_tokens"]) for r in rows] == [
         ("adapter-a", 1, 5, 1), ("tiny-llama", 4, 46, 8)]
     table = ok(admin(fresh_database, "usage", "--key-id", created["id"]))
-    assert "PROMPT_TOKENS" in table and any("tiny-llama" in l and "46" in l for l in table.splitlines())
+    assert "PROMPT_TOKENS" in table and any("tiny-llama" in line and "46" in line for line in table.splitlines())
     later = (datetime.now(UTC) + timedelta(minutes=5)).isoformat()
     assert json.loads(ok(admin(fresh_database, "usage", "--since", later, "--json"))) == []
     everyone = json.loads(ok(admin(fresh_database, "usage", "--json")))

@@ -138,7 +138,7 @@ async def test_unknown_key(store):
 
 
 async def test_invalid_secret(store):
-    full, key = await store.create(name="secret", tier="standard")
+    _full, key = await store.create(name="secret", tier="standard")
     _, _, other_secret = generate_key()
     assert await rejected_reason(store, f"Bearer sk-{key.id}-{other_secret}") == "invalid_secret"
     # Unknown id and wrong secret are indistinguishable to the caller.
@@ -469,8 +469,6 @@ async def test_a_connection_left_in_a_broken_state_is_a_503_not_a_500():
             return 4
 
         def acquire(self, timeout=None):
-            pool = self
-
             class Acquired:
                 async def __aenter__(self):
                     return BrokenConnection()

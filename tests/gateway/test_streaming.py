@@ -25,7 +25,7 @@ def test_client_disconnect_mid_stream_aborts_the_engine_request(gateway, make_ke
     key = make_key()
     body = {"model": engine.model, "messages": [{"role": "user", "content": "Write a long story"}],
             "max_tokens": 1900, "ignore_eos": True, "stream": True}
-    for attempt in range(_ATTEMPTS):
+    for attempt in range(_ATTEMPTS):  # noqa: B007 - read after the loop: the attempt that streamed
         sock = raw_request(gateway, key, body)
         received = b""
         while received.count(b"data: ") < 5:       # the engine is generating

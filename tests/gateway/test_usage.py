@@ -167,5 +167,6 @@ async def test_each_request_is_recorded_once_under_its_own_id(pool, key_id):
                             " ORDER BY request_id", key_id)
     assert [(r["request_id"], r["client_request_id"]) for r in rows] == [(i, "constant") for i in ids]
     unique = await pool.fetchval(
-        "SELECT count(*) FROM pg_indexes WHERE tablename = 'usage_records' AND indexdef LIKE 'CREATE UNIQUE%(request_id)'")
+        "SELECT count(*) FROM pg_indexes"
+        " WHERE tablename = 'usage_records' AND indexdef LIKE 'CREATE UNIQUE%(request_id)'")
     assert unique == 1

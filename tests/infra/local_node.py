@@ -43,7 +43,8 @@ class LocalNode:
         return self.prometheus.active_targets()
 
 
-def local_services(engine_url: str, gateway_url: str, gateway_metrics_url: str, prometheus_url: str) -> tuple[Service, ...]:
+def local_services(engine_url: str, gateway_url: str, gateway_metrics_url: str,
+                   prometheus_url: str) -> tuple[Service, ...]:
     port = lambda url: urlsplit(url).port  # noqa: E731
     return (
         Service("vllm", r"vllm\.entrypoints\.openai\.api_server", port(engine_url)),

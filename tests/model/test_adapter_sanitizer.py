@@ -144,9 +144,10 @@ def test_checks_the_weights_not_only_the_config(tmp_path, tensors, message):
 
 def test_rejects_a_directory_that_is_not_an_adapter(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(AdapterRejected, match="no adapter_config.json"):
+    with pytest.raises(AdapterRejected, match=r"no adapter_config\.json"):
         sanitize_adapter(tmp_path / "empty", tmp_path / "out")
-    (tmp_path / "empty" / CONFIG_NAME).write_text('{"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}')
+    (tmp_path / "empty" / CONFIG_NAME).write_text(
+        '{"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}')
     with pytest.raises(AdapterRejected, match="no adapter weights"):
         sanitize_adapter(tmp_path / "empty", tmp_path / "out")
     (tmp_path / "empty" / CONFIG_NAME).write_text("{not json")

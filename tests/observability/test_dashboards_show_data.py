@@ -115,7 +115,7 @@ def gateway_traffic(main: Gateway, failing: Gateway, keys: dict[str, str], model
     and requests to the failing engine (upstream 5xx, then the open breaker's 503)."""
     def chat(gateway: Gateway, key: str, **extra) -> int:
         body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, **extra}
-        status, answer = post_json(f"{gateway.url}/v1/chat/completions", body, {"authorization": f"Bearer {key}"})
+        status, _answer = post_json(f"{gateway.url}/v1/chat/completions", body, {"authorization": f"Bearer {key}"})
         return status
 
     assert chat(main, keys["standard"]) == 200

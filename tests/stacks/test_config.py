@@ -89,7 +89,7 @@ def test_parser_names_the_key(overrides, key):
 
 def test_dev_without_tunnel_must_publish():
     values = deep_merge(read_stack_values("dev"), {"edge": {"publish": False}})
-    with pytest.raises(ConfigError, match="^llm-node:edge.publish: "):
+    with pytest.raises(ConfigError, match=r"^llm-node:edge\.publish: "):
         parse_settings(values, "dev")
     settings = parse_settings(deep_merge(values, {"tunnel": {"enabled": True}}), "dev",
                               secrets_present=["tunnel_token"])
@@ -132,7 +132,8 @@ def test_quantize_schemes_are_the_jobs():
 
 @pytest.mark.parametrize("stored_encrypted", [True, False])
 def test_config_from_the_language_host_environment(stored_encrypted):
-    """A real run passes config as PULUMI_CONFIG / PULUMI_CONFIG_SECRET_KEYS; typos and plain-text secrets still fail."""
+    """A real run passes config as PULUMI_CONFIG / PULUMI_CONFIG_SECRET_KEYS; typos and plain-text secrets
+    still fail."""
     secrets = {"tunnel_token": f"{MOCK_SECRET_MARK}-t"}
 
     @pulumi.runtime.test
@@ -146,8 +147,8 @@ def test_config_from_the_language_host_environment(stored_encrypted):
 
     if stored_encrypted:
         deploy({"tunnel": {"enabled": True}})
-        with pytest.raises(ConfigError, match="^llm-node:edge.tls_mod: unknown setting"):
+        with pytest.raises(ConfigError, match=r"^llm-node:edge\.tls_mod: unknown setting"):
             deploy({"tunnel": {"enabled": True}, "edge": {"tls_mod": "acme"}})
     else:
-        with pytest.raises(ConfigError, match="^llm-node:tunnel_token: is stored in plain text"):
+        with pytest.raises(ConfigError, match=r"^llm-node:tunnel_token: is stored in plain text"):
             deploy({"tunnel": {"enabled": True}})

@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     create = commands.add_parser("create-key", help="create an API key (printed once)")
     create.add_argument("--name", required=True, help="who or what the key is for")
     create.add_argument("--tier", required=True, help="priority tier, e.g. premium, standard, batch")
-    create.add_argument("--models", type=_models, default=[], help="comma-separated models the key may use (default: all)")
+    create.add_argument("--models", type=_models, default=[],
+                        help="comma-separated models the key may use (default: all)")
     create.add_argument("--rpm", type=_positive_int, help="requests per minute (default: unlimited)")
     create.add_argument("--tpm", type=_positive_int, help="tokens per minute (default: unlimited)")
     create.add_argument("--max-concurrent", type=_positive_int, help="concurrent requests (default: unlimited)")
@@ -119,9 +120,10 @@ def _status(key: ApiKey) -> str:
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
     lines = [header, *rows]
-    return "\n".join("  ".join(str(cell).ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
+    return "\n".join("  ".join(str(cell).ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+                     for line in lines)
 
 
 def _or_dash(value) -> str:

@@ -103,7 +103,8 @@ def parse_key(token: str) -> tuple[str, str] | None:
     return (match.group(1), match.group(2)) if match else None
 
 
-_COLUMNS = "id, secret_hash, name, tier, models, rpm, tpm, max_concurrent, max_tokens, expires_at, revoked_at, created_at"
+_COLUMNS = ("id, secret_hash, name, tier, models, rpm, tpm, max_concurrent, max_tokens, expires_at, revoked_at, "
+            "created_at")
 
 
 def _row_to_key(row: asyncpg.Record) -> ApiKey:
@@ -331,7 +332,8 @@ class KeyStore:
         model_list = [m.strip() for m in models if m.strip()]
         full_key, key_id, secret = generate_key()
         row = await self._pool.fetchrow(
-            "INSERT INTO api_keys (id, secret_hash, name, tier, models, rpm, tpm, max_concurrent, max_tokens, expires_at)"
+            "INSERT INTO api_keys"
+            " (id, secret_hash, name, tier, models, rpm, tpm, max_concurrent, max_tokens, expires_at)"
             f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {_COLUMNS}",
             key_id, hash_secret(secret), name.strip(), tier.strip(), model_list, rpm, tpm, max_concurrent,
             max_tokens, expires_at)

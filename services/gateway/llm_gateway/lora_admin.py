@@ -49,7 +49,7 @@ async def _forward(request: Request, engine_path: str, fields: tuple[str, ...]) 
     payload = orjson.dumps({name: body[name] for name in fields})
     results = await asyncio.gather(*(_call(rt, e.url + engine_path, payload) for e in rt.engines.engines))
     await rt.catalog.refresh()
-    engines = {e.url: result for e, result in zip(rt.engines.engines, results)}
+    engines = {e.url: result for e, result in zip(rt.engines.engines, results, strict=True)}
     ok = all(result["status"] == 200 for result in results)
     answer = {"lora_name": body["lora_name"], "ok": ok, "engines": engines}
     return Response(orjson.dumps(answer), status_code=200 if ok else 502, media_type="application/json")

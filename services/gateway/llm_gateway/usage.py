@@ -18,6 +18,7 @@ no de-duplication.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -97,10 +98,8 @@ class UsageRecorder:
         delay = 0.0   # > 0 while PostgreSQL is failing: back off before the next try
         while not self._closing:
             if delay or len(self._queue) < self._batch_size:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), delay or self._interval)
-                except TimeoutError:
-                    pass
             self._wake.clear()
             ok = True
             while self._queue and ok and not self._closing:   # drain, one batch at a time
