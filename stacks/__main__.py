@@ -15,7 +15,7 @@ config = load_node_config()
 if config.settings.target == "kubernetes":  # the same settings on a cluster (stacks/kubernetes/)
     from stacks.kubernetes.node import KubernetesNode, KubernetesNodeArgs
 
-    node = KubernetesNode("llm-node", KubernetesNodeArgs(config=config))
+    node: KubernetesNode | Node = KubernetesNode("llm-node", KubernetesNodeArgs(config=config))
 else:
     docker_host = docker.Provider("docker-host", host=config.settings.docker_host)
     node = Node("llm-node", NodeArgs(config=config, job_history=DockerJobHistory(config.settings.docker_host)),

@@ -20,9 +20,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pulumi
 import pulumi_docker as docker
+
+if TYPE_CHECKING:
+    from docker import DockerClient  # the Docker SDK
 
 JOB_RESTART = "no"
 LABEL_RUN = "llm-node.run"
@@ -67,10 +71,10 @@ class DockerJobHistory(JobHistory):
 
     def __init__(self, docker_host: str):
         self.docker_host = docker_host
-        self._client = None
+        self._client: DockerClient | None = None
         self._unreachable = False
 
-    def _connect(self):
+    def _connect(self) -> DockerClient:
         import docker as docker_sdk  # the Docker SDK, not pulumi_docker
 
         # ssh:// hosts go through the ssh client, as the Docker CLI and the provider do.

@@ -90,11 +90,19 @@ class KubernetesSettings:
     def version_minor(self) -> int:
         return int(self.version.split(".")[1])
 
+    @property
+    def gateway_api_parent_ref(self) -> tuple[str, str]:
+        """(namespace, name) of the Gateway of edge gateway-api, where gateway_api_parent is required."""
+        if self.gateway_api_parent is None:
+            raise ValueError("kubernetes.gateway_api_parent is only set with edge gateway-api")
+        namespace, name = self.gateway_api_parent.split("/")
+        return namespace, name
+
 
 def parse_target(values: Mapping[str, Any]) -> str:
     from stacks.config import ConfigError
 
-    target = values.get("target", "docker")
+    target: str = values.get("target", "docker")
     if target not in TARGETS:
         raise ConfigError("target", f"{target!r} is not one of {', '.join(TARGETS)}")
     return target
@@ -168,8 +176,8 @@ def parse_kubernetes(values: Mapping[str, Any] | None, *, target: str, engine: E
         raise ConfigError("kubernetes.gateway_max_replicas", f"{gateway_max} is below gateway_min_replicas "
                                                              f"({gateway_min})")
 
-    def quantity(key: str, default: str, pattern: re.Pattern, what: str) -> str:
-        value = s.string(key, default)
+    def quantity(key: str, default: str, pattern: re.Pattern[str], what: str) -> str:
+        value: str = s.string(key, default)
         if not pattern.match(value):
             raise ConfigError(s.key(key), f"{value!r} is not {what}")
         return value
@@ -192,7 +200,7 @@ def parse_kubernetes(values: Mapping[str, Any] | None, *, target: str, engine: E
         raise ConfigError("kubernetes.prometheus_url", f"{prometheus_url!r} must be an http(s) URL")
 
     def chart_version(key: str, default: str) -> str:
-        value = s.string(key, default)
+        value: str = s.string(key, default)
         if not _CHART_VERSION.match(value):
             raise ConfigError(s.key(key), f"{value!r} is not a pinned chart version (x.y.z)")
         return value
