@@ -18,6 +18,7 @@ import json
 import re
 import sys
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 from pydantic import ValidationError
@@ -104,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # -- commands ------------------------------------------------------------------------------------
 
-def _key_json(key: ApiKey) -> dict:
+def _key_json(key: ApiKey) -> dict[str, Any]:
     return {"id": key.id, "name": key.name, "tier": key.tier, "models": list(key.models), "rpm": key.rpm,
             "tpm": key.tpm, "max_concurrent": key.max_concurrent, "max_tokens": key.max_tokens,
             "expires_at": key.expires_at.isoformat() if key.expires_at else None, "revoked": key.revoked,
@@ -126,7 +127,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
                      for line in lines)
 
 
-def _or_dash(value) -> str:
+def _or_dash(value: object) -> str:
     return "-" if value is None else str(value)
 
 
@@ -205,7 +206,7 @@ class _pool:
         self._pool = await create_pool(self._dsn, min_size=1, max_size=1)
         return self._pool
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self._pool.close()
 
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 # Verdicts, as limiter_v1.lua returns them.
 ALLOWED, OVER_RPM, OVER_TPM, OVER_CONCURRENCY = 0, 1, 2, 3
 
 
 class LocalLimiter:
-    def __init__(self, clock=time.monotonic):
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._requests: dict[str, tuple[float, float]] = {}   # key id -> (level, at ms)
         self._tokens: dict[str, tuple[float, float]] = {}

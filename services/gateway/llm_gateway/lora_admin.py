@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+from typing import Any
 
 import aiohttp
 import orjson
@@ -71,7 +72,7 @@ def _check_admin(rt: Runtime, authorization: str | None) -> None:
         raise PermissionDenied("Invalid admin token.", code="invalid_admin_token")
 
 
-async def _call(rt: Runtime, url: str, payload: bytes) -> dict:
+async def _call(rt: Runtime, url: str, payload: bytes) -> dict[str, Any]:
     try:
         async with rt.http.post(url, data=payload, headers={"content-type": "application/json"},
                                 timeout=aiohttp.ClientTimeout(total=120)) as response:

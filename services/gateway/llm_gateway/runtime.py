@@ -75,7 +75,7 @@ class Runtime:
     upstream_timeout: aiohttp.ClientTimeout
     probe_redis: aioredis.Redis | None = None
     hangups: HangUpWatch = field(default_factory=HangUpWatch)
-    _tasks: list[asyncio.Task] = field(default_factory=list)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _readiness: tuple[float, asyncio.Future[Readiness]] | None = None
 
     @classmethod

@@ -23,6 +23,7 @@ import logging
 import time
 from collections import deque
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 
@@ -41,11 +42,11 @@ class UsageRecorder:
         self._interval = flush_interval_seconds
         # Bounded so a very long PostgreSQL outage cannot exhaust memory; beyond it new records
         # are dropped (not old ones: a batch being written is the queue's head) and counted in the log.
-        self._queue: deque[tuple] = deque()
+        self._queue: deque[tuple[Any, ...]] = deque()
         self._max_queued = max_queued
         self._dropped = 0
         self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._closing = False
 
     @property
@@ -131,7 +132,7 @@ class UsageRecorder:
         return True
 
     @staticmethod
-    async def _write_one_by_one(conn: asyncpg.Connection, rows: list[tuple]) -> None:
+    async def _write_one_by_one(conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
         # ON CONFLICT: a row already written (a batch re-sent after a lost acknowledgement).
         insert = (f"INSERT INTO usage_records ({', '.join(_COLUMNS)}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
                   " ON CONFLICT (request_id) DO NOTHING")
@@ -143,7 +144,7 @@ class UsageRecorder:
 
 
 async def usage_summary(pool: asyncpg.Pool, *, key_id: str | None = None,
-                        since: datetime | None = None) -> list[dict]:
+                        since: datetime | None = None) -> list[dict[str, Any]]:
     """Token sums per key and model (for `admin usage`)."""
     rows = await pool.fetch(
         "SELECT key_id, model, count(*) AS requests, sum(prompt_tokens) AS prompt_tokens,"
