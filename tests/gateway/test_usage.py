@@ -90,7 +90,7 @@ async def test_a_bad_record_does_not_block_the_batch(pool, key_id):
 
 
 def test_record_never_raises_and_is_bounded():
-    recorder = UsageRecorder(pool=None, batch_size=10, max_queued=100)   # type: ignore[arg-type]
+    recorder = UsageRecorder(pool=None, batch_size=10, max_queued=100)
     for i in range(1000):
         recorder.record(request_id=str(i), key_id="k", tier="t", model="m", prompt_tokens=1,
                         completion_tokens=1, status=200)
