@@ -10,6 +10,7 @@ pragmas). The files are the repository's own: tracked, or new and not ignored.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the tools sit next to the interpreter that runs this
+_SHELL_SHEBANG = re.compile(rb"#!\s*\S*(/|env\s+)(ba|da)?sh(\s|$)")
 
 
 def repository_files() -> list[str]:
@@ -36,7 +38,7 @@ def shell_scripts() -> list[str]:
             continue
         with open(ROOT / name, "rb") as file:
             first = file.readline(200)
-        if first.startswith(b"#!") and (first.rstrip().endswith((b"bash", b"/sh"))):
+        if _SHELL_SHEBANG.match(first):
             found.append(name)
     return found
 
@@ -60,7 +62,7 @@ CHECKS = [
     Check("ruff", lambda: [str(BIN / "ruff"), "check", "--no-cache", "--output-format", "concise", "."]),
     Check("mypy", lambda: [str(BIN / "mypy")]),  # files and strictness: [tool.mypy] in pyproject.toml
     Check("shellcheck", lambda: [str(BIN / "shellcheck"), *shell_scripts()]),
-    Check("hadolint", lambda: [str(BIN / "hadolint"), *dockerfiles()]),
+    Check("hadolint", lambda: [str(BIN / "hadolint"), "--no-color", *dockerfiles()]),
     Check("actionlint", lambda: [str(BIN / "actionlint"), "-no-color", *workflows()]),
 ]
 
