@@ -21,7 +21,7 @@ _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 async def create_pool(dsn: str, **kw: Any) -> asyncpg.Pool:
     """A small asyncpg pool with timeouts, so a dead PostgreSQL fails fast instead of hanging."""
-    options = {
+    options: dict[str, Any] = {
         "min_size": 1,
         "max_size": 10,
         "timeout": 5.0,            # connect timeout

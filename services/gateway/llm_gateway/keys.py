@@ -339,6 +339,7 @@ class KeyStore:
             f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {_COLUMNS}",
             key_id, hash_secret(secret), name.strip(), tier.strip(), model_list, rpm, tpm, max_concurrent,
             max_tokens, expires_at)
+        assert row is not None  # INSERT ... RETURNING answers with the row it inserted
         self.forget(key_id)  # a negative entry for this id (vanishingly unlikely) must not linger
         return full_key, _row_to_key(row)
 

@@ -23,9 +23,12 @@ import logging
 import time
 from collections import deque
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +135,7 @@ class UsageRecorder:
         return True
 
     @staticmethod
-    async def _write_one_by_one(conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
+    async def _write_one_by_one(conn: PoolConnectionProxy[asyncpg.Record], rows: list[tuple[Any, ...]]) -> None:
         # ON CONFLICT: a row already written (a batch re-sent after a lost acknowledgement).
         insert = (f"INSERT INTO usage_records ({', '.join(_COLUMNS)}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
                   " ON CONFLICT (request_id) DO NOTHING")
