@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap dev dev-stop test unit bench
+.PHONY: bootstrap dev dev-stop lint test unit bench
 bootstrap:
 	scripts/bootstrap --quantize
 
@@ -11,6 +11,11 @@ dev: bootstrap
 
 dev-stop:
 	.venv/bin/python scripts/dev.py stop
+
+# The static checks (ruff, mypy, shellcheck, hadolint, actionlint): scripts/lint.py. `make test`
+# runs them too, as tests/test_static_checks.py.
+lint: bootstrap
+	.venv/bin/python -m scripts.lint
 
 test: bootstrap
 	.venv/bin/pytest $(PYTEST_ARGS)

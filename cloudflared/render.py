@@ -16,7 +16,7 @@ CATCH_ALL = {"service": "http_status:404"}
 
 def render_tunnel_config(*, hostname: str, origin_url: str, verify_origin_tls: bool) -> dict[str, Any]:
     """One rule for ``hostname`` to ``origin_url`` (Traefik), then the catch-all."""
-    config = copy.deepcopy(yaml.safe_load(BASE.read_text()))
+    config: dict[str, Any] = copy.deepcopy(yaml.safe_load(BASE.read_text()))
     rules = config["ingress"]
     if rules[-1] != CATCH_ALL:
         raise ValueError(f"{BASE}: the last ingress rule must be the catch-all {CATCH_ALL}")

@@ -6,9 +6,10 @@ rename, and every engine query filters on the `model` template variable.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from grafanalib.core import GridPos, RowPanel, Stat, Target, Template, TimeSeries
+from grafanalib.core import GridPos, Panel, RowPanel, Stat, Target, Template, TimeSeries
 
 DATASOURCE_UID = "llm-node-prometheus"
 DATASOURCE = {"type": "prometheus", "uid": DATASOURCE_UID}
@@ -59,7 +60,7 @@ def timeseries(title: str, queries: Sequence[Query], unit: str = "short", descri
 
 
 def stat(title: str, queries: Sequence[Query], unit: str = "short", description: str = "",
-         width: int = 6, mappings: Sequence[dict] = (), text_mode: str = "value_and_name") -> Stat:
+         width: int = 6, mappings: Sequence[dict[str, Any]] = (), text_mode: str = "value_and_name") -> Stat:
     return Stat(
         title=title,
         description=description or None,
@@ -74,9 +75,10 @@ def stat(title: str, queries: Sequence[Query], unit: str = "short", description:
     )
 
 
-def layout(rows: Sequence[tuple[str, Sequence]]) -> list:
+def layout(rows: Sequence[tuple[str, Sequence[Panel]]]) -> list[Panel]:
     """Place panels left to right under titled rows; each panel keeps its width and height."""
-    placed, y = [], 0
+    placed: list[Panel] = []
+    y = 0
     for title, panels in rows:
         placed.append(RowPanel(title=title, gridPos=GridPos(h=1, w=24, x=0, y=y)))
         y += 1

@@ -8,7 +8,8 @@ target are not theirs (they return nothing), and the Docker rules ignore these.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 try:  # imported as the package `policy` (tests) or run from this directory by the Pulumi CLI
     from . import rules

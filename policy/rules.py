@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 import tomllib
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import yaml
 

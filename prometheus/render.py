@@ -9,8 +9,8 @@ Job names are a contract: alert rules and dashboards select on ``job``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import yaml
 

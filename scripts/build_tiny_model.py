@@ -28,7 +28,14 @@ CHAT_TEMPLATE = (
 
 def training_text() -> list[str]:
     """Deterministic local text: docstrings of a fixed set of standard-library modules."""
-    import collections, json as _json, pathlib, string, textwrap, typing, asyncio, argparse as _ap
+    import argparse as _ap
+    import asyncio
+    import collections
+    import json as _json
+    import pathlib
+    import string
+    import textwrap
+    import typing
 
     lines: list[str] = []
     for module in (collections, _json, pathlib, string, textwrap, typing, asyncio, _ap):

@@ -8,11 +8,8 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from scripts.devnode import node  # noqa: E402
+from scripts.devnode import node
 
 
 def main(argv: list[str]) -> int:
@@ -42,7 +39,7 @@ Stop it with: make dev-stop""")
         return 0
     if command == "status":
         for name, pid in node.status().items():
-            print(f"{name:14} {'running (pid %d)' % pid if pid else 'stopped'}")
+            print(f"{name:14} {f'running (pid {pid})' if pid else 'stopped'}")
         return 0
     print(__doc__, file=sys.stderr)
     return 2

@@ -23,14 +23,11 @@ import os
 import re
 import sys
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import testinfra
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from scripts import preflight_gpu as gpu  # noqa: E402
-from stacks.config import STACKS_DIR, load_stack_settings  # noqa: E402
+from scripts import preflight_gpu as gpu
+from stacks.config import STACKS_DIR, load_stack_settings
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 
@@ -137,7 +134,7 @@ class Options:
 class Preflight:
     """The checks, in the order a person would fix them."""
 
-    host: "testinfra.host.Host"
+    host: testinfra.host.Host
     options: Options
     results: list[Result] = field(default_factory=list)
     _docker_info: dict | None = None
@@ -223,7 +220,8 @@ class Preflight:
             return Result(name, FAIL, self._gpu_error or "no GPU")
         cuda, source = self.image_cuda()
         if cuda is None:
-            return Result(name, FAIL, f"cannot tell the CUDA version of {source}: pull the image or pass --cuda-version")
+            return Result(name, FAIL,
+                          f"cannot tell the CUDA version of {source}: pull the image or pass --cuda-version")
         verdict = gpu.judge_driver(gpus, self._driver_cuda, cuda, self.wsl)
         return Result(name, PASS if verdict.ok else FAIL, f"{verdict.detail} [{source}]")
 
@@ -271,7 +269,8 @@ class Preflight:
             return Result(name, FAIL, f"df {probe} failed: {(df.stderr or '').strip()}")
         free = int(rows[-1].split()[3]) / 1e9
         where = path if probe == path else f"{path} (on {probe})"
-        detail = f"{free:.1f} GB free at {where}; stack {self.options.stack} needs {needs.disk_gb:g} GB (images + model)"
+        detail = (f"{free:.1f} GB free at {where}; "
+                  f"stack {self.options.stack} needs {needs.disk_gb:g} GB (images + model)")
         return Result(name, PASS if free >= needs.disk_gb else FAIL, detail)
 
     def check_ports(self) -> Result:
@@ -298,7 +297,7 @@ class Preflight:
             name = check.__name__.removeprefix("check_").replace("_", " ")
             try:
                 self.results.append(check())
-            except Exception as error:  # one broken probe must not hide the other results
+            except Exception as error:  # noqa: BLE001 - one broken probe must not hide the other results
                 self.results.append(Result(name, FAIL, f"check could not run: {type(error).__name__}: {error}"))
         return self.results
 
@@ -317,7 +316,8 @@ def render(results: list[Result], options: Options, wsl: bool = False) -> str:
 def parse_args(argv: list[str]) -> tuple[Options, bool]:
     parser = argparse.ArgumentParser(prog="scripts/preflight", description=__doc__.split("\n\n")[0])
     parser.add_argument("--stack", choices=available_stacks(), default="dev",
-                        help="the stack to be deployed: its stacks/Pulumi.<stack>.yaml says what it needs (default dev)")
+                        help="the stack to be deployed: its stacks/Pulumi.<stack>.yaml says what it needs "
+                             "(default dev)")
     parser.add_argument("--host", help="testinfra host spec, local:// or ssh://user@node "
                                        "(default: the stack's docker_host when it is ssh://, else local://)")
     parser.add_argument("--docker-host", help="docker CLI -H value (default: DOCKER_HOST or the local socket)")
@@ -350,14 +350,14 @@ def main(argv: list[str] | None = None) -> int:
     options, as_json = parse_args(sys.argv[1:] if argv is None else argv)
     wsl = False
     try:
-        options.needs  # reads and validates the stack file
-    except Exception as error:  # a ConfigError names the key
+        _ = options.needs  # reads and validates the stack file
+    except Exception as error:  # noqa: BLE001 - a ConfigError names the key; any other error is reported the same way
         print(f"preflight: stack {options.stack}: {error}", file=sys.stderr)
         return 2
     try:
         host = testinfra.get_host(options.target)
         host.run("true")  # connects: an unreachable SSH host fails here, once
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - each transport fails in its own way; all are "unreachable"
         results = [Result("host reachable", FAIL, f"{options.target}: {_connection_error(error)}")]
     else:
         preflight = Preflight(host, options)

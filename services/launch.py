@@ -9,8 +9,9 @@ the dev node from its own generated values).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Mapping, Sequence
+from typing import Literal
 
 import llm_gateway.settings as gateway_settings
 

@@ -22,9 +22,10 @@ which pulumi-docker v5 wraps):
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TypedDict
 
 import pulumi
 import pulumi_docker as docker
@@ -103,10 +104,16 @@ def healthcheck(test: Sequence[str], *, interval: int = 15, timeout: int = 5, re
                                            start_interval=go_duration(start_interval))
 
 
-def graceful_stop(seconds: int, signal: str | None = None) -> dict[str, object]:
+class GracefulStop(TypedDict, total=False):
+    stop_timeout: int
+    destroy_grace_seconds: int
+    stop_signal: str
+
+
+def graceful_stop(seconds: int, signal: str | None = None) -> GracefulStop:
     """Container arguments that give the service ``seconds`` to shut down cleanly, on `docker
     stop` (its own stop timeout) and on replace or destroy by Pulumi (destroy_grace_seconds)."""
-    args: dict[str, object] = {"stop_timeout": seconds, "destroy_grace_seconds": seconds}
+    args: GracefulStop = {"stop_timeout": seconds, "destroy_grace_seconds": seconds}
     if signal:
         args["stop_signal"] = signal
     return args

@@ -12,8 +12,8 @@ adapters from /adapters into /run/llm-node/adapters (rejecting any above the com
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import pulumi
 import pulumi_docker as docker

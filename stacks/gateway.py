@@ -13,14 +13,13 @@ brings the database schema up to date first.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import pulumi
 import pulumi_docker as docker
 
-from services.launch import (GATEWAY_SECRETS_DIR_ENV, GatewaySpec, gateway_env, gateway_process_argv,
-                             gateway_secret_file)
+from services.launch import GATEWAY_SECRETS_DIR_ENV, GatewaySpec, gateway_env, gateway_process_argv, gateway_secret_file
 from stacks import addresses, containers, jobs, naming
 from stacks.config import EdgeSettings
 from stacks.images import GATEWAY_BUILD

@@ -18,11 +18,15 @@ runs again. A job that succeeded (or is still running) keeps its label: no diff,
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
+from typing import TYPE_CHECKING
 
 import pulumi
 import pulumi_docker as docker
+
+if TYPE_CHECKING:
+    from docker import DockerClient  # the Docker SDK
 
 JOB_RESTART = "no"
 LABEL_RUN = "llm-node.run"
@@ -67,10 +71,10 @@ class DockerJobHistory(JobHistory):
 
     def __init__(self, docker_host: str):
         self.docker_host = docker_host
-        self._client = None
+        self._client: DockerClient | None = None
         self._unreachable = False
 
-    def _connect(self):
+    def _connect(self) -> DockerClient:
         import docker as docker_sdk  # the Docker SDK, not pulumi_docker
 
         # ssh:// hosts go through the ssh client, as the Docker CLI and the provider do.
@@ -89,7 +93,7 @@ class DockerJobHistory(JobHistory):
                 container = self._client.api.inspect_container(container_name)
             except docker.errors.NotFound:
                 return None
-        except Exception as error:  # no history is no reason to stop: the provider reports the host
+        except Exception as error:  # noqa: BLE001 - no history is no reason to stop: the provider reports the host
             self._unreachable = True
             logging.getLogger(__name__).debug("job history unavailable: %s", error)
             pulumi.log.warn(f"could not read job containers on {self.docker_host} ({type(error).__name__}): "

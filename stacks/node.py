@@ -24,8 +24,8 @@ from stacks.addresses import PROMETHEUS_HOST, TRAEFIK_HOST, SubnetPlan
 from stacks.config import NodeConfig
 from stacks.engine import Engine, EngineArgs, ModelsMount
 from stacks.gateway import Gateway, GatewayArgs
-from stacks.jobs import JobHistory
 from stacks.grafana import Grafana, GrafanaArgs
+from stacks.jobs import JobHistory
 from stacks.postgres import Postgres, PostgresArgs
 from stacks.prometheus import Prometheus, PrometheusArgs
 from stacks.quantize import QuantizeArgs, QuantizeJob

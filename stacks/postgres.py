@@ -60,7 +60,7 @@ class Postgres(pulumi.ComponentResource):
             opts=containers.service_options(self, [image], bound_seconds=120),
         )
         # Only the gateway uses it; secret because it embeds the password.
-        self.database_url = pulumi.Output.secret(pulumi.Output.concat(
+        self.database_url: pulumi.Output[str] = pulumi.Output.secret(pulumi.Output.concat(
             "postgresql://", USER, ":", self.password, "@", naming.POSTGRES, ":", str(naming.POSTGRES_PORT), "/",
             DATABASE))
         self.register_outputs({"container": self.container.name})

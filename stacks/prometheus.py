@@ -7,8 +7,8 @@ Grafana) and the metrics network (Traefik, cloudflared), never on the edge netwo
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import pulumi
 import pulumi_docker as docker

@@ -64,6 +64,6 @@ class Redis(pulumi.ComponentResource):
             labels=containers.labels(args.placement, "redis"),
             opts=containers.service_options(self, [image], bound_seconds=60),
         )
-        self.url = pulumi.Output.secret(pulumi.Output.concat(
+        self.url: pulumi.Output[str] = pulumi.Output.secret(pulumi.Output.concat(
             "redis://:", self.password, "@", naming.REDIS, ":", str(naming.REDIS_PORT), "/0"))
         self.register_outputs({"container": self.container.name})

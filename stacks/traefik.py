@@ -24,8 +24,8 @@ ForceNew in the Docker provider (terraform-provider-docker resource_docker_conta
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import pulumi
 import pulumi_docker as docker

@@ -11,7 +11,8 @@ points: a router without them would listen on all of them, including ops and met
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 Dynamic = dict[str, Any]
 

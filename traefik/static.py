@@ -31,7 +31,8 @@ LOOPBACK = ("127.0.0.1/32", "::1/128")  # `traefik healthcheck --ping` dials the
 
 
 def _load(path: Path) -> dict[str, Any]:
-    return yaml.safe_load(path.read_text())
+    loaded: dict[str, Any] = yaml.safe_load(path.read_text())
+    return loaded
 
 
 def render_static_config(*, tls_mode: str, acme_email: str | None = None, acme_ca_server: str | None = None,

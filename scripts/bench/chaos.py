@@ -44,15 +44,14 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 
+from llm_gateway.db import migrate
+from llm_gateway.keys import generate_key, hash_secret
+from scripts.devnode.gateway import start_gateway
+from scripts.devnode.processes import ManagedProcess, free_port, http_ok, port_open
+from scripts.devnode.throwaway import ThrowawayPostgres, ThrowawayRedis
+
 from .localnode import ROOT
-
-from llm_gateway.db import migrate  # noqa: E402
-from llm_gateway.keys import generate_key, hash_secret  # noqa: E402
-from scripts.devnode.gateway import start_gateway  # noqa: E402
-from scripts.devnode.processes import ManagedProcess, free_port, http_ok, port_open  # noqa: E402
-from scripts.devnode.throwaway import ThrowawayPostgres, ThrowawayRedis  # noqa: E402
-
-from .report import print_table  # noqa: E402
+from .report import print_table
 
 MODEL = "tiny-llama"            # what fast_upstream serves
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
@@ -108,7 +107,7 @@ async def swarm(url: str, clients: int, key_for, stop: asyncio.Event, samples: l
                         payload = await response.read()
                         status = response.status
                     code = "" if status == 200 else _code(payload)
-                except (aiohttp.ClientError, asyncio.TimeoutError):
+                except (TimeoutError, aiohttp.ClientError):
                     status, code = 0, "no answer"
                 samples.append(Sample(sent, time.monotonic(), status, code))
                 if status != 200:
@@ -129,7 +128,7 @@ async def wait_postgres(dsn: str, timeout: float = 60.0) -> None:
         try:
             await (await asyncpg.connect(dsn, timeout=2)).close()
             return
-        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+        except (TimeoutError, OSError, asyncpg.PostgresError):
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.01)
@@ -262,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     notes = []
     for p in phases:
         codes = Counter((s.status, s.code) for s in p.samples if s.status != 200)
-        notes.append(f"{p.name} errors by code: " + ", ".join(f"{st} {code}: {n}" for (st, code), n in sorted(codes.items())))
+        notes.append(f"{p.name} errors by code: "
+                     + ", ".join(f"{st} {code}: {n}" for (st, code), n in sorted(codes.items())))
     print_table(f"Chaos: {args.clients} concurrent clients, each dependency killed (SIGKILL) for {args.outage:g} s",
                 ["dependency", "before", "during", "after back", "first success", "last failure", "other 5xx"],
                 rows,

@@ -76,7 +76,8 @@ async def measure(base_url: str, key: str | None, engine_url: str, model: str, t
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=10)
-    parser.add_argument("--engine-url", help="an engine already running (default: LLM_NODE_BENCH_ENGINE_URL or start one)")
+    parser.add_argument("--engine-url",
+                        help="an engine already running (default: LLM_NODE_BENCH_ENGINE_URL or start one)")
     args = parser.parse_args(argv)
     with LocalNode.start(args.engine_url) as node:
         gateway = node.start_gateway()
@@ -87,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         print_table("Client disconnect -> vLLM abort (vllm:num_requests_running back to its level)",
                     ["path", *SUMMARY_HEADERS],
                     [["direct to vLLM", *summary_ms(direct)], ["through gateway", *summary_ms(through)]],
-                    [f"streaming, max_tokens=1500, ignore_eos; closed after 3 chunks; polled every {POLL_SECONDS * 1000:.0f} ms",
+                    ["streaming, max_tokens=1500, ignore_eos; closed after 3 chunks; "
+                     f"polled every {POLL_SECONDS * 1000:.0f} ms",
                      f"engine {node.engine.url} (idle after {waited:.1f} s wait); the issue's bound is 1 s",
                      f"never aborted within 30 s: {sum(t == float('inf') for t in direct + through)}"])
     return 0

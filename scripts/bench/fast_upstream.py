@@ -58,7 +58,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
                                   "choices": [choice], "usage": _usage(8, n)})
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
-    for i in range(n):
+    for _i in range(n):
         choice = ({"index": 0, "delta": {"content": "x"}, "finish_reason": None} if chat
                   else {"index": 0, "text": "x", "finish_reason": None})
         await response.write(b"data: " + orjson.dumps({**base, "choices": [choice]}) + b"\n\n")

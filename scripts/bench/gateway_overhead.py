@@ -35,18 +35,15 @@ import time
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import aiohttp
 
-import aiohttp  # noqa: E402
-
-from scripts.bench.nginx_upstream import NginxUpstream  # noqa: E402
-from scripts.bench.report import ms, percentile, print_table  # noqa: E402
-from scripts.bench.stack_floor import StackFloor  # noqa: E402
-from scripts.devnode.gateway import start_gateway  # noqa: E402
-from scripts.devnode.local_services import admin_dsn as postgres_admin_dsn, ensure_redis  # noqa: E402
-from services.launch import gateway_secrets_env  # noqa: E402
+from scripts.bench.nginx_upstream import NginxUpstream
+from scripts.bench.report import ms, percentile, print_table
+from scripts.bench.stack_floor import StackFloor
+from scripts.devnode.gateway import start_gateway
+from scripts.devnode.local_services import admin_dsn as postgres_admin_dsn
+from scripts.devnode.local_services import ensure_redis
+from services.launch import gateway_secrets_env
 
 PATH = "/v1/chat/completions"
 BIG = 1_000_000_000
@@ -175,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             f50, f99 = _medians(per_round["floor"])
             b50, _ = _medians(per_round["bare"])
             g50, g99 = _medians(per_round["gateway"])
-            added50 = [g[0] - d[0] for g, d in zip(per_round["gateway"], per_round["direct"])]
+            added50 = [g[0] - d[0] for g, d in zip(per_round["gateway"], per_round["direct"], strict=True)]
             errors = sum(r[2] for rounds_ in per_round.values() for r in rounds_)
             rows.append([f"{rate:g}", errors, ms(d50), ms(d99), ms(g50), ms(g99), ms(g50 - d50), ms(g99 - d99),
                          f"{ms(min(added50))}-{ms(max(added50))}"])

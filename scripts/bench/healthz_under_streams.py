@@ -65,7 +65,7 @@ async def measure(gateway_url: str, key: str, model: str, streams: int, probes: 
                     while not stop.is_set():
                         try:
                             chunk = await asyncio.wait_for(r.content.readany(), 0.5)
-                        except asyncio.TimeoutError:
+                        except TimeoutError:
                             continue
                         if not chunk:
                             ended_early.append(last[-160:])  # the server ended it before we did
@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--streams", type=int, default=256)
     parser.add_argument("--probes", type=int, default=300)
-    parser.add_argument("--engine-url", help="an engine already running (default: LLM_NODE_BENCH_ENGINE_URL or start one)")
+    parser.add_argument("--engine-url",
+                        help="an engine already running (default: LLM_NODE_BENCH_ENGINE_URL or start one)")
     args = parser.parse_args(argv)
     with LocalNode.start(args.engine_url) as node:
         gateway = node.start_gateway()

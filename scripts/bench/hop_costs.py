@@ -21,22 +21,18 @@ import asyncio
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Awaitable, Callable
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import aiohttp
+import uvloop
 
-import aiohttp  # noqa: E402
-import uvloop  # noqa: E402
-
-from llm_gateway.limiter_scripts import limiter_keys, load_script  # noqa: E402
-from llm_gateway.redis_client import ScriptRunner, create_redis  # noqa: E402
-from scripts.bench.gateway_overhead import body_for  # noqa: E402
-from scripts.bench.nginx_upstream import NginxUpstream  # noqa: E402
-from scripts.bench.report import ms, percentile, print_table  # noqa: E402
-from scripts.devnode.local_services import ensure_redis  # noqa: E402
+from llm_gateway.limiter_scripts import limiter_keys, load_script
+from llm_gateway.redis_client import ScriptRunner, create_redis
+from scripts.bench.gateway_overhead import body_for
+from scripts.bench.nginx_upstream import NginxUpstream
+from scripts.bench.report import ms, percentile, print_table
+from scripts.devnode.local_services import ensure_redis
 
 BIG = 1_000_000_000
 KEYS = limiter_keys("hop-costs")

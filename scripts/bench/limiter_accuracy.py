@@ -23,7 +23,6 @@ from .client import auth, chat_body
 from .localnode import LocalNode, wait_engine_idle
 from .report import print_table
 
-
 OTHER_ANSWERS: dict[int, str] = {}  # first body of each status that is neither 200 nor 429
 
 
@@ -85,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-client", type=int, default=2)
     parser.add_argument("--rpm-limits", default="10,60,120")
     parser.add_argument("--concurrency-limits", default="4,16")
-    parser.add_argument("--engine-url", help="an engine already running (default: LLM_NODE_BENCH_ENGINE_URL or start one)")
+    parser.add_argument("--engine-url",
+                        help="an engine already running (default: LLM_NODE_BENCH_ENGINE_URL or start one)")
     args = parser.parse_args(argv)
     rows = []
     with LocalNode.start(args.engine_url) as node:

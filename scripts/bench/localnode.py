@@ -22,20 +22,19 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from scripts.devnode import gateway as fixtures
+from scripts.devnode.engine import Engine, served_model_name, start_engine
+from scripts.devnode.local_services import admin_dsn as postgres_admin_dsn
+from scripts.devnode.local_services import ensure_redis
+from services.launch import gateway_secrets_env
 
-from services.launch import gateway_secrets_env  # noqa: E402
-from scripts.devnode import gateway as fixtures  # noqa: E402
-from scripts.devnode.engine import Engine, served_model_name, start_engine  # noqa: E402
-from scripts.devnode.local_services import admin_dsn as postgres_admin_dsn, ensure_redis  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 # Environment variable naming an engine that is already running (skips a ~1 min start).
 ENGINE_URL_ENV = "LLM_NODE_BENCH_ENGINE_URL"
@@ -69,10 +68,8 @@ class Gateway(fixtures.Gateway):
     def rss_bytes(self) -> int:
         total = 0
         for process in self.processes():
-            try:
+            with suppress(psutil.NoSuchProcess):
                 total += process.memory_info().rss
-            except psutil.NoSuchProcess:
-                pass
         return total
 
     def stop(self, timeout: float = 40.0) -> int | None:
@@ -90,7 +87,7 @@ class LocalNode:
 
     # -- lifecycle -------------------------------------------------------------------------
     @classmethod
-    def start(cls, engine_url: str | None = None, log_dir: Path | None = None) -> "LocalNode":
+    def start(cls, engine_url: str | None = None, log_dir: Path | None = None) -> LocalNode:
         log_dir = Path(log_dir or tempfile.mkdtemp(prefix="llmnode-bench-logs-"))
         cleanup = ExitStack()
         try:
@@ -118,7 +115,7 @@ class LocalNode:
     def close(self) -> None:
         self._cleanup.close()
 
-    def __enter__(self) -> "LocalNode":
+    def __enter__(self) -> LocalNode:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -84,7 +84,7 @@ http {{
 }}
 """
 
-    def start(self) -> "NginxUpstream":
+    def start(self) -> NginxUpstream:
         ensure_installed()
         config = self.dir / "nginx.conf"
         config.write_text(self._config())
@@ -99,7 +99,7 @@ http {{
             self.proc = None
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def __enter__(self) -> "NginxUpstream":
+    def __enter__(self) -> NginxUpstream:
         return self
 
     def __exit__(self, *exc) -> None:

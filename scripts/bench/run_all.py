@@ -29,7 +29,8 @@ BENCHMARKS: list[tuple[str, list[str], list[str]]] = [
     ("hop_costs", [], ["--calls", "200"]),
     ("streaming_ttft", ["--requests", "100", "--concurrency", "1,8"], ["--requests", "10", "--concurrency", "1,4"]),
     ("disconnect_abort", ["--trials", "20"], ["--trials", "3"]),
-    ("limiter_accuracy", ["--clients", "150"], ["--clients", "150", "--rpm-limits", "10,60", "--concurrency-limits", "4"]),
+    ("limiter_accuracy", ["--clients", "150"],
+     ["--clients", "150", "--rpm-limits", "10,60", "--concurrency-limits", "4"]),
     ("healthz_under_streams", ["--streams", "256", "--probes", "300"], ["--streams", "256", "--probes", "50"]),
     ("memory_soak", ["--requests", "100000"], ["--requests", "5000"]),
     ("chaos", [], ["--clients", "20", "--outage", "3", "--before", "2", "--after", "3"]),
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
                     failures.append(f"{name} (missing)")
                     continue
                 print(f"\n## {name}", flush=True)
-                result = subprocess.run([sys.executable, "-m", f"scripts.bench.{name}", *(quick if args.quick else full)],
+                argv = [sys.executable, "-m", f"scripts.bench.{name}", *(quick if args.quick else full)]
+                result = subprocess.run(argv,
                                         cwd=ROOT, env=os.environ | {ENGINE_URL_ENV: engine_url},
                                         stdout=subprocess.PIPE, text=True)
                 print(result.stdout, end="", flush=True)

@@ -93,7 +93,7 @@ class StackFloor:
         self._log_dir = log_dir
         self._proc = None
 
-    def start(self) -> "StackFloor":
+    def start(self) -> StackFloor:
         from scripts.devnode.processes import ManagedProcess, port_open
 
         root = Path(__file__).resolve().parents[2]
@@ -105,7 +105,7 @@ class StackFloor:
         if self._proc is not None:
             self._proc.stop()
 
-    def __enter__(self) -> "StackFloor":
+    def __enter__(self) -> StackFloor:
         return self.start()
 
     def __exit__(self, *exc) -> None:

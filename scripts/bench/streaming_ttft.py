@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=60, help="request pairs per concurrency level")
     parser.add_argument("--concurrency", default="1,8", help="comma-separated concurrency levels")
     parser.add_argument("--max-tokens", type=int, default=16)
-    parser.add_argument("--engine-url", help="an engine already running (default: LLM_NODE_BENCH_ENGINE_URL or start one)")
+    parser.add_argument("--engine-url",
+                        help="an engine already running (default: LLM_NODE_BENCH_ENGINE_URL or start one)")
     args = parser.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
 
@@ -67,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         own = []
         for level in levels:
-            before = (gateway.metric("gateway_added_latency_seconds_sum"), gateway.metric("gateway_added_latency_seconds_count"))
+            before = (gateway.metric("gateway_added_latency_seconds_sum"),
+                      gateway.metric("gateway_added_latency_seconds_count"))
             got = asyncio.run(measure(node.engine.url, gateway.url, key, node.engine.model, args.requests, level,
                                       args.max_tokens))
             rows.append([level, "direct to vLLM", *summary_ms(got["direct"])])
@@ -78,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
                          "", "", ""])
             spent = gateway.metric("gateway_added_latency_seconds_sum") - before[0]
             count = gateway.metric("gateway_added_latency_seconds_count") - before[1]
-            own.append(f"concurrency {level}: gateway_added_latency_seconds mean {ms(spent / count) if count else '-'} ms "
+            mean = ms(spent / count) if count else "-"
+            own.append(f"concurrency {level}: gateway_added_latency_seconds mean {mean} ms "
                        f"over {count:.0f} requests (the gateway's own account of its time)")
         print_table("Streaming time to first token: direct vs through the gateway",
                     ["concurrency", "path", *SUMMARY_HEADERS], rows,

@@ -6,9 +6,9 @@ port. The dev node, the tests (once per session) and the benchmarks start it thi
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Mapping
 
 from services.launch import EngineSpec, engine_env, engine_process_argv
 
@@ -90,7 +90,8 @@ def start_engine(log_dir: Path, lora_modules: Mapping[str, str] | None = None, *
         raise RuntimeError(f"{ENGINE_PYTHON} missing: run scripts/bootstrap")
     if spec is None:
         spec = local_engine_spec(free_port(), lora_modules=lora_modules)
-    proc = ManagedProcess("vllm" if spec.kind == "generate" else f"vllm-{spec.kind}", engine_process_argv(spec, str(ENGINE_PYTHON)), log_dir, env=engine_env(spec))
+    name = "vllm" if spec.kind == "generate" else f"vllm-{spec.kind}"
+    proc = ManagedProcess(name, engine_process_argv(spec, str(ENGINE_PYTHON)), log_dir, env=engine_env(spec))
     url = f"http://127.0.0.1:{spec.port}"
     try:
         proc.wait_until(lambda: http_ok(url + "/health"), START_TIMEOUT_SECONDS, "healthy")

@@ -6,6 +6,7 @@ there is one, else a private trust-auth cluster under the cache dir). Never stop
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -56,10 +57,8 @@ def ensure_postgres(timeout: float = 30) -> str:
     clusters = sorted(os.listdir("/etc/postgresql")) if os.path.isdir("/etc/postgresql") else []
     if clusters:
         subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", clusters[-1], "main", "start"], check=False)
-        try:
+        with contextlib.suppress(TimeoutError):
             wait_port(POSTGRES, timeout, "PostgreSQL")
-        except TimeoutError:
-            pass
         if port_open(*POSTGRES) and _trust_login_works():
             return dsn
         if port_open(*POSTGRES):

@@ -17,8 +17,14 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.launch import (EngineSpec, GatewaySpec, engine_env, engine_process_argv, gateway_process_argv,
-                             gateway_secrets_env)
+from services.launch import (
+    EngineSpec,
+    GatewaySpec,
+    engine_env,
+    engine_process_argv,
+    gateway_process_argv,
+    gateway_secrets_env,
+)
 
 from .engine import local_group_specs
 from .gateway import process_env as gateway_process_env
@@ -132,7 +138,8 @@ def _existing_key(env_file: Path) -> str | None:
     """Reuse the key from a previous start while it still authenticates."""
     if not env_file.exists():
         return None
-    values = dict(line.removeprefix("export ").split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+    values = dict(line.removeprefix("export ").split("=", 1)
+                  for line in env_file.read_text().splitlines() if "=" in line)
     key, base = values.get("OPENAI_API_KEY"), values.get("OPENAI_BASE_URL")
     if not key or not base:
         return None
@@ -140,7 +147,7 @@ def _existing_key(env_file: Path) -> str | None:
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
             return key if response.status == 200 else None
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure means the saved key is no longer good
         return None
 
 

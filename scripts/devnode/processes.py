@@ -13,9 +13,9 @@ import socket
 import subprocess
 import time
 import urllib.request
-from contextlib import closing
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import closing, suppress
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 _handed_out: set[int] = set()
 
@@ -45,7 +45,7 @@ def http_ok(url: str, timeout: float = 2.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             return 200 <= response.status < 300
-    except Exception:
+    except Exception:  # noqa: BLE001 - a probe answers, it never raises
         return False
 
 
@@ -78,10 +78,8 @@ def _stop_group(pid: int, alive: Callable[[], bool], timeout: float) -> None:
     while time.monotonic() < deadline and alive():
         time.sleep(0.1)
     if alive():
-        try:
+        with suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 class ManagedProcess:
@@ -93,7 +91,7 @@ class ManagedProcess:
         self.argv = list(argv)
         self.log_path = Path(log_dir) / f"{name}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - the process writes to it until stop()
         # Own process group, so stopping it also stops the engine's worker processes.
         self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT,
                                      env=os.environ | dict(env or {}), cwd=cwd, start_new_session=True)
@@ -118,10 +116,8 @@ class ManagedProcess:
     def stop(self, timeout: float = 15.0) -> int | None:
         if self.alive():
             _stop_group(self.proc.pid, self.alive, timeout)
-            try:
+            with suppress(subprocess.TimeoutExpired):
                 self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
         self._log.close()
         return self.proc.returncode
 

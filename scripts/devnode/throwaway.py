@@ -3,6 +3,7 @@ benchmark: they may be stopped and restarted at will (never the machine's shared
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -26,7 +27,7 @@ class ThrowawayRedis:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> "ThrowawayRedis":
+    def start(self) -> ThrowawayRedis:
         self.proc = ManagedProcess(f"redis-{self.port}", ["redis-server", "--bind", "127.0.0.1", "--port",
                                    str(self.port), "--save", "", "--appendonly", "no"], self.log_dir)
         self.proc.wait_until(lambda: port_open("127.0.0.1", self.port), 10, "listening")
@@ -55,7 +56,7 @@ class ThrowawayPostgres:
     def _as_postgres(self, argv: list[str]) -> list[str]:
         return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
 
-    def start(self) -> "ThrowawayPostgres":
+    def start(self) -> ThrowawayPostgres:
         if not self._initialised:
             if os.geteuid() == 0:
                 shutil.chown(self.data_dir, "postgres", "postgres")
@@ -80,10 +81,8 @@ class ThrowawayPostgres:
             # SIGINT is PostgreSQL's "fast" shutdown: it disconnects clients. SIGTERM ("smart",
             # what ManagedProcess sends) waits for them, and a restart may then find a stale pid file.
             self.proc.signal(signal.SIGINT)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                pass
             self.proc.stop()
             self.proc = None
 

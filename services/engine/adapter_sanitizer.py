@@ -22,9 +22,10 @@ import json
 import shutil
 import struct
 import sys
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 CONFIG_NAME = "adapter_config.json"
 REPORT_NAME = "llm-node-sanitize-report.json"
@@ -148,7 +149,8 @@ def target_problems(config: dict[str, Any], policy: Policy) -> list[str]:
         return ["target_modules: missing or empty"]
     unsupported = sorted({t.rsplit(".", 1)[-1] for t in targets} - policy.target_modules)
     if unsupported:
-        return [f"target_modules {unsupported} are not supported (supported: {', '.join(sorted(policy.target_modules))})"]
+        supported = ", ".join(sorted(policy.target_modules))
+        return [f"target_modules {unsupported} are not supported (supported: {supported})"]
     return []
 
 
@@ -252,7 +254,8 @@ def sanitize_adapter(source: Path | str, destination: Path | str, policy: Policy
     report = Report(
         source=str(source.resolve()), destination=str(destination.resolve()),
         removed_keys=removed, kept_keys=sorted(kept), rank=rank,
-        target_modules=sorted(config["target_modules"]) if isinstance(config["target_modules"], list) else [config["target_modules"]],
+        target_modules=(sorted(config["target_modules"]) if isinstance(config["target_modules"], list)
+                        else [config["target_modules"]]),
         weights_file=weights.name, max_lora_rank=policy.max_lora_rank,
     )
     # Write beside the destination, then rename: a reader never sees half an adapter.
@@ -299,7 +302,8 @@ def sanitize_tree(source_root: Path | str, destination_root: Path | str, policy:
 
 
 def _policy(args: argparse.Namespace) -> Policy:
-    modules = frozenset(m.strip() for m in args.target_modules.split(",") if m.strip()) if args.target_modules else DEFAULT_TARGET_MODULES
+    modules = (frozenset(m.strip() for m in args.target_modules.split(",") if m.strip()) if args.target_modules
+               else DEFAULT_TARGET_MODULES)
     return Policy(max_lora_rank=args.max_lora_rank, target_modules=modules)
 
 

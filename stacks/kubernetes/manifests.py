@@ -27,16 +27,27 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from services.launch import (GATEWAY_SECRETS_DIR_ENV, GatewaySpec, engine_args, gateway_env, gateway_process_argv,
-                             gateway_secret_file, quantize_args)
+from services.launch import (
+    GATEWAY_SECRETS_DIR_ENV,
+    GatewaySpec,
+    engine_args,
+    gateway_env,
+    gateway_process_argv,
+    gateway_secret_file,
+    quantize_args,
+)
 from stacks import naming
 from stacks.config import NodeSettings
 from stacks.kubernetes.settings import KubernetesSettings
+
+if TYPE_CHECKING:
+    import pulumi
 
 APP = "llm-node"
 COMPONENT = "app.kubernetes.io/component"
@@ -69,6 +80,9 @@ POSTGRES_DB = "llmnode"
 POSTGRES_PGDATA = "/var/lib/postgresql/data/pgdata"  # a subdirectory: a fresh volume's root holds lost+found
 REDIS_CONFIG = "/usr/local/etc/redis/redis.conf"
 PRIVATE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+
+Meta = Callable[..., dict[str, Any]]  # build()'s meta(name, component, **_meta options)
+Rule = dict[str, Any]  # one ingress or egress rule of a NetworkPolicy
 
 
 def labels(component: str, prefix: str) -> dict[str, str]:
@@ -115,9 +129,10 @@ class Chart:
 
 @dataclass(frozen=True)
 class Images:
-    engine: str
-    gateway: str
-    quantize: str | None
+    # The built images' names: Outputs on the cluster, plain strings in pure tests.
+    engine: pulumi.Input[str]
+    gateway: pulumi.Input[str]
+    quantize: pulumi.Input[str] | None
     postgres: str
     redis: str
     traefik: str
@@ -239,6 +254,13 @@ def image_parts(reference: str) -> tuple[str, str, str]:
 # -- the node ----------------------------------------------------------------------------------------
 
 
+def kubernetes_settings(settings: NodeSettings) -> KubernetesSettings:
+    """The kubernetes section, which a stack of target kubernetes always has (stacks/config.py)."""
+    if settings.kubernetes is None:
+        raise ValueError("the kubernetes manifests are for stacks of target kubernetes")
+    return settings.kubernetes
+
+
 def engine_urls(k8s: KubernetesSettings) -> list[str]:
     """One URL per possible engine replica: the StatefulSet's pod DNS names (up to the autoscaler's max)."""
     return [f"http://{ENGINE}-{i}.{ENGINE}.{k8s.namespace}.svc.cluster.local:{naming.ENGINE_PORT}"
@@ -247,8 +269,7 @@ def engine_urls(k8s: KubernetesSettings) -> list[str]:
 
 def gateway_spec(settings: NodeSettings) -> GatewaySpec:
     """The Docker target's GatewaySpec with the cluster's engine locations (nothing else changes)."""
-    k8s = settings.kubernetes
-    assert k8s is not None
+    k8s = kubernetes_settings(settings)
     if k8s.endpoint_picker == "inference-extension":
         engines = [f"http://{INFERENCE_GATEWAY}.{k8s.namespace}.svc.cluster.local:{INFERENCE_GATEWAY_PORT}"]
     else:
@@ -257,15 +278,14 @@ def gateway_spec(settings: NodeSettings) -> GatewaySpec:
 
 
 def build(settings: NodeSettings, images: Images, secrets: SecretValues) -> Plan:
-    k8s = settings.kubernetes
-    assert k8s is not None, "build() is for target kubernetes"
+    k8s = kubernetes_settings(settings)
     ns, prefix = k8s.namespace, settings.name_prefix
     engine = settings.engine
     gpu = engine.spec.device == "cuda"
     plan = Plan()
 
-    plan.add(Manifest("v1", "Namespace", ns, {"metadata": {"name": ns, "labels": {"app.kubernetes.io/name": APP,
-                                                                                  "app.kubernetes.io/instance": prefix}}}))
+    namespace_labels = {"app.kubernetes.io/name": APP, "app.kubernetes.io/instance": prefix}
+    plan.add(Manifest("v1", "Namespace", ns, {"metadata": {"name": ns, "labels": namespace_labels}}))
 
     def meta(name: str, component: str, **kwargs: Any) -> dict[str, Any]:
         return _meta(name, ns, component, prefix, **kwargs)
@@ -351,11 +371,11 @@ def build(settings: NodeSettings, images: Images, secrets: SecretValues) -> Plan
 _GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
 
-def _postgres(plan: Plan, settings: NodeSettings, images: Images, meta) -> None:
+def _postgres(plan: Plan, settings: NodeSettings, images: Images, meta: Meta) -> None:
     from stacks.containers import ENTRYPOINTS_DIR
     from stacks.postgres import PASSWORD_FILE, START_SCRIPT
 
-    k8s = settings.kubernetes
+    k8s = kubernetes_settings(settings)
     plan.add(Manifest("v1", "ConfigMap", "postgres-start", {
         "metadata": meta("postgres-start", POSTGRES),
         "data": {START_SCRIPT: (ENTRYPOINTS_DIR / START_SCRIPT).read_text()}}))
@@ -406,10 +426,10 @@ def _postgres(plan: Plan, settings: NodeSettings, images: Images, meta) -> None:
     }, depends_on=["secret-postgres", "configmap-postgres-start"], create_timeout_seconds=600))
 
 
-def _redis(plan: Plan, settings: NodeSettings, images: Images, meta) -> None:
+def _redis(plan: Plan, settings: NodeSettings, images: Images, meta: Meta) -> None:
     from stacks.redis import DATA_DIR, PASSWORD_FILE
 
-    k8s = settings.kubernetes
+    k8s = kubernetes_settings(settings)
     plan.add(_service(REDIS, k8s.namespace, settings.name_prefix, REDIS, {"redis": naming.REDIS_PORT}))
     ping = ["sh", "-c", f'REDISCLI_AUTH="$(cat {PASSWORD_FILE})" redis-cli ping | grep -q PONG']
     plan.add(Manifest("apps/v1", "StatefulSet", REDIS, {
@@ -458,10 +478,10 @@ def engine_start_failures(settings: NodeSettings, period: int = 10) -> int:
     return math.ceil(settings.engine.health_start_period_seconds / period)
 
 
-def _engine(plan: Plan, settings: NodeSettings, images: Images, meta, after: Sequence[str]) -> None:
+def _engine(plan: Plan, settings: NodeSettings, images: Images, meta: Meta, after: Sequence[str]) -> None:
     from stacks.engine import container_env
 
-    k8s = settings.kubernetes
+    k8s = kubernetes_settings(settings)
     engine, spec = settings.engine, settings.engine.spec
     gpu = spec.device == "cuda"
     prefix = settings.name_prefix
@@ -526,7 +546,7 @@ def _engine(plan: Plan, settings: NodeSettings, images: Images, meta, after: Seq
 
 def autoscaling_query(settings: NodeSettings) -> str:
     """The KEDA trigger's PromQL: requests queued in this namespace's engines (vLLM V1 metric)."""
-    k8s = settings.kubernetes
+    k8s = kubernetes_settings(settings)
     return (f'sum(vllm:num_requests_waiting{{namespace="{k8s.namespace}",'
             f'model_name="{settings.engine.spec.served_model_name}"}})')
 
@@ -541,7 +561,7 @@ def scaled_object(settings: NodeSettings) -> Manifest:
     A new replica loads the model for minutes: scale up one pod per start period at most, and
     scale down only after a long quiet window, so a brief lull never drops a loaded replica.
     """
-    k8s = settings.kubernetes
+    k8s = kubernetes_settings(settings)
     load = min(max(settings.engine.health_start_period_seconds, 60), 1800)  # HPA policies: periodSeconds <= 1800
     return Manifest("keda.sh/v1alpha1", "ScaledObject", ENGINE, {
         "metadata": _meta(ENGINE, k8s.namespace, ENGINE, settings.name_prefix),
@@ -567,8 +587,8 @@ def scaled_object(settings: NodeSettings) -> Manifest:
     }, depends_on=["statefulset-engine"])
 
 
-def _gateway(plan: Plan, settings: NodeSettings, images: Images, meta) -> None:
-    k8s = settings.kubernetes
+def _gateway(plan: Plan, settings: NodeSettings, images: Images, meta: Meta) -> None:
+    k8s = kubernetes_settings(settings)
     prefix = settings.name_prefix
     spec = gateway_spec(settings)
     plan.add(_service(GATEWAY, k8s.namespace, prefix, GATEWAY, {"http": spec.port, "metrics": spec.metrics_port},
@@ -667,12 +687,12 @@ def traefik_middlewares(settings: NodeSettings) -> dict[str, dict[str, Any]]:
     return dict(traefik_routes(settings.gateway, settings.domain, settings.edge)["http"].get("middlewares", {}))
 
 
-def _edge(plan: Plan, settings: NodeSettings, images: Images, meta) -> None:
-    k8s = settings.kubernetes
+def _edge(plan: Plan, settings: NodeSettings, images: Images, meta: Meta) -> None:
+    k8s = kubernetes_settings(settings)
     ns, prefix = k8s.namespace, settings.name_prefix
     gateway_port = settings.gateway.port
     if k8s.edge == "gateway-api":
-        parent_ns, parent = k8s.gateway_api_parent.split("/")
+        parent_ns, parent = k8s.gateway_api_parent_ref
         plan.add(Manifest("gateway.networking.k8s.io/v1", "HTTPRoute", GATEWAY, {
             "metadata": meta(GATEWAY, GATEWAY),
             "spec": {"parentRefs": [{"name": parent, "namespace": parent_ns}],
@@ -733,7 +753,7 @@ def _edge(plan: Plan, settings: NodeSettings, images: Images, meta) -> None:
     }, depends_on=["service-gateway", *(f"middleware-{n}" for n in traefik_middlewares(settings))]))
 
 
-def _inference_extension(plan: Plan, settings: NodeSettings, meta) -> None:
+def _inference_extension(plan: Plan, settings: NodeSettings, meta: Meta) -> None:
     """Optional: the gateway forwards to an inference gateway whose HTTPRoute targets an InferencePool.
 
     The pool and its endpoint picker (queue depth, KV-cache use, prefix-cache and LoRA affinity
@@ -744,7 +764,7 @@ def _inference_extension(plan: Plan, settings: NodeSettings, meta) -> None:
     nothing of it is re-implemented here. The Gateway's class must support InferencePool
     backends (kgateway, Istio, GKE).
     """
-    k8s = settings.kubernetes
+    k8s = kubernetes_settings(settings)
     pool = f"{ENGINE}-pool"
     plan.charts.append(Chart(pool, "oci://registry.k8s.io/gateway-api-inference-extension/charts/inferencepool",
                              k8s.inference_pool_chart_version, None, {
@@ -782,8 +802,8 @@ def harden_chart_workload(resource_type: str, props: Mapping[str, Any]) -> dict[
     if resource_type != "kubernetes:apps/v1:Deployment":
         return None
     changed = False
-    props = copy.deepcopy(dict(props))
-    for container in (((props.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or []:
+    hardened: dict[str, Any] = copy.deepcopy(dict(props))
+    for container in (((hardened.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or []:
         if not container.get("resources"):
             container["resources"] = copy.deepcopy(EPP_RESOURCES)
             changed = True
@@ -792,7 +812,7 @@ def harden_chart_workload(resource_type: str, props: Mapping[str, Any]) -> dict[
             if key not in context:
                 context[key] = value
                 changed = True
-    return props if changed else None
+    return hardened if changed else None
 
 
 # -- isolation ---------------------------------------------------------------------------------------
@@ -823,19 +843,21 @@ def network_policies(settings: NodeSettings) -> list[Manifest]:
     the gateway (and, with the endpoint picker, the inference gateway and the picker);
     metrics ports accept Prometheus (kube-prometheus-stack, in kubernetes.monitoring_namespace).
     """
-    k8s = settings.kubernetes
+    k8s = kubernetes_settings(settings)
     ns, prefix = k8s.namespace, settings.name_prefix
     engine_port, gateway = settings.engine.spec.port, settings.gateway
     picker = k8s.endpoint_picker == "inference-extension"
     prometheus = _peer(namespace=k8s.monitoring_namespace, pod_labels={"app.kubernetes.io/name": "prometheus"})
-    p = lambda component: _peer(component, prefix)  # noqa: E731
+    def p(component: str) -> dict[str, Any]:
+        return _peer(component, prefix)
+
     traefik = _peer(pod_labels=TRAEFIK_SELECTOR)
     inference_gateway = _peer(pod_labels={"gateway.networking.k8s.io/gateway-name": INFERENCE_GATEWAY})
     epp = _peer(pod_labels={"inferencepool": f"{ENGINE}-pool-epp"})
     anywhere = {"ipBlock": {"cidr": "0.0.0.0/0"}}
     internet = {"ipBlock": {"cidr": "0.0.0.0/0", "except": list(PRIVATE_RANGES)}}
 
-    def policy(name: str, pod_selector: Mapping[str, Any], ingress: list | None, egress: list | None,
+    def policy(name: str, pod_selector: Mapping[str, Any], ingress: list[Rule] | None, egress: list[Rule] | None,
                component: str) -> Manifest:
         spec: dict[str, Any] = {"podSelector": dict(pod_selector), "policyTypes": []}
         if ingress is not None:
@@ -847,13 +869,15 @@ def network_policies(settings: NodeSettings) -> list[Manifest]:
         return Manifest("networking.k8s.io/v1", "NetworkPolicy", name, {
             "metadata": _meta(name, ns, component, prefix), "spec": spec}, depends_on=[f"namespace-{ns}"])
 
-    def ingress(peers: list, *ports: int) -> dict[str, Any]:
+    def ingress(peers: list[dict[str, Any]], *ports: int) -> Rule:
         return {"from": peers, "ports": _ports(*ports)}
 
-    def egress(peers: list, *ports: int) -> dict[str, Any]:
+    def egress(peers: list[dict[str, Any]], *ports: int) -> Rule:
         return {"to": peers, "ports": _ports(*ports)}
 
-    sel = lambda component: {"matchLabels": selector(component, prefix)}  # noqa: E731
+    def sel(component: str) -> dict[str, Any]:
+        return {"matchLabels": selector(component, prefix)}
+
     if k8s.data_stores == "in-cluster":
         postgres_egress = egress([p(POSTGRES)], naming.POSTGRES_PORT)
         redis_egress = egress([p(REDIS)], naming.REDIS_PORT)
@@ -873,7 +897,7 @@ def network_policies(settings: NodeSettings) -> list[Manifest]:
                # Downloads from the hub only when the engine may (engine.hf_hub_offline: false).
                [] if settings.engine.spec.hf_hub_offline else [egress([internet], 443)], ENGINE),
         policy(GATEWAY, sel(GATEWAY),
-               [ingress([_peer(namespace=k8s.gateway_api_parent.split("/")[0])] if k8s.edge == "gateway-api"
+               [ingress([_peer(namespace=k8s.gateway_api_parent_ref[0])] if k8s.edge == "gateway-api"
                         else [traefik], gateway.port),
                 ingress([prometheus], gateway.metrics_port)],
                [postgres_egress, redis_egress,
@@ -912,11 +936,11 @@ def network_policies(settings: NodeSettings) -> list[Manifest]:
 # -- observability -----------------------------------------------------------------------------------
 
 
-def _observability(plan: Plan, settings: NodeSettings, meta) -> None:
+def _observability(plan: Plan, settings: NodeSettings, meta: Meta) -> None:
     from grafana.render import provisioning_files, render_dashboards
     from prometheus.render import SCRAPE_INTERVAL, rule_files
 
-    k8s = settings.kubernetes
+    k8s = kubernetes_settings(settings)
     release = {"release": k8s.prometheus_release_label}  # kube-prometheus-stack's default selector
     for component, port in ((ENGINE, "http"), (GATEWAY, "metrics")):
         plan.add(Manifest("monitoring.coreos.com/v1", "ServiceMonitor", component, {

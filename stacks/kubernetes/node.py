@@ -9,6 +9,7 @@ Passwords are generated (pulumi-random) as on Docker and reach the pods only as 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pulumi
@@ -23,7 +24,8 @@ from stacks.postgres import DATABASE, USER
 from stacks.redis import redis_conf
 
 # kind -> the typed pulumi-kubernetes class (anything else is a CustomResource).
-BUILT_IN = {
+# Each takes the resource name, opts and the manifest's fields as keyword arguments.
+BUILT_IN: dict[tuple[str, str], Callable[..., pulumi.CustomResource]] = {
     ("v1", "Namespace"): k8s.core.v1.Namespace,
     ("v1", "Service"): k8s.core.v1.Service,
     ("v1", "Secret"): k8s.core.v1.Secret,

@@ -8,10 +8,11 @@ Every error names its key, e.g. ``llm-node:kubernetes.gpus_per_engine: is requir
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 import ipaddress
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from stacks.config import EngineDeployment
@@ -89,17 +90,25 @@ class KubernetesSettings:
     def version_minor(self) -> int:
         return int(self.version.split(".")[1])
 
+    @property
+    def gateway_api_parent_ref(self) -> tuple[str, str]:
+        """(namespace, name) of the Gateway of edge gateway-api, where gateway_api_parent is required."""
+        if self.gateway_api_parent is None:
+            raise ValueError("kubernetes.gateway_api_parent is only set with edge gateway-api")
+        namespace, name = self.gateway_api_parent.split("/")
+        return namespace, name
+
 
 def parse_target(values: Mapping[str, Any]) -> str:
     from stacks.config import ConfigError
 
-    target = values.get("target", "docker")
+    target: str = values.get("target", "docker")
     if target not in TARGETS:
         raise ConfigError("target", f"{target!r} is not one of {', '.join(TARGETS)}")
     return target
 
 
-def parse_kubernetes(values: Mapping[str, Any] | None, *, target: str, engines: "Sequence[EngineDeployment]",
+def parse_kubernetes(values: Mapping[str, Any] | None, *, target: str, engines: Sequence[EngineDeployment],
                      raw_engine: Mapping[str, Any] | None, tunnel_enabled: bool, models_host_dir: str | None,
                      engine_dns_ttl_seconds: int | None = None, secrets_present: Sequence[str] = (),
                      ) -> KubernetesSettings | None:
@@ -175,8 +184,8 @@ def parse_kubernetes(values: Mapping[str, Any] | None, *, target: str, engines: 
         raise ConfigError("kubernetes.gateway_max_replicas", f"{gateway_max} is below gateway_min_replicas "
                                                              f"({gateway_min})")
 
-    def quantity(key: str, default: str, pattern: re.Pattern, what: str) -> str:
-        value = s.string(key, default)
+    def quantity(key: str, default: str, pattern: re.Pattern[str], what: str) -> str:
+        value: str = s.string(key, default)
         if not pattern.match(value):
             raise ConfigError(s.key(key), f"{value!r} is not {what}")
         return value
@@ -199,7 +208,7 @@ def parse_kubernetes(values: Mapping[str, Any] | None, *, target: str, engines: 
         raise ConfigError("kubernetes.prometheus_url", f"{prometheus_url!r} must be an http(s) URL")
 
     def chart_version(key: str, default: str) -> str:
-        value = s.string(key, default)
+        value: str = s.string(key, default)
         if not _CHART_VERSION.match(value):
             raise ConfigError(s.key(key), f"{value!r} is not a pinned chart version (x.y.z)")
         return value

@@ -51,9 +51,9 @@ def dockerd_argv(root: Path, run_dir: Path, netns: str | None = None) -> list[st
     ]
     if netns is None:
         # No rules in the machine's iptables, no forwarding, no docker0.
-        return argv + ["--iptables=false", "--ip6tables=false", "--ip-forward=false", "--ip-masq=false"]
+        return [*argv, "--iptables=false", "--ip6tables=false", "--ip-forward=false", "--ip-masq=false"]
     # nsenter execs dockerd inside the namespace: its iptables rules are that namespace's.
-    return ["nsenter", f"--net=/run/netns/{netns}"] + argv
+    return ["nsenter", f"--net=/run/netns/{netns}", *argv]
 
 
 @dataclass
@@ -69,11 +69,11 @@ class PrivateDaemon:
         return self.root / "dockerd.log"
 
     @classmethod
-    def builder(cls) -> "PrivateDaemon":
+    def builder(cls) -> PrivateDaemon:
         return cls(DOCKER_ROOT, RUN_DIR)
 
     @classmethod
-    def node(cls) -> "PrivateDaemon":
+    def node(cls) -> PrivateDaemon:
         return cls(NODE_ROOT, NODE_RUN_DIR, NODE_NETNS)
 
     @property
@@ -87,20 +87,20 @@ class PrivateDaemon:
     def answers(self) -> bool:
         return subprocess.run(["docker", "-H", self.url, "version"], capture_output=True, timeout=20).returncode == 0
 
-    def start(self, timeout: float = 60) -> "PrivateDaemon":
+    def start(self, timeout: float = 60) -> PrivateDaemon:
         if shutil.which("dockerd") is None:
             raise RuntimeError("dockerd is not installed: scripts/bootstrap installs docker.io")
         if os.geteuid() != 0:
             raise RuntimeError("a private dockerd needs root")
         self.root.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.root / "lock", "w")
+        self._lock = open(self.root / "lock", "w")  # noqa: SIM115 - the lock is held until stop()
         fcntl.flock(self._lock, fcntl.LOCK_EX)  # another session's daemon on this data root: wait for it
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._stop_by_pidfile()  # a daemon of an earlier session (this data root is locked now)
         if self.netns and not Path(f"/run/netns/{self.netns}").exists():
             subprocess.run(["ip", "netns", "add", self.netns], check=True)
             subprocess.run(["ip", "netns", "exec", self.netns, "ip", "link", "set", "lo", "up"], check=True)
-        log = open(self.log_path, "ab")
+        log = open(self.log_path, "ab")  # noqa: SIM115 - dockerd writes to it while it runs
         self._proc = subprocess.Popen(dockerd_argv(self.root, self.run_dir, self.netns), stdout=log,
                                       stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout

@@ -37,8 +37,9 @@ are not touched; a changed container is replaced as pulumi-docker does with the 
 ``delete_before_replace`` (stopped with its old ``destroy_grace_seconds`` as the stop timeout:
 its StopSignal, SIGKILL when that runs out; removed; created again). Whatever else an update
 would do (change a network, volume, image or password, update a container in place, create or
-delete a resource) is refused with ``NotImplementedByDriver``. ``destroy()`` removes what a deployment created, in reverse order, and
-keeps what the program marks ``retain_on_delete`` (the data volumes) and the images.
+delete a resource) is refused with ``NotImplementedByDriver``. ``destroy()`` removes what a
+deployment created, in reverse order, and keeps what the program marks ``retain_on_delete``
+(the data volumes) and the images.
 """
 
 from __future__ import annotations
@@ -53,9 +54,10 @@ import string
 import tarfile
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import pulumi
 from pulumi.runtime import settings as runtime_settings
@@ -121,7 +123,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
 OPTIONS_UNDERSTOOD = {"parent", "depends_on", "provider", "providers", "retain_on_delete",
                       "delete_before_replace", "replace_on_changes", "custom_timeouts", "version",
                       "plugin_download_url",
-                      "additional_secret_outputs", "aliases"}  # set by the SDKs themselves (secret result, type renames)
+                      # set by the SDKs themselves (secret result, type renames)
+                      "additional_secret_outputs", "aliases"}
 
 
 # Container inputs the provider's schema does not mark ForceNew: a change to only these is an
@@ -222,7 +225,7 @@ class Deployment:
                                     "omitted": self.omitted, "state": self.state, **extra}, indent=1, default=str))
 
     @classmethod
-    def load(cls, path: Path) -> "Deployment":
+    def load(cls, path: Path) -> Deployment:
         data = json.loads(path.read_text())
         return cls(stack=data["stack"], created=[Created(**c) for c in data["created"]],
                    outputs=data.get("outputs") or {}, omitted=data.get("omitted") or {},
@@ -283,7 +286,7 @@ class DockerResources(pulumi.runtime.Mocks):
                 self.deployment.state[key] = {"id": resource_id, "inputs": _normal(inputs),
                                               "outputs": _normal(outputs)}
             return resource_id, outputs
-        except Exception as error:  # noqa: BLE001  recorded, then re-raised into the SDK
+        except Exception as error:  # recorded, then re-raised into the SDK
             self.log(f"FAILED {args.typ} {args.name}: {error}")
             with self.lock:
                 self.errors.append(error)
@@ -390,7 +393,8 @@ class DockerResources(pulumi.runtime.Mocks):
     def _built_image(self, name, inputs, opts):
         build = inputs.get("build") or {}
         context = (PROGRAM_DIR / (build.get("context") or ".")).resolve()
-        dockerfile = (PROGRAM_DIR / (build.get("dockerfile") or Path(build.get("context") or ".") / "Dockerfile")).resolve()
+        default_dockerfile = Path(build.get("context") or ".") / "Dockerfile"
+        dockerfile = (PROGRAM_DIR / (build.get("dockerfile") or default_dockerfile)).resolve()
         if not context.is_dir():
             raise DeployError(f"{name}: build context {build.get('context')!r} does not exist relative to the "
                               f"program's working directory {PROGRAM_DIR} (resolved: {context})")
@@ -403,7 +407,7 @@ class DockerResources(pulumi.runtime.Mocks):
         started = time.monotonic()
         image_name = inputs["imageName"]
         args = {k: str(v) for k, v in (build.get("args") or {}).items()}
-        _, log = _build(self.build_client, context, str(dockerfile.relative_to(context)), image_name, args,
+        _, _log = _build(self.build_client, context, str(dockerfile.relative_to(context)), image_name, args,
                         build.get("platform"))
         took = time.monotonic() - started
         with self.lock:
@@ -634,8 +638,8 @@ def _build(client, context: Path, dockerfile: str, tag: str, args: Mapping[str, 
     return image_id, log
 
 
-def deploy(client, stack: str, values: Mapping[str, Any], *, docker_host: str, build_client=None, omit: Mapping[str, str] | None = None,
-           omitted_images: tuple[str, ...] = (),
+def deploy(client, stack: str, values: Mapping[str, Any], *, docker_host: str, build_client=None,
+           omit: Mapping[str, str] | None = None, omitted_images: tuple[str, ...] = (),
            state_file: Path | None = None, build_hook=None, log: Callable[[str], None] = print) -> Deployment:
     """Run the program for ``stack`` with the stack values ``values`` and apply it to ``client``'s engine."""
     return _run(client, Deployment(stack=stack), values, docker_host=docker_host, build_client=build_client,
@@ -734,6 +738,6 @@ def destroy(client, deployment: Deployment, log: Callable[[str], None] = print) 
                 api.remove_network(item.id)
             elif item.type == VOLUME:
                 api.remove_volume(item.id)
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             if "No such" not in str(error) and "not found" not in str(error):
                 raise

@@ -10,6 +10,7 @@ are copied both ways. The node's own networks and rules are not changed.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import socket
@@ -36,10 +37,8 @@ def _pipe(source: socket.socket, target: socket.socket) -> None:
         pass
     finally:
         for sock, how in ((target, socket.SHUT_WR), (source, socket.SHUT_RD)):
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(how)
-            except OSError:
-                pass
 
 
 class NetnsForwarder:

@@ -22,9 +22,9 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
 
 from .daemon import CACHE
 from .driver import _build
@@ -157,7 +157,8 @@ class Builder:
             return self.built["base"]
         rootfs = self.rootfs()
         certificates = extra_ca_certificates()
-        key = _digest(_tree_digest(STANDINS / "base"), rootfs, *(name + ":" + pem.decode() for name, pem in certificates))
+        key = _digest(_tree_digest(STANDINS / "base"), rootfs,
+                      *(name + ":" + pem.decode() for name, pem in certificates))
         tag = f"llm-node-standin/debian:{SUITE}-{key}"
         self._tags.add(tag)
         if not self._exists(tag):
@@ -219,7 +220,10 @@ class Builder:
                 shutil.copytree(source, context, dirs_exist_ok=True)
                 for target, path in extras.items():
                     (Path(context) / target).parent.mkdir(parents=True, exist_ok=True)
-                    os.link(path, Path(context) / target) if _same_fs(path, context) else shutil.copy(path, Path(context) / target)
+                    if _same_fs(path, context):
+                        os.link(path, Path(context) / target)
+                    else:
+                        shutil.copy(path, Path(context) / target)
                 started = time.monotonic()
                 _build(self.client, Path(context), "Dockerfile", build_tag,
                        {"BASE_IMAGE": parent, "PYTHON_IMAGE": parent}, None)

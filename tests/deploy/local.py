@@ -7,8 +7,9 @@ The fixture of tests/infra (``deployed_node`` without ``--hosts``) calls the sam
 ``reapply`` runs the program again with changed stack values on a running deployment
 (driver.update; tests/deploy/test_update.py).
 A failed deployment is removed again (``LLM_NODE_KEEP_FAILED_DEPLOYMENT=1`` keeps it, and the
-daemon running, for a look with ``docker -H unix:///run/llm-node-docker/docker.sock``). What a deployment created is saved in the cache (``deploy/state-<stack>.json``), so
-a session that was killed half-way is cleaned up by the next one before it deploys.
+daemon running, for a look with ``docker -H unix:///run/llm-node-docker/docker.sock``). What a
+deployment created is saved in the cache (``deploy/state-<stack>.json``), so a session that was
+killed half-way is cleaned up by the next one before it deploys.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from stacks.config import parse_settings
 

@@ -5,13 +5,14 @@ names the private daemon (the provider's host, also where the program reads its 
 runs: stacks/jobs.py), and the ``images`` table points PostgreSQL, Redis and Prometheus at their
 stand-ins and the build bases at theirs: ``vllm_cpu`` (the VLLM_IMAGE build argument of
 services/engine/Dockerfile) at the CPU vLLM stand-in, ``python`` (PYTHON_IMAGE of
-services/gateway and services/quantize) at the Python stand-in. Traefik, Grafana and cloudflared are not deployed: no image of them can be
-obtained on these machines in any form.
+services/gateway and services/quantize) at the Python stand-in. Traefik, Grafana and cloudflared
+are not deployed: no image of them can be obtained on these machines in any form.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from stacks.config import SECRET_KEYS, read_stack_values
 from stacks.images import DEFAULT_IMAGES

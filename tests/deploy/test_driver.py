@@ -80,7 +80,7 @@ def test_a_healthcheck_start_interval_is_refused_on_an_old_engine_like_the_provi
     strict = driver.DockerResources(OldEngine(), driver.Deployment("dev"), {}, omit={},
                                     build_hook=None, log=lambda _: None)
     health = {"tests": ["CMD", "true"], "interval": "5s", "startInterval": "2s"}
-    with pytest.raises(driver.DeployError, match="requires API version 1.44"):
+    with pytest.raises(driver.DeployError, match=r"requires API version 1\.44"):
         strict.new_resource(pulumi.runtime.MockResourceArgs(
             typ=driver.CONTAINER, name="x", inputs=container_inputs(healthcheck=health), custom=True))
 

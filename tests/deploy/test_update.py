@@ -25,7 +25,8 @@ from tests.deploy.test_recreate import complete, docker, gateway_url, usage_coun
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]  # one deployment (a fresh machine also builds)
 
-STREAM_TOKENS = 1900  # (max_model_len 2048) long enough to be in flight when the old gateway gets SIGTERM, short enough to drain
+# (max_model_len 2048) long enough to be in flight when the old gateway gets SIGTERM, short enough to drain
+STREAM_TOKENS = 1900
 
 
 class Stream(threading.Thread):
@@ -45,7 +46,8 @@ class Stream(threading.Thread):
             with requests.post(self.url + "/v1/chat/completions", stream=True, timeout=(10, 120),
                                headers={"Authorization": f"Bearer {self.key}"},
                                json={"model": "tiny-llama", "stream": True, "max_tokens": STREAM_TOKENS,
-                                     "ignore_eos": True, "messages": [{"role": "user", "content": "Count."}]}) as answer:
+                                     "ignore_eos": True,
+                                     "messages": [{"role": "user", "content": "Count."}]}) as answer:
                 self.status = answer.status_code
                 for line in answer.iter_lines(decode_unicode=True):
                     if line.startswith("data:"):

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
@@ -91,7 +91,7 @@ def test_migrate(empty_database):
 
 
 async def test_create_key_json_and_use_it(fresh_database, pool):
-    expires = (datetime.now(timezone.utc) + timedelta(days=30)).replace(microsecond=0)
+    expires = (datetime.now(UTC) + timedelta(days=30)).replace(microsecond=0)
     out = ok(admin(fresh_database, "create-key", "--name", "ci bot", "--tier", "premium", "--models",
                    "tiny-llama, adapter-a", "--rpm", "7", "--tpm", "5000", "--max-concurrent", "2",
                    "--max-tokens", "256", "--expires-at", expires.isoformat().replace("+00:00", "Z"), "--json"))
@@ -154,8 +154,8 @@ async def test_usage(fresh_database, pool):
     assert [(r["model"], r["requests"], r["prompt_tokens"], r["completion_tokens"]) for r in rows] == [
         ("adapter-a", 1, 5, 1), ("tiny-llama", 4, 46, 8)]
     table = ok(admin(fresh_database, "usage", "--key-id", created["id"]))
-    assert "PROMPT_TOKENS" in table and any("tiny-llama" in l and "46" in l for l in table.splitlines())
-    later = (datetime.now(timezone.utc) + timedelta(minutes=5)).isoformat()
+    assert "PROMPT_TOKENS" in table and any("tiny-llama" in line and "46" in line for line in table.splitlines())
+    later = (datetime.now(UTC) + timedelta(minutes=5)).isoformat()
     assert json.loads(ok(admin(fresh_database, "usage", "--since", later, "--json"))) == []
     everyone = json.loads(ok(admin(fresh_database, "usage", "--json")))
     assert {r["key_id"] for r in everyone} >= {created["id"]}

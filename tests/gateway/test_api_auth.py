@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -36,7 +36,7 @@ def test_wrong_secret_for_a_real_key_id_is_401(gateway, make_key, engine):
 
 
 def test_expired_key_is_401(gateway, make_key, engine):
-    key = make_key(expires_at=datetime.now(timezone.utc) - timedelta(minutes=1))
+    key = make_key(expires_at=datetime.now(UTC) - timedelta(minutes=1))
     error = assert_openai_error(post(gateway, CHAT, key, chat_body(engine.model)), 401, "invalid_api_key")
     assert "expired" in error["message"]
 

@@ -37,7 +37,7 @@ async def test_small_rpm_limit_admits_exactly_the_limit_under_concurrency(gatewa
     rejected = [r for r in results if r[0] == 429]
     assert len(admitted) == limit
     assert len(rejected) == 40 - limit
-    for status, headers, body in rejected:
+    for _status, headers, body in rejected:
         assert body["error"]["type"] == "rate_limit_exceeded" and body["error"]["code"] == "rate_limit_exceeded"
         assert int(headers["Retry-After"]) >= 1
         assert headers["x-ratelimit-limit-requests"] == str(limit)

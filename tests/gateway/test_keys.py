@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
@@ -93,7 +93,7 @@ async def test_only_a_hash_of_the_secret_is_stored(store, pool):
 
 
 async def test_create_stores_every_field(store):
-    expires = datetime.now(timezone.utc) + timedelta(days=3)
+    expires = datetime.now(UTC) + timedelta(days=3)
     full, key = await store.create(name="fields", tier="premium", models=["tiny-llama", "adapter-a"], rpm=7,
                                    tpm=1000, max_concurrent=2, max_tokens=64, expires_at=expires)
     assert isinstance(key, ApiKey)
@@ -138,7 +138,7 @@ async def test_unknown_key(store):
 
 
 async def test_invalid_secret(store):
-    full, key = await store.create(name="secret", tier="standard")
+    _full, key = await store.create(name="secret", tier="standard")
     _, _, other_secret = generate_key()
     assert await rejected_reason(store, f"Bearer sk-{key.id}-{other_secret}") == "invalid_secret"
     # Unknown id and wrong secret are indistinguishable to the caller.
@@ -152,14 +152,14 @@ async def test_invalid_secret(store):
 
 async def test_expired_key(store):
     full, _ = await store.create(name="expired", tier="standard",
-                                 expires_at=datetime.now(timezone.utc) - timedelta(seconds=1))
+                                 expires_at=datetime.now(UTC) - timedelta(seconds=1))
     assert await rejected_reason(store, f"Bearer {full}") == "expired"
 
 
 async def test_key_expires_while_cached(pool):
     store = KeyStore(pool, cache_ttl_seconds=60)
     full, _ = await store.create(name="expiring", tier="standard",
-                                 expires_at=datetime.now(timezone.utc) + timedelta(seconds=2))
+                                 expires_at=datetime.now(UTC) + timedelta(seconds=2))
     await store.authenticate(f"Bearer {full}")
     await asyncio.sleep(2.1)
     assert await rejected_reason(store, f"Bearer {full}") == "expired"
@@ -469,8 +469,6 @@ async def test_a_connection_left_in_a_broken_state_is_a_503_not_a_500():
             return 4
 
         def acquire(self, timeout=None):
-            pool = self
-
             class Acquired:
                 async def __aenter__(self):
                     return BrokenConnection()

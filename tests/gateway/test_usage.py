@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
-import pytest
 import pytest_asyncio
 
 from llm_gateway.db import create_pool, migrate
@@ -74,7 +73,7 @@ async def test_batches_are_written_in_the_background(pool, key_id):
                                   f"req-{key_id}-12")
         assert (row["tier"], row["model"], row["prompt_tokens"], row["completion_tokens"], row["status"]) == (
             "standard", "tiny-llama", 5, 1, 200)
-        assert abs((datetime.now(timezone.utc) - row["created_at"]).total_seconds()) < 60
+        assert abs((datetime.now(UTC) - row["created_at"]).total_seconds()) < 60
     finally:
         await recorder.close()
 
@@ -91,7 +90,7 @@ async def test_a_bad_record_does_not_block_the_batch(pool, key_id):
 
 
 def test_record_never_raises_and_is_bounded():
-    recorder = UsageRecorder(pool=None, batch_size=10, max_queued=100)   # type: ignore[arg-type]
+    recorder = UsageRecorder(pool=None, batch_size=10, max_queued=100)
     for i in range(1000):
         recorder.record(request_id=str(i), key_id="k", tier="t", model="m", prompt_tokens=1,
                         completion_tokens=1, status=200)
@@ -146,7 +145,7 @@ async def test_usage_summary(pool):
         ("adapter-x", 2, 20, 10), ("tiny-llama", 3, 30, 15)]
     everything = {(r["key_id"], r["model"]) for r in await usage_summary(pool)}
     assert {(a.id, "tiny-llama"), (a.id, "adapter-x"), (b.id, "tiny-llama")} <= everything
-    future = datetime.now(timezone.utc) + timedelta(hours=1)
+    future = datetime.now(UTC) + timedelta(hours=1)
     assert await usage_summary(pool, key_id=a.id, since=future) == []
 
 
@@ -168,5 +167,6 @@ async def test_each_request_is_recorded_once_under_its_own_id(pool, key_id):
                             " ORDER BY request_id", key_id)
     assert [(r["request_id"], r["client_request_id"]) for r in rows] == [(i, "constant") for i in ids]
     unique = await pool.fetchval(
-        "SELECT count(*) FROM pg_indexes WHERE tablename = 'usage_records' AND indexdef LIKE 'CREATE UNIQUE%(request_id)'")
+        "SELECT count(*) FROM pg_indexes"
+        " WHERE tablename = 'usage_records' AND indexdef LIKE 'CREATE UNIQUE%(request_id)'")
     assert unique == 1

@@ -47,7 +47,8 @@ def deployed_hosts(config) -> list[str]:
 @pytest.fixture(scope="session")
 def local_node(engine, gateway, make_key, log_dir, tmp_path_factory) -> LocalNode:
     key = make_key(tier="standard", name="infra-suite")
-    prometheus = start_local_prometheus(engine.url, gateway.metrics_url, tmp_path_factory.mktemp("prometheus-infra"), log_dir)
+    prometheus = start_local_prometheus(engine.url, gateway.metrics_url, tmp_path_factory.mktemp("prometheus-infra"),
+                                        log_dir)
     try:
         yield LocalNode(
             api_url=gateway.url,
@@ -125,7 +126,8 @@ def _local_deployed_node(request) -> DeployedNode:
 def _ready(node: DeployedNode) -> DeployedNode:
     if not node.api_key:
         node.create_key()
-    models = node.http().get(node.api_url + "/v1/models", headers={"Authorization": f"Bearer {node.api_key}"}, timeout=30)
+    models = node.http().get(node.api_url + "/v1/models", headers={"Authorization": f"Bearer {node.api_key}"},
+                             timeout=30)
     models.raise_for_status()
     served = [card["id"] for card in models.json()["data"]]
     # the first generate group's model: an embedding model (kind embed) answers no chat

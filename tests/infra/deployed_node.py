@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING
 
 import requests
 
@@ -40,7 +41,7 @@ class DeployedLayout:
     absent: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, stack: str, outputs_file: str | None = None) -> "DeployedLayout":
+    def load(cls, stack: str, outputs_file: str | None = None) -> DeployedLayout:
         outputs = json.loads(Path(outputs_file).read_text()) if outputs_file else {}
         return cls(load_stack_settings(stack), outputs)
 
@@ -142,7 +143,7 @@ def listening_ports(proc_net_tcp: str) -> set[int]:
 
 @dataclass
 class DeployedNode:
-    host: "testinfra.host.Host"
+    host: testinfra.host.Host
     api_url: str
     layout: DeployedLayout
     ca_bundle: str | bool = True  # requests' verify: a CA file for self-signed TLS, or True

@@ -31,7 +31,7 @@ class LocalNode:
     prometheus: Prometheus
     expected_jobs: frozenset[str] = frozenset({VLLM_JOB, GATEWAY_JOB})
     kind: str = "local"
-    host: "testinfra.host.Host" = field(default_factory=lambda: testinfra.get_host("local://"))
+    host: testinfra.host.Host = field(default_factory=lambda: testinfra.get_host("local://"))
 
     def listener(self, service: Service) -> Listener:
         return listeners_via_ss(self.host, service.port)
@@ -43,7 +43,8 @@ class LocalNode:
         return self.prometheus.active_targets()
 
 
-def local_services(engine_url: str, gateway_url: str, gateway_metrics_url: str, prometheus_url: str) -> tuple[Service, ...]:
+def local_services(engine_url: str, gateway_url: str, gateway_metrics_url: str,
+                   prometheus_url: str) -> tuple[Service, ...]:
     port = lambda url: urlsplit(url).port  # noqa: E731
     return (
         Service("vllm", r"vllm\.entrypoints\.openai\.api_server", port(engine_url)),

@@ -63,7 +63,7 @@ def test_only_the_intended_host_ports_listen(deployed_node):
             problems.append(f"unexpected public listener {address}:{port}")
     missing = set(published) - {int(m.group(1)) for m in
                                 (re.search(r":(\d+)$", s) for s in node.host.socket.get_listening_sockets()) if m}
-    assert not problems and not missing, "\n".join(problems + [f"not listening: {sorted(missing)}"])
+    assert not problems and not missing, "\n".join([*problems, f"not listening: {sorted(missing)}"])
 
 
 ENGINES = "every engine"  # resolved from the deployed stack's groups (engine-0, engine-chat-0, ...)

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from threading import Thread
 
 from tests.support.procs import free_port
@@ -28,14 +29,14 @@ def test_listening_ports_from_proc_net_tcp():
         listener6.listen()
         port, port6 = listener.getsockname()[1], listener6.getsockname()[1]
         closed = free_port()
-        tables = open(f"/proc/{os.getpid()}/net/tcp").read() + open(f"/proc/{os.getpid()}/net/tcp6").read()
+        tables = "".join(Path(f"/proc/{os.getpid()}/net/{name}").read_text() for name in ("tcp", "tcp6"))
         found = listening_ports(tables)
     assert {port, port6} <= found
     assert closed not in found
 
 
 class _Answer(BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 (http.server's naming)
+    def do_GET(self):  # http.server's naming
         body = json.dumps({"path": self.path, "auth": self.headers.get("Authorization")}).encode()
         self.send_response(200 if self.path != "/missing" else 404)
         self.send_header("Content-Length", str(len(body)))

@@ -15,8 +15,9 @@ Follows the networking.k8s.io/v1 rules (kubernetes.io/docs/concepts/services-net
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ keyed by (kind, name). Helm charts are recorded as one resource each with their 
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from tests.stacks.mock_runtime import Declared, Deployment
 

@@ -72,7 +72,7 @@ async def _usage_rows(database_url: str, key: str) -> int:
 
 async def _wait_for_usage_rows(database_url: str, key: str, expected: int, timeout: float = 20.0) -> int:
     deadline = time.monotonic() + timeout
-    while (rows := await _usage_rows(database_url, key)) < expected and time.monotonic() < deadline:
+    while await _usage_rows(database_url, key) < expected and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
     await asyncio.sleep(1.0)  # and no more arrive (a double count would show now)
     return await _usage_rows(database_url, key)
@@ -187,7 +187,8 @@ def test_the_dns_cache_setting_reaches_the_gateway(monkeypatch):
     from llm_gateway.settings import Settings
     from services.launch import GatewaySpec, gateway_env
 
-    for name, value in gateway_env(GatewaySpec(engines=["http://engine-0.engine:8000"], engine_dns_ttl_seconds=10)).items():
+    spec = GatewaySpec(engines=["http://engine-0.engine:8000"], engine_dns_ttl_seconds=10)
+    for name, value in gateway_env(spec).items():
         monkeypatch.setenv(name, value)
     assert Settings().engine_dns_ttl_seconds == 10
     monkeypatch.delenv("GATEWAY_ENGINE_DNS_TTL_SECONDS")

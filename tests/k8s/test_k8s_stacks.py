@@ -17,15 +17,20 @@ import pytest
 import yaml
 
 from prometheus.render import rule_files
-from services.launch import (GATEWAY_SECRETS_DIR_ENV, engine_args, gateway_env, gateway_process_argv,
-                             gateway_secret_file)
+from services.launch import GATEWAY_SECRETS_DIR_ENV, engine_args, gateway_env, gateway_process_argv, gateway_secret_file
 from stacks.config import load_stack_settings, parse_settings, read_stack_values
 from stacks.kubernetes import manifests
 from stacks.kubernetes.node import BUILT_IN
 from tests.k8s.netpol import Endpoint, Policies
 from tests.k8s.objects import charts, containers, declared_objects, names, objects, pod_templates
-from tests.stacks.mock_runtime import (MOCK_SECRET_MARK, Deployment, deep_merge, is_secret_value, plain_parts,
-                                      run_program)
+from tests.stacks.mock_runtime import (
+    MOCK_SECRET_MARK,
+    Deployment,
+    deep_merge,
+    is_secret_value,
+    plain_parts,
+    run_program,
+)
 
 STACKS = ("k8s-dev", "k8s-prod")
 BUILT_IN_KINDS = {kind for _, kind in BUILT_IN}
@@ -98,7 +103,7 @@ def test_built_in_manifests_are_valid_in_strict_mode(stack):
     def check(d: Deployment):
         found = objects(d)
         validated = 0
-        for (kind, name), manifest in found.items():
+        for (kind, _name), manifest in found.items():
             if kind in BUILT_IN_KINDS:
                 kubernetes_validate.validate(manifest, version, strict=True)
                 validated += 1
@@ -156,12 +161,15 @@ def test_engine_command_and_gateway_env_are_the_docker_targets(stack):
         k8s_gateway = found[("Deployment", "gateway")]["spec"]["template"]["spec"]["containers"][0]
         assert k8s_gateway["command"] == docker_gateway.props["entrypoints"] == gateway_process_argv("python")
         k8s_env = {e["name"]: e["value"] for e in k8s_gateway["env"]}
-        differing = {k for k in k8s_env.keys() | docker_gateway.env.keys() if k8s_env.get(k) != docker_gateway.env.get(k)}
+        differing = {k for k in k8s_env.keys() | docker_gateway.env.keys()
+                     if k8s_env.get(k) != docker_gateway.env.get(k)}
         assert differing == {"GATEWAY_ENGINES"}
-        assert k8s_env == gateway_env(manifests.gateway_spec(settings)) | {GATEWAY_SECRETS_DIR_ENV: manifests.SECRETS_DIR}
+        secrets_dir = {GATEWAY_SECRETS_DIR_ENV: manifests.SECRETS_DIR}
+        assert k8s_env == gateway_env(manifests.gateway_spec(settings)) | secrets_dir
         ns = settings.kubernetes.namespace
         assert k8s_env["GATEWAY_ENGINES"].split(",") == [
-            f"http://engine-{i}.engine.{ns}.svc.cluster.local:8000" for i in range(settings.kubernetes.engine_max_replicas)]
+            f"http://engine-{i}.engine.{ns}.svc.cluster.local:8000"
+            for i in range(settings.kubernetes.engine_max_replicas)]
         # The migration job: the Docker job's argv.
         migrate = found[("Job", "gateway-migrate")]["spec"]["template"]["spec"]["containers"][0]
         docker_migrate = docker_d.container("gateway-migrate")
@@ -378,7 +386,7 @@ def test_network_policies_allow_exactly_the_intended_flows(variant):
         allowed = set()
         for source in pods.values():
             for destination in pods.values():
-                if source.name not in OURS and destination.name not in OURS or source is destination:
+                if (source.name not in OURS and destination.name not in OURS) or source is destination:
                     continue  # flows between outside endpoints are not this stack's
                 for port, protocol in LISTENING[destination.name]:
                     if policies.can_reach(source, destination, port, protocol):

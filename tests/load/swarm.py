@@ -21,15 +21,15 @@ import sys
 import tempfile
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
+from scripts.bench.localnode import LocalNode
+from scripts.bench.report import print_table
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-
-from scripts.bench.localnode import LocalNode  # noqa: E402
-from scripts.bench.report import print_table  # noqa: E402
 
 LOCUSTFILE = ROOT / "tests" / "load" / "locustfile.py"
+QUANTILES = ("p50", "p95", "p99", "max")
 
 # Tier -> (number of keys, limits per key). Users are spread over all keys in turn, so each
 # key carries about the same number of users and the tiers' limits decide who gets 429s.
@@ -81,13 +81,14 @@ def report(summary: dict, users: int, seconds: int, rejected_by: dict[str, float
     accepted, limited, health = summary["accepted"], summary["rate_limited"], summary["healthz"]
     print_table(f"Swarm: {users} concurrent clients, {seconds} s, mixed streaming / non-streaming, 3 tiers",
                 ["", "requests", "p50 ms", "p95 ms", "p99 ms", "max ms"],
-                [["accepted (200)", accepted["count"], *(fmt_ms(accepted[k]) for k in ("p50", "p95", "p99", "max"))],
-                 ["rate limited (429)", limited["count"], *(fmt_ms(limited[k]) for k in ("p50", "p95", "p99", "max"))],
-                 ["/healthz during the swarm", health["count"], *(fmt_ms(health[k]) for k in ("p50", "p95", "p99", "max"))]],
+                [["accepted (200)", accepted["count"], *(fmt_ms(accepted[k]) for k in QUANTILES)],
+                 ["rate limited (429)", limited["count"], *(fmt_ms(limited[k]) for k in QUANTILES)],
+                 ["/healthz during the swarm", health["count"], *(fmt_ms(health[k]) for k in QUANTILES)]],
                 [f"all API requests: {summary['requests']}; share of 429: {limited['share']:.1%}; "
                  f"5xx: {summary['server_errors']} (must be 0); other statuses: {summary['other']}; "
                  f"/healthz failures: {health['failures']}",
-                 *( [f"limiter rejections by reason (gateway metrics): {rejected_by}"] if rejected_by is not None else []),
+                 *([f"limiter rejections by reason (gateway metrics): {rejected_by}"]
+                   if rejected_by is not None else []),
                  "streams are timed to their last byte; Locust rounds times above 100 ms to 2 significant digits"])
     rows = [[name, f["count"], *(fmt_ms(f[k]) for k in ("p50", "p95", "p99"))]
             for name, f in sorted(summary["accepted_by_kind"].items())]

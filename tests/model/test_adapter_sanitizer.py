@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from services.engine.adapter_sanitizer import (
-    CONFIG_NAME, KEPT_KEYS, REPORT_NAME, AdapterRejected, Policy, sanitize_adapter, sanitize_tree,
+    CONFIG_NAME,
+    KEPT_KEYS,
+    REPORT_NAME,
+    AdapterRejected,
+    Policy,
+    sanitize_adapter,
+    sanitize_tree,
 )
 from tests.model.helpers.safetensors_header import write_zeros
 from tests.support.adapters import NEWER_PEFT_KEYS, REPO, as_newer_peft_wrote_it
@@ -138,9 +144,10 @@ def test_checks_the_weights_not_only_the_config(tmp_path, tensors, message):
 
 def test_rejects_a_directory_that_is_not_an_adapter(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(AdapterRejected, match="no adapter_config.json"):
+    with pytest.raises(AdapterRejected, match=r"no adapter_config\.json"):
         sanitize_adapter(tmp_path / "empty", tmp_path / "out")
-    (tmp_path / "empty" / CONFIG_NAME).write_text('{"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}')
+    (tmp_path / "empty" / CONFIG_NAME).write_text(
+        '{"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}')
     with pytest.raises(AdapterRejected, match="no adapter weights"):
         sanitize_adapter(tmp_path / "empty", tmp_path / "out")
     (tmp_path / "empty" / CONFIG_NAME).write_text("{not json")

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -26,7 +25,8 @@ def container(tmp_path, tiny_adapter_dir):
     bin_dir.mkdir()
     recorded = tmp_path / "vllm-args.json"
     fake_vllm = bin_dir / "vllm"
-    fake_vllm.write_text(f'#!/bin/sh\nexec python3 -c \'import json, sys; json.dump(sys.argv[1:], open("{recorded}", "w"))\' "$@"\n')
+    record = f'import json, sys; json.dump(sys.argv[1:], open("{recorded}", "w"))'
+    fake_vllm.write_text(f"#!/bin/sh\nexec python3 -c '{record}' \"$@\"\n")
     fake_vllm.chmod(0o755)
     source, sanitized = tmp_path / "adapters", tmp_path / "run" / "adapters"
     as_newer_peft_wrote_it(tiny_adapter_dir, source / "tiny-lora")

@@ -15,7 +15,6 @@ import redis
 import requests
 
 from llm_gateway.limiter_scripts import limiter_keys
-
 from tests.gateway.api_helpers import CHAT, COMPLETIONS, assert_openai_error, auth, chat_body, post
 from tests.support.gateway_fixtures import key_id_of
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Iterator, Mapping
 
 # Grafana's built-in range variables, replaced with a concrete window for evaluation.
 RANGE_VARIABLES = ("$__rate_interval", "$__interval", "$__range")

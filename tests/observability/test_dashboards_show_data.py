@@ -27,7 +27,12 @@ from grafana.render import render_dashboards
 from prometheus.render import GATEWAY_JOB, PROMETHEUS_JOB, VLLM_JOB, render_prometheus_config, rule_files
 from tests.observability.conftest import NOT_CHECKED_LIVE
 from tests.observability.dashboards import (
-    PanelQuery, is_edge_only, label_values_query, queries, substitute, template_variables,
+    PanelQuery,
+    is_edge_only,
+    label_values_query,
+    queries,
+    substitute,
+    template_variables,
 )
 from tests.observability.failing_engine import FailingEngine
 from tests.support.gateway_fixtures import Gateway, start_gateway
@@ -112,7 +117,7 @@ def gateway_traffic(main: Gateway, failing: Gateway, keys: dict[str, str], model
     a 401, a 429, and requests to the failing engine (upstream 5xx, then the open breaker's 503)."""
     def chat(gateway: Gateway, key: str, **extra) -> int:
         body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, **extra}
-        status, answer = post_json(f"{gateway.url}/v1/chat/completions", body, {"authorization": f"Bearer {key}"})
+        status, _answer = post_json(f"{gateway.url}/v1/chat/completions", body, {"authorization": f"Bearer {key}"})
         return status
 
     assert chat(main, keys["standard"]) == 200

@@ -10,7 +10,12 @@ import pytest
 import yaml
 
 from prometheus.render import (
-    COMMITTED_CONFIG, DEFAULT_TARGETS, GATEWAY_JOB, RULES_DIR, render_prometheus_config, rule_files,
+    COMMITTED_CONFIG,
+    DEFAULT_TARGETS,
+    GATEWAY_JOB,
+    RULES_DIR,
+    render_prometheus_config,
+    rule_files,
 )
 from services.launch import GatewaySpec
 from tests.support.prometheus import PROMTOOL_BIN

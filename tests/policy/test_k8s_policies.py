@@ -6,15 +6,15 @@ Driven through pulumi_policy's own validation entry points (tests/policy/test_po
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pulumi
 import pytest
 
 from policy import k8s_rules
 from policy.pack import POLICIES
-from tests.policy.test_policies import Node, declared_node, edited, violations
 from tests.k8s.objects import _ints
+from tests.policy.test_policies import Node, declared_node, edited, violations
 from tests.stacks.mock_runtime import MOCK_SECRET_MARK, run_program
 
 K8S_POLICIES = ("k8s-edge-only-external-service", "k8s-probes-and-resources", "k8s-no-privilege",
@@ -216,8 +216,10 @@ def test_the_endpoint_picker_deployment_is_hardened_to_pass_the_pack():
     rendered = {"apiVersion": "apps/v1", "kind": "Deployment",
                 "metadata": {"name": "engine-pool-epp", "namespace": "llm-node"},
                 "spec": {"template": {"metadata": {"labels": {"inferencepool": "engine-pool-epp"}}, "spec": {
-                    "containers": [{"name": "epp", "image": "registry.k8s.io/gateway-api-inference-extension/epp:v1.0.1",
-                                    "readinessProbe": {"grpc": {"port": 9003}}, "livenessProbe": {"grpc": {"port": 9003}}}]}}}}
+                    "containers": [{"name": "epp",
+                                    "image": "registry.k8s.io/gateway-api-inference-extension/epp:v1.0.1",
+                                    "readinessProbe": {"grpc": {"port": 9003}},
+                                    "livenessProbe": {"grpc": {"port": 9003}}}]}}}}
     node = [k8s_rules.rules.Resource(DEPLOYMENT, "engine-pool-epp", rendered)]
     assert violations("k8s-probes-and-resources", node)
     assert violations("k8s-no-privilege", node)
@@ -233,5 +235,5 @@ def test_only_the_picker_chart_is_transformed():
     def check(d):
         transforms = {name: opts.transforms for (type_, name), opts in d.options.items() if type_ == CHART}
         assert transforms["engine-pool"] and not transforms["traefik"]
-    return run_program("k8s-dev", overrides={"kubernetes": {"endpoint_picker": "inference-extension",
-                                                            "inference_gateway_class": "kgateway"}}).ready().apply(check)
+    overrides = {"kubernetes": {"endpoint_picker": "inference-extension", "inference_gateway_class": "kgateway"}}
+    return run_program("k8s-dev", overrides=overrides).ready().apply(check)

@@ -9,13 +9,21 @@ wrapping in policy/pack.py is exercised, not only the rule functions.
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pulumi
 import pytest
 import yaml
-from pulumi_policy import (PolicyCustomTimeouts, PolicyResource, PolicyResourceOptions, ResourceValidationArgs,
-                           ResourceValidationPolicy, StackValidationArgs, StackValidationPolicy)
+from pulumi_policy import (
+    PolicyCustomTimeouts,
+    PolicyResource,
+    PolicyResourceOptions,
+    ResourceValidationArgs,
+    ResourceValidationPolicy,
+    StackValidationArgs,
+    StackValidationPolicy,
+)
 
 from policy import rules
 from policy.pack import POLICIES
@@ -96,7 +104,7 @@ def edited(node: Node, resource_name: str, edit: Callable[[dict], None], type_: 
 
 
 def set_env(props: dict, entry: str) -> None:
-    props["envs"] = list(props.get("envs") or []) + [entry]
+    props["envs"] = [*list(props.get("envs") or []), entry]
 
 
 # -- every policy passes every declared node ----------------------------------------------------------
@@ -289,8 +297,8 @@ def test_traefik_exposed_by_default_catches_violations():
 def test_no_docker_socket_catches_violations():
     def check(node: Node):
         def read_only_socket(props):  # what stacks/traefik.py did: `:ro` still serves the whole API
-            props["volumes"] = list(props.get("volumes") or []) + [
-                {"hostPath": "/var/run/docker.sock", "containerPath": "/var/run/docker.sock", "readOnly": True}]
+            socket = {"hostPath": "/var/run/docker.sock", "containerPath": "/var/run/docker.sock", "readOnly": True}
+            props["volumes"] = [*list(props.get("volumes") or []), socket]
         found = violations("no-docker-socket", edited(node, "traefik", read_only_socket))
         assert found == ["traefik: mounts /var/run/docker.sock (the Docker socket): that is the whole Docker API, "
                          "read-only or not"]

@@ -98,7 +98,8 @@ def test_a_port_in_use_fails_and_names_its_holder(tmp_path):
 
 
 def test_too_little_disk_fails(tmp_path):
-    proc = run_preflight("--json", "--host", "local://", "--disk-path", str(tmp_path / "not" / "yet"), "--disk-gb", "1e9")
+    proc = run_preflight("--json", "--host", "local://", "--disk-path", str(tmp_path / "not" / "yet"),
+                         "--disk-gb", "1e9")
     check = results(proc)["free disk"]
     assert check["status"] == "FAIL"
     assert f"at {tmp_path}/not/yet (on {tmp_path})" in check["detail"]
@@ -146,7 +147,8 @@ def test_the_stack_file_decides_image_quantization_and_ports(tmp_path):
     proc = run_preflight("--stack", "prod", "--json", "--host", "local://", "--disk-path", str(tmp_path),
                          "--disk-gb", "0.01", env=fake_nvidia_smi(tmp_path))
     got = results(proc)
-    assert f"CUDA {gpu.fmt(cuda)} needs driver >= {gpu.min_driver_for(cuda, wsl=False)}" in got["nvidia driver"]["detail"]
+    needed = f"CUDA {gpu.fmt(cuda)} needs driver >= {gpu.min_driver_for(cuda, wsl=False)}"
+    assert needed in got["nvidia driver"]["detail"]
     assert f"[{image} (tag)]" in got["nvidia driver"]["detail"]
     assert f"with {settings.engine.spec.quantization} needs" in got["cuda capability"]["detail"]
     ports = [settings.edge.http_port, settings.edge.https_port, settings.edge.ops_port]

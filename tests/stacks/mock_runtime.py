@@ -18,13 +18,15 @@ import hashlib
 import json
 import os
 import runpy
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 from unittest import mock
 
 import pulumi
-from pulumi.runtime import rpc, settings as runtime_settings
+from pulumi.runtime import rpc
+from pulumi.runtime import settings as runtime_settings
 
 from stacks.config import NAMESPACE, SECRET_KEYS, read_stack_values
 from stacks.jobs import DockerJobHistory, PreviousRun

@@ -96,7 +96,7 @@ def test_parser_names_the_key(overrides, key):
 
 def test_dev_without_tunnel_must_publish():
     values = deep_merge(read_stack_values("dev"), {"edge": {"publish": False}})
-    with pytest.raises(ConfigError, match="^llm-node:edge.publish: "):
+    with pytest.raises(ConfigError, match=r"^llm-node:edge\.publish: "):
         parse_settings(values, "dev")
     settings = parse_settings(deep_merge(values, {"tunnel": {"enabled": True}}), "dev",
                               secrets_present=["tunnel_token"])
@@ -148,21 +148,19 @@ def test_gateway_errors_name_the_key_and_say_what_is_allowed(gateway, message):
 
 
 def test_quantize_schemes_are_the_jobs():
-    import sys
+    import runpy
 
     from stacks.config import QUANTIZE_SCHEMES, ROOT_DIR
 
-    sys.path.insert(0, str(ROOT_DIR / "services" / "quantize"))
-    try:
-        from llm_node_quantize.recipes import SCHEMES
-    finally:
-        sys.path.remove(str(ROOT_DIR / "services" / "quantize"))
-    assert set(QUANTIZE_SCHEMES) == set(SCHEMES)
+    # The job's package lives in its own environment; its recipes module stands alone.
+    recipes = runpy.run_path(str(ROOT_DIR / "services" / "quantize" / "llm_node_quantize" / "recipes.py"))
+    assert set(QUANTIZE_SCHEMES) == set(recipes["SCHEMES"])
 
 
 @pytest.mark.parametrize("stored_encrypted", [True, False])
 def test_config_from_the_language_host_environment(stored_encrypted):
-    """A real run passes config as PULUMI_CONFIG / PULUMI_CONFIG_SECRET_KEYS; typos and plain-text secrets still fail."""
+    """A real run passes config as PULUMI_CONFIG / PULUMI_CONFIG_SECRET_KEYS; typos and plain-text secrets
+    still fail."""
     secrets = {"tunnel_token": f"{MOCK_SECRET_MARK}-t"}
 
     @pulumi.runtime.test
@@ -176,8 +174,8 @@ def test_config_from_the_language_host_environment(stored_encrypted):
 
     if stored_encrypted:
         deploy({"tunnel": {"enabled": True}})
-        with pytest.raises(ConfigError, match="^llm-node:edge.tls_mod: unknown setting"):
+        with pytest.raises(ConfigError, match=r"^llm-node:edge\.tls_mod: unknown setting"):
             deploy({"tunnel": {"enabled": True}, "edge": {"tls_mod": "acme"}})
     else:
-        with pytest.raises(ConfigError, match="^llm-node:tunnel_token: is stored in plain text"):
+        with pytest.raises(ConfigError, match=r"^llm-node:tunnel_token: is stored in plain text"):
             deploy({"tunnel": {"enabled": True}})

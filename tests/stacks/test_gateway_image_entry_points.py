@@ -9,7 +9,6 @@ that only one entry point prepares (PROMETHEUS_MULTIPROC_DIR, once) fails here.
 
 from __future__ import annotations
 
-import os
 import shlex
 import subprocess
 import sys

@@ -22,7 +22,8 @@ def daemon(log_dir):
 def _finished_job(daemon, name: str, exit_code: int, run_label: str) -> str:
     cid = subprocess.run(["docker", "-H", daemon.url, "create", "--name", name, "--network", "none",
                           "--label", f"{LABEL_RUN}={run_label}", "llm-node-test/shell:1.0",
-                          "/bin/sh", "-c", f"exit {exit_code}"], capture_output=True, text=True, check=True).stdout.strip()
+                          "/bin/sh", "-c", f"exit {exit_code}"],
+                         capture_output=True, text=True, check=True).stdout.strip()
     subprocess.run(["docker", "-H", daemon.url, "start", "-a", name], capture_output=True)
     return cid
 

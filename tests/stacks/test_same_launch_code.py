@@ -7,15 +7,24 @@ path, the listen address and the ports.
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
-
 import dataclasses
+from pathlib import PurePosixPath
 
 import pulumi
 import pytest
 
-from services.launch import (GATEWAY_SECRET_FIELDS, GATEWAY_SECRETS_DIR_ENV, gateway_secret_file, EngineSpec, GatewaySpec,
-                             engine_args, engine_env, engine_process_argv, gateway_env, gateway_process_argv)
+from services.launch import (
+    GATEWAY_SECRET_FIELDS,
+    GATEWAY_SECRETS_DIR_ENV,
+    EngineSpec,
+    GatewaySpec,
+    engine_args,
+    engine_env,
+    engine_process_argv,
+    gateway_env,
+    gateway_process_argv,
+    gateway_secret_file,
+)
 from stacks.config import load_engine_specs, load_stack_settings, load_stack_specs
 from tests.stacks.mock_runtime import Deployment, run_program
 

@@ -16,8 +16,7 @@ from services.launch import GATEWAY_SECRET_FIELDS, gateway_secret_file
 from stacks.config import load_stack_settings, read_stack_values
 from stacks.containers import go_duration
 from stacks.images import is_pinned
-from tests.stacks.mock_runtime import (MOCK_SECRET_MARK, PASSWORD, VOLUME, Deployment,
-                                       plain_parts, run_program)
+from tests.stacks.mock_runtime import MOCK_SECRET_MARK, PASSWORD, VOLUME, Deployment, plain_parts, run_program
 from traefik import static
 
 TUNNEL_TOKEN = f"{MOCK_SECRET_MARK}-tunnel-token"

@@ -48,7 +48,8 @@ def tiny_adapter() -> Path:
     if not QUANTIZE_PYTHON.exists():
         raise RuntimeError(f"{QUANTIZE_PYTHON} missing (peft lives there): run scripts/bootstrap --quantize")
     subprocess.run(
-        [str(QUANTIZE_PYTHON), str(REPO / "scripts" / "build_tiny_adapter.py"), str(TINY_MODEL_DIR), str(TINY_ADAPTER_DIR)],
+        [str(QUANTIZE_PYTHON), str(REPO / "scripts" / "build_tiny_adapter.py"), str(TINY_MODEL_DIR),
+         str(TINY_ADAPTER_DIR)],
         check=True, capture_output=True, text=True,
     )
     return TINY_ADAPTER_DIR

@@ -3,8 +3,14 @@
 
 from __future__ import annotations
 
-from scripts.devnode.engine import (Engine, embedding_model_name, local_engine_spec, local_engine_spec_for,
-                                    served_model_name, start_engine)
+from scripts.devnode.engine import (
+                                    Engine,
+                                    embedding_model_name,
+                                    local_engine_spec,
+                                    local_engine_spec_for,
+                                    served_model_name,
+                                    start_engine,
+)
 from scripts.devnode.paths import ENGINE_PYTHON, TINY_MODEL_DIR
 
 SERVED_MODEL = served_model_name()

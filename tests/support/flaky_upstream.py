@@ -69,7 +69,7 @@ class FlakyUpstream:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def start(self) -> "FlakyUpstream":
+    def start(self) -> FlakyUpstream:
         self._thread = threading.Thread(target=self._serve, name=f"flaky-upstream-{self.port}", daemon=True)
         self._thread.start()
         if not self._started.wait(10):
@@ -84,7 +84,7 @@ class FlakyUpstream:
             self._thread.join(10)
         self._loop = self._runner = self._thread = None
 
-    def __enter__(self) -> "FlakyUpstream":
+    def __enter__(self) -> FlakyUpstream:
         return self.start()
 
     def __exit__(self, *exc) -> None:

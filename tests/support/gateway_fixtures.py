@@ -23,15 +23,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import secrets
+from collections.abc import Iterable
 from datetime import datetime
-from typing import Iterable
 
 import pytest
 import pytest_asyncio
 
 from scripts.devnode.gateway import ADMIN_TOKEN, Gateway, start_gateway
 
-__all__ = ["ADMIN_TOKEN", "Gateway", "start_gateway", "key_id_of"]
+__all__ = ["ADMIN_TOKEN", "Gateway", "key_id_of", "start_gateway"]
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

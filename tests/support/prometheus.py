@@ -29,9 +29,10 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import pytest
 
@@ -106,17 +107,17 @@ class Prometheus:
                     return
             except PromQLError:
                 raise
-            except Exception:  # the API not answering yet counts as "not yet"
+            except Exception:  # noqa: BLE001 - the API not answering yet counts as "not yet"
                 pass
             if time.monotonic() > deadline:
-                raise TimeoutError(f"prometheus: not {what} after {timeout:.0f}s; targets: "
-                                   f"{[(t['labels'].get('job'), t['health'], t.get('lastError')) for t in self._targets_or_empty()]}")
+                targets = [(t["labels"].get("job"), t["health"], t.get("lastError")) for t in self._targets_or_empty()]
+                raise TimeoutError(f"prometheus: not {what} after {timeout:.0f}s; targets: {targets}")
             time.sleep(interval)
 
     def _targets_or_empty(self) -> list[dict]:
         try:
             return self.active_targets()
-        except Exception:
+        except Exception:  # noqa: BLE001 - only for an error message: what it can tell
             return []
 
     def wait_for_targets_up(self, jobs: Iterable[str], timeout: float = 60.0) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ STATIC_SCHEMA = SCHEMAS / "traefik-v3.json"
 DYNAMIC_SCHEMA = SCHEMAS / "traefik-v3-file-provider.json"
 
 
-@lru_cache(maxsize=None)
+@cache
 def load(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 

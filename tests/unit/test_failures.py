@@ -3,7 +3,6 @@ is the gateway_upstream_errors_total{kind} label."""
 
 from __future__ import annotations
 
-import asyncio
 import types
 
 import aiohttp
@@ -21,7 +20,7 @@ def _connector_error() -> aiohttp.ClientConnectorError:
 @pytest.mark.parametrize("error, kind", [
     (_connector_error(), FailureKind.CONNECT),                              # refused / unreachable
     (aiohttp.ConnectionTimeoutError(), FailureKind.CONNECT),                # no connection within sock_connect
-    (asyncio.TimeoutError(), FailureKind.TIMEOUT),
+    (TimeoutError(), FailureKind.TIMEOUT),
     (aiohttp.ServerTimeoutError(), FailureKind.TIMEOUT),                    # sock_read ran out
     (aiohttp.ServerDisconnectedError(), FailureKind.STREAM_BROKEN),
     (aiohttp.ClientPayloadError("cut"), FailureKind.STREAM_BROKEN),

@@ -57,7 +57,8 @@ def main() -> int:
         log_config=None, access_log=False, server_header=False,
         # The gateway never uses client addresses: skip uvicorn's X-Forwarded-* rewriting per request.
         proxy_headers=False,
-        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+        # uvicorn annotates an int, but waits with asyncio.wait_for, which takes the float as it is.
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,  # type: ignore[arg-type]
         # Longer than the edge proxy's idle timeout, so the edge never reuses a connection we just closed.
         timeout_keep_alive=120, backlog=4096,
     )

@@ -153,7 +153,7 @@ class Books:
                                  model=self.plan.served.id, prompt_tokens=prompt, completion_tokens=completion,
                                  status=status, client_request_id=self.client_request_id)
             await acc.limiter.finish(self.reservation, actual)
-        except Exception:  # noqa: BLE001 - closing the books must never fail the request
+        except Exception:  # closing the books must never fail the request
             log.exception("closing the books failed", extra={"request_id": self.request_id})
         finally:
             acc._closed()

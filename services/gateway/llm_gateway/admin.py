@@ -17,7 +17,8 @@ import asyncio
 import json
 import re
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 from pydantic import ValidationError
@@ -51,7 +52,7 @@ def _timestamp(text: str) -> datetime:
         value = datetime.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r} (e.g. 2030-01-31T12:00:00Z)") from None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)   # no zone given: UTC
+    return value if value.tzinfo else value.replace(tzinfo=UTC)   # no zone given: UTC
 
 
 def _models(text: str) -> list[str]:
@@ -80,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     create = commands.add_parser("create-key", help="create an API key (printed once)")
     create.add_argument("--name", required=True, help="who or what the key is for")
     create.add_argument("--tier", required=True, help="priority tier, e.g. premium, standard, batch")
-    create.add_argument("--models", type=_models, default=[], help="comma-separated models the key may use (default: all)")
+    create.add_argument("--models", type=_models, default=[],
+                        help="comma-separated models the key may use (default: all)")
     create.add_argument("--rpm", type=_positive_int, help="requests per minute (default: unlimited)")
     create.add_argument("--tpm", type=_positive_int, help="tokens per minute (default: unlimited)")
     create.add_argument("--max-concurrent", type=_positive_int, help="concurrent requests (default: unlimited)")
@@ -103,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # -- commands ------------------------------------------------------------------------------------
 
-def _key_json(key: ApiKey) -> dict:
+def _key_json(key: ApiKey) -> dict[str, Any]:
     return {"id": key.id, "name": key.name, "tier": key.tier, "models": list(key.models), "rpm": key.rpm,
             "tpm": key.tpm, "max_concurrent": key.max_concurrent, "max_tokens": key.max_tokens,
             "expires_at": key.expires_at.isoformat() if key.expires_at else None, "revoked": key.revoked,
@@ -113,18 +115,19 @@ def _key_json(key: ApiKey) -> dict:
 def _status(key: ApiKey) -> str:
     if key.revoked:
         return "revoked"
-    if key.expires_at and key.expires_at <= datetime.now(timezone.utc):
+    if key.expires_at and key.expires_at <= datetime.now(UTC):
         return "expired"
     return "active"
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
     lines = [header, *rows]
-    return "\n".join("  ".join(str(cell).ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
+    return "\n".join("  ".join(str(cell).ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+                     for line in lines)
 
 
-def _or_dash(value) -> str:
+def _or_dash(value: object) -> str:
     return "-" if value is None else str(value)
 
 
@@ -134,7 +137,7 @@ async def _create_key(args: argparse.Namespace, settings: Settings) -> None:
         raise UsageError(f"unknown tier {args.tier!r} (known tiers: {known})")
     if not args.name.strip():
         raise UsageError("--name must not be empty")
-    if args.expires_at and args.expires_at <= datetime.now(timezone.utc):
+    if args.expires_at and args.expires_at <= datetime.now(UTC):
         raise UsageError(f"--expires-at {args.expires_at.isoformat()} is in the past")
     async with _pool(settings) as pool:
         full_key, key = await KeyStore(pool, cache_ttl_seconds=0).create(
@@ -203,7 +206,7 @@ class _pool:
         self._pool = await create_pool(self._dsn, min_size=1, max_size=1)
         return self._pool
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self._pool.close()
 
 
@@ -230,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     except asyncpg.InvalidCatalogNameError as exc:
         print(f"error: {exc} (check GATEWAY_DATABASE_URL)", file=sys.stderr)
         return 1
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         print(f"error: cannot use PostgreSQL (check GATEWAY_DATABASE_URL): {type(exc).__name__}: {exc}",
               file=sys.stderr)
         return 1

@@ -24,7 +24,7 @@ class Admission:
         if self._slots.locked():
             try:
                 await asyncio.wait_for(self._slots.acquire(), self._wait_seconds)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 _rejected.inc()
                 raise ServiceUnavailable("The gateway is at capacity; retry shortly.", reason="in_flight",
                                          retry_after=1) from None

@@ -17,8 +17,8 @@ import time
 
 import orjson
 from starlette.requests import Request
-from starlette.routing import Route
 from starlette.responses import Response
+from starlette.routing import Route
 
 from . import proxy
 from .errors import GatewayError
@@ -27,6 +27,7 @@ from .hangup import ClientGone
 from .observe import Observation
 from .runtime import Runtime
 from .validation import CHAT, COMPLETION, EMBEDDING, read_json_body
+
 
 async def chat_completions(request: Request) -> Response:
     return await _complete(request, CHAT, "/v1/chat/completions")

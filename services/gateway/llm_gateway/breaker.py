@@ -16,7 +16,7 @@ between processes (each learns from its own traffic within a few requests).
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 CLOSED, HALF_OPEN, OPEN = 0, 1, 2  # the values of the gateway_circuit_state gauge
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from importlib import resources
+from typing import Any
 
 import asyncpg
 
@@ -18,9 +19,9 @@ _MIGRATION_LOCK_ID = 0x6C6C6D2D6E6F6465  # "llm-node"
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 
-async def create_pool(dsn: str, **kw) -> asyncpg.Pool:
+async def create_pool(dsn: str, **kw: Any) -> asyncpg.Pool:
     """A small asyncpg pool with timeouts, so a dead PostgreSQL fails fast instead of hanging."""
-    options = {
+    options: dict[str, Any] = {
         "min_size": 1,
         "max_size": 10,
         "timeout": 5.0,            # connect timeout

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import aiohttp
 
@@ -189,7 +189,7 @@ class EnginePool:
             try:
                 if down and await self.check_health(down):
                     on_recovered()
-            except Exception:  # noqa: BLE001 - the watcher must outlive any single failure
+            except Exception:  # the watcher must outlive any single failure
                 log.exception("engine recovery probe failed")
 
     async def _probe(self, engine: Engine) -> str:

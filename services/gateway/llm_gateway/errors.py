@@ -7,7 +7,8 @@ mistake is never a 500 and every error body looks like OpenAI's:
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
+from typing import Any
 
 
 class GatewayError(Exception):
@@ -26,7 +27,7 @@ class GatewayError(Exception):
             self.status = status
         self.headers = dict(headers or {})
 
-    def body(self) -> dict:
+    def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
@@ -40,7 +41,7 @@ class AuthenticationError(GatewayError):  # 401: missing/malformed/unknown/revok
     type = "invalid_request_error"
     code = "invalid_api_key"
 
-    def __init__(self, message: str, *, reason: str, **kw):
+    def __init__(self, message: str, *, reason: str, **kw: Any) -> None:
         super().__init__(message, **kw)
         self.reason = reason  # metric label: missing|malformed|unknown|revoked|expired|invalid_secret
 
@@ -68,7 +69,7 @@ class RateLimited(GatewayError):  # 429 with Retry-After and x-ratelimit-* heade
     type = "rate_limit_exceeded"  # OpenAI uses "requests" / "tokens" codes under this type
     code = "rate_limit_exceeded"
 
-    def __init__(self, message: str, *, reason: str, **kw):
+    def __init__(self, message: str, *, reason: str, **kw: Any) -> None:
         super().__init__(message, **kw)
         self.reason = reason  # rpm|tpm|concurrency
 
@@ -78,7 +79,7 @@ class ServiceUnavailable(GatewayError):  # 503 with Retry-After: overload, no en
     type = "server_error"
     code = "service_unavailable"
 
-    def __init__(self, message: str, *, reason: str, retry_after: float = 1.0, **kw):
+    def __init__(self, message: str, *, reason: str, retry_after: float = 1.0, **kw: Any) -> None:
         headers = {"Retry-After": str(max(1, round(retry_after)))} | dict(kw.pop("headers", {}) or {})
         super().__init__(message, headers=headers, **kw)
         self.reason = reason

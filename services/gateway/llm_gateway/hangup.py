@@ -38,7 +38,7 @@ class HangUpWatch:
         self.grace_seconds = grace_seconds
         self._waiting: set[ClientWatch] = set()
 
-    def watch(self, receive: Receive) -> "ClientWatch":
+    def watch(self, receive: Receive) -> ClientWatch:
         return ClientWatch(receive, self._waiting)
 
     async def run(self) -> None:
@@ -54,9 +54,9 @@ class ClientWatch:
     """One request's watch (see HangUpWatch): registered on entry, given a watcher task by
     HangUpWatch.run() if the block lasts, unregistered on exit."""
 
-    __slots__ = ("_receive", "_waiting", "_task", "_watcher", "_active", "since", "gone")
+    __slots__ = ("_active", "_receive", "_task", "_waiting", "_watcher", "gone", "since")
 
-    def __init__(self, receive: Receive, waiting: set["ClientWatch"]):
+    def __init__(self, receive: Receive, waiting: set[ClientWatch]):
         self._receive = receive
         self._waiting = waiting
         self._task: asyncio.Task | None = None
@@ -69,7 +69,7 @@ class ClientWatch:
     def watching(self) -> bool:
         return self._watcher is not None
 
-    def __enter__(self) -> "ClientWatch":
+    def __enter__(self) -> ClientWatch:
         self._task = asyncio.current_task()
         self._active = True
         self.since = time.monotonic()

@@ -37,12 +37,14 @@ import math
 import re
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Iterable
+from datetime import UTC, datetime
+from typing import NoReturn
 
 import asyncpg
 import cachetools
+from starlette.requests import HTTPConnection
 
 from . import metrics
 from .errors import AuthenticationError, RateLimited, ServiceUnavailable
@@ -103,7 +105,8 @@ def parse_key(token: str) -> tuple[str, str] | None:
     return (match.group(1), match.group(2)) if match else None
 
 
-_COLUMNS = "id, secret_hash, name, tier, models, rpm, tpm, max_concurrent, max_tokens, expires_at, revoked_at, created_at"
+_COLUMNS = ("id, secret_hash, name, tier, models, rpm, tpm, max_concurrent, max_tokens, expires_at, revoked_at, "
+            "created_at")
 
 
 def _row_to_key(row: asyncpg.Record) -> ApiKey:
@@ -131,7 +134,7 @@ _UNAVAILABLE = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.In
 _LOOKUP = f"SELECT {_COLUMNS} FROM api_keys WHERE id = $1"
 
 
-def client_address(request) -> str | None:
+def client_address(request: HTTPConnection) -> str | None:
     """Who sent a request (a Starlette request), for the failed-authentication limit: the last
     X-Forwarded-For entry, the one the edge proxy adds (the address it saw; entries a client
     sent come before it), else the peer."""
@@ -168,7 +171,7 @@ class KeyStore:
 
     # -- the hot path -------------------------------------------------------------------------
 
-    async def authenticate(self, authorization: str | None, request=None) -> ApiKey:
+    async def authenticate(self, authorization: str | None, request: HTTPConnection | None = None) -> ApiKey:
         """The key of a request's Authorization header. `request` (a Starlette request) names
         the client for the failed-authentication limit; it is only read when the id is not in
         the cache, and without it there is no such limit (admin tools, tests)."""
@@ -197,7 +200,7 @@ class KeyStore:
             self._fail("expired")
         return key
 
-    def _fail(self, reason: str):
+    def _fail(self, reason: str) -> NoReturn:
         self._failures[reason].inc()
         raise AuthenticationError(_MESSAGES[reason], reason=reason)
 
@@ -221,7 +224,7 @@ class KeyStore:
         now = time.monotonic()
         self._guesses[client] = (self._guess_level(client, now) - 1, now)
 
-    async def _lookup(self, key_id: str, stale: _Entry | None, request) -> _Entry:
+    async def _lookup(self, key_id: str, stale: _Entry | None, request: HTTPConnection | None) -> _Entry:
         known = stale is not None and stale.key is not None
         client = client_address(request) if not known and request is not None else None
         if client is not None:
@@ -236,12 +239,12 @@ class KeyStore:
         try:
             entry = await asyncio.shield(task)
         except ServiceUnavailable:
-            if known and time.monotonic() <= stale.fresh_until + self._stale_for:
+            if stale is not None and known and time.monotonic() <= stale.fresh_until + self._stale_for:
                 return stale               # stale-if-error: the last known answer
             raise
         return entry
 
-    def _settled(self, key_id: str, task: asyncio.Task) -> None:
+    def _settled(self, key_id: str, task: asyncio.Task[_Entry]) -> None:
         self._pending.pop(key_id, None)
         if not task.cancelled():
             task.exception()  # retrieved here, so an error nobody awaited is not logged as lost
@@ -285,7 +288,7 @@ class KeyStore:
         expires_ts = key.expires_at.timestamp() if key.expires_at else None
         return _Entry(fresh_until, key, bytes(row["secret_hash"]), expires_ts)
 
-    async def _query(self, key_id: str):
+    async def _query(self, key_id: str) -> asyncpg.Record | None:
         try:
             async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
                 return await conn.fetchrow(_LOOKUP, key_id)
@@ -327,14 +330,16 @@ class KeyStore:
             if value is not None and value <= 0:
                 raise ValueError(f"{label} must be a positive integer")
         if expires_at is not None and expires_at.tzinfo is None:
-            expires_at = expires_at.replace(tzinfo=timezone.utc)
+            expires_at = expires_at.replace(tzinfo=UTC)
         model_list = [m.strip() for m in models if m.strip()]
         full_key, key_id, secret = generate_key()
         row = await self._pool.fetchrow(
-            "INSERT INTO api_keys (id, secret_hash, name, tier, models, rpm, tpm, max_concurrent, max_tokens, expires_at)"
+            "INSERT INTO api_keys"
+            " (id, secret_hash, name, tier, models, rpm, tpm, max_concurrent, max_tokens, expires_at)"
             f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {_COLUMNS}",
             key_id, hash_secret(secret), name.strip(), tier.strip(), model_list, rpm, tpm, max_concurrent,
             max_tokens, expires_at)
+        assert row is not None  # INSERT ... RETURNING answers with the row it inserted
         self.forget(key_id)  # a negative entry for this id (vanishingly unlikely) must not linger
         return full_key, _row_to_key(row)
 
@@ -351,4 +356,4 @@ class KeyStore:
         status = await self._pool.execute(
             "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", key_id)
         self.forget(key_id)
-        return status.endswith(" 1")
+        return str(status).endswith(" 1")

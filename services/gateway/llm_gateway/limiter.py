@@ -195,7 +195,7 @@ class RateLimiter:
         except REDIS_FAILURES as exc:
             health.failed(exc)
             return self._fallback(key, request_id, tokens, lease_id)
-        except Exception as exc:  # noqa: BLE001 - a client bug is still "no answer from Redis", never a 500
+        except Exception as exc:  # a client bug is still "no answer from Redis", never a 500
             log.exception("rate limiter: unexpected error from the Redis client")
             health.failed(exc)
             return self._fallback(key, request_id, tokens, lease_id)
@@ -312,7 +312,7 @@ class RateLimiter:
         except REDIS_FAILURES as exc:
             # A lease not freed here lapses by itself; tokens not given back are a small overcharge.
             self._health.failed(exc)
-        except Exception:  # noqa: BLE001 - finishing a request must never fail it
+        except Exception:
             log.exception("rate limiter: finishing reservation %s failed", res.request_id)
 
     async def renew_leases(self) -> None:
@@ -334,7 +334,7 @@ class RateLimiter:
                                  args=[self._lease_ms, *(r.lease_id for r in batch)])
         except REDIS_FAILURES as exc:
             self._health.failed(exc)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("rate limiter: renewing leases failed")
 
     # -- Redis health (redis_health.py) -------------------------------------------------------

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 from .limiter_scripts import ALLOWED, OVER_CONCURRENCY, OVER_RPM, OVER_TPM, Reply
 
 
 class LocalLimiter:
-    def __init__(self, clock=time.monotonic):
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._requests: dict[str, tuple[float, float]] = {}   # key id -> (level, at ms)
         self._tokens: dict[str, tuple[float, float]] = {}

@@ -64,7 +64,7 @@ def setup_logging(level: str = "info") -> None:
         return
     writer = logging.StreamHandler(sys.stdout)
     writer.setFormatter(JsonFormatter())
-    records: queue.SimpleQueue = queue.SimpleQueue()
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     _listener = logging.handlers.QueueListener(records, writer, respect_handler_level=False)
     _listener.start()
     atexit.register(stop_logging)

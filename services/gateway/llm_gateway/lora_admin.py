@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+from typing import Any
 
 import aiohttp
 import orjson
 from starlette.requests import Request
-from starlette.routing import Route
 from starlette.responses import Response
+from starlette.routing import Route
 
 from .engines import GENERATE
 from .errors import AuthenticationError, InvalidRequest, NotFound, PermissionDenied
@@ -53,7 +54,7 @@ async def _forward(request: Request, engine_path: str, fields: tuple[str, ...]) 
     targets = [e for e in rt.engines.engines if e.kind == GENERATE]
     results = await asyncio.gather(*(_call(rt, e.url + engine_path, payload) for e in targets))
     await rt.catalog.refresh()
-    engines = {e.url: result for e, result in zip(targets, results)}
+    engines = {e.url: result for e, result in zip(targets, results, strict=True)}
     ok = all(result["status"] == 200 for result in results)
     answer = {"lora_name": body["lora_name"], "ok": ok, "engines": engines}
     return Response(orjson.dumps(answer), status_code=200 if ok else 502, media_type="application/json")
@@ -75,7 +76,7 @@ def _check_admin(rt: Runtime, authorization: str | None) -> None:
         raise PermissionDenied("Invalid admin token.", code="invalid_admin_token")
 
 
-async def _call(rt: Runtime, url: str, payload: bytes) -> dict:
+async def _call(rt: Runtime, url: str, payload: bytes) -> dict[str, Any]:
     try:
         async with rt.http.post(url, data=payload, headers={"content-type": "application/json"},
                                 timeout=aiohttp.ClientTimeout(total=120)) as response:

@@ -26,8 +26,8 @@ ADDED_LATENCY = Histogram("gateway_added_latency_seconds",
 TIME_TO_FIRST_BYTE = Histogram("gateway_time_to_first_byte_seconds",
                                "From request received to the first response byte sent", ["route"],
                                buckets=REQUEST_BUCKETS)
-LIMITER_DECISIONS = Counter("gateway_limiter_decisions", "Rate limiter decisions",
-                            ["decision", "reason"])  # allowed|rejected ; ok|rpm|tpm|concurrency|local_fallback|redis_unavailable
+# decision: allowed|rejected; reason: ok|rpm|tpm|concurrency|local_fallback|redis_unavailable
+LIMITER_DECISIONS = Counter("gateway_limiter_decisions", "Rate limiter decisions", ["decision", "reason"])
 ADMISSION_REJECTIONS = Counter("gateway_admission_rejections", "Requests refused by admission control",
                                ["reason"])  # in_flight|no_healthy_engine
 IN_FLIGHT = Gauge("gateway_in_flight_requests", "Requests being served", multiprocess_mode="livesum")

@@ -9,7 +9,8 @@ reject a non-zero priority).
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
+from typing import Any
 
 
 class TierPriorities:
@@ -17,7 +18,7 @@ class TierPriorities:
         self._priorities = dict(priorities)
         self._lowest = max(self._priorities.values()) if self._priorities else None
 
-    def apply(self, body: dict, tier: str) -> None:
+    def apply(self, body: dict[str, Any], tier: str) -> None:
         if self._lowest is None:
             body.pop("priority", None)
         else:

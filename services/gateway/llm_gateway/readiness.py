@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import orjson
 from starlette.requests import Request
-from starlette.routing import Route
 from starlette.responses import Response
+from starlette.routing import Route
 
 from .runtime import Runtime
 

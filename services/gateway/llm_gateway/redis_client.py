@@ -9,7 +9,7 @@ may be dead.
 from __future__ import annotations
 
 import asyncio
-from typing import Sequence
+from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry

@@ -76,11 +76,11 @@ class Runtime:
     upstream_timeout: aiohttp.ClientTimeout
     probe_redis: aioredis.Redis | None = None
     hangups: HangUpWatch = field(default_factory=HangUpWatch)
-    _tasks: list[asyncio.Task] = field(default_factory=list)
-    _readiness: tuple[float, "asyncio.Future[Readiness]"] | None = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _readiness: tuple[float, asyncio.Future[Readiness]] | None = None
 
     @classmethod
-    async def start(cls, settings: Settings) -> "Runtime":
+    async def start(cls, settings: Settings) -> Runtime:
         pool = await _connect_postgres(settings.database_url.get_secret_value())
         redis = create_redis(settings.redis_url.get_secret_value())
         probe_redis = create_probe_redis(settings.redis_url.get_secret_value())
@@ -105,8 +105,9 @@ class Runtime:
                  keys=KeyStore(pool, settings.key_cache_ttl_seconds,
                                stale_if_error_seconds=settings.key_cache_stale_if_error_seconds,
                                acquire_timeout_seconds=settings.key_lookup_timeout_seconds,
-                               auth_failures_per_minute=settings.auth_failures_per_minute), limiter=limiter, usage=usage,
-                 engines=engines, catalog=catalog, validator=Validator(catalog, TokenCounter(engines, http), settings.max_n),
+                               auth_failures_per_minute=settings.auth_failures_per_minute),
+                 limiter=limiter, usage=usage, engines=engines, catalog=catalog,
+                 validator=Validator(catalog, TokenCounter(engines, http), settings.max_n),
                  priorities=TierPriorities(settings.tier_priorities), admission=admission,
                  accounting=Accounting(limiter, admission, engines, usage),
                  upstream_timeout=_upstream_timeout(settings.request_timeout_seconds),
@@ -151,7 +152,7 @@ class Runtime:
                     next_models = time.monotonic() + self.settings.model_refresh_seconds
                 await self.check_postgres()
                 await self.limiter.ping()   # keeps gateway_dependency_up{redis} current
-            except Exception:  # noqa: BLE001 - the watcher must outlive any single failure
+            except Exception:  # the watcher must outlive any single failure
                 log.exception("dependency watch failed")
 
     async def check_postgres(self, timeout: float = 2.0) -> bool:
@@ -163,7 +164,7 @@ class Runtime:
         metrics.DEPENDENCY_UP.labels("postgres").set(1 if up else 0)
         return up
 
-    async def readiness(self) -> "Readiness":
+    async def readiness(self) -> Readiness:
         """Whether this worker can serve, checked at most once a second: concurrent and repeated
         /readyz calls share one check, so probing cannot load PostgreSQL or Redis."""
         now = time.monotonic()
@@ -172,7 +173,7 @@ class Runtime:
             cached = self._readiness = (now, asyncio.ensure_future(self._check_readiness()))
         return await asyncio.shield(cached[1])
 
-    async def _check_readiness(self) -> "Readiness":
+    async def _check_readiness(self) -> Readiness:
         postgres, redis = await asyncio.gather(self.check_postgres(), self.limiter.ping())
         engines = {e.url: e.healthy for e in self.engines.engines}
         redis_required = self.settings.limiter_failure_mode == "closed"
@@ -213,7 +214,7 @@ async def _connect_postgres(dsn: str) -> asyncpg.Pool:
     while True:
         try:
             return await db.create_pool(dsn)
-        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
+        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
             if time.monotonic() + delay > deadline:
                 raise
             log.warning("PostgreSQL not reachable yet (%s); retrying", type(exc).__name__)

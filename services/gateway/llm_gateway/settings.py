@@ -24,7 +24,8 @@ from __future__ import annotations
 import json
 import os
 import typing
-from typing import Any, Literal, Mapping
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -122,7 +123,7 @@ class Options(BaseModel):
         description="How long the gateway caches an engine host name's addresses (at most 30 on "
                     "`target: kubernetes`, where engines are per-pod DNS names).")
 
-    def replace(self, **changes: Any) -> "Options":
+    def replace(self, **changes: Any) -> Options:
         """A copy with ``changes``, validated again (pydantic's model_copy does not validate)."""
         return type(self).model_validate(self.model_dump() | changes)
 

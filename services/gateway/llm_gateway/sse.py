@@ -25,7 +25,7 @@ class SseEvents:
     parsed events, and the relay must pass the engine's bytes on exactly as they came, in the
     reads they came in; all it needs is where events end, the usage chunk and [DONE]."""
 
-    __slots__ = ("_pending", "_strip_usage", "usage", "done", "count")
+    __slots__ = ("_pending", "_strip_usage", "count", "done", "usage")
 
     def __init__(self, strip_usage: bool):
         self._pending = b""

@@ -23,6 +23,7 @@ not the last line of defence.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import aiohttp
 import orjson
@@ -47,7 +48,7 @@ _TEMPLATE_FIELDS = ("tools", "add_generation_prompt", "continue_final_message", 
                     "chat_template_kwargs", "documents")
 
 
-def chat_bound(raw_body_len: int, body: dict) -> int:
+def chat_bound(raw_body_len: int, body: dict[str, Any]) -> int:
     return raw_body_len + CHAT_MARGIN + (TOOLS_MARGIN if body.get("tools") else 0)
 
 
@@ -77,7 +78,7 @@ class TokenCounter:
         self._session = session
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
 
-    async def count_chat(self, model: str, engines: frozenset[str], body: dict) -> int:
+    async def count_chat(self, model: str, engines: frozenset[str], body: dict[str, Any]) -> int:
         request = {"model": model, "messages": body["messages"]}
         request.update((name, body[name]) for name in _TEMPLATE_FIELDS if name in body)
         return await self._count(engines, request)
@@ -112,7 +113,7 @@ class TokenCounter:
             raise failed.exceptions[0] from None     # the first failure, as a single call would raise
         return counts
 
-    async def _count(self, engines: frozenset[str], request: dict) -> int:
+    async def _count(self, engines: frozenset[str], request: dict[str, Any]) -> int:
         engine = self._pool.pick(engines)
         failure: FailureKind | None = None
         try:

@@ -18,12 +18,17 @@ no de-duplication.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +45,11 @@ class UsageRecorder:
         self._interval = flush_interval_seconds
         # Bounded so a very long PostgreSQL outage cannot exhaust memory; beyond it new records
         # are dropped (not old ones: a batch being written is the queue's head) and counted in the log.
-        self._queue: deque[tuple] = deque()
+        self._queue: deque[tuple[Any, ...]] = deque()
         self._max_queued = max_queued
         self._dropped = 0
         self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._closing = False
 
     @property
@@ -64,7 +69,7 @@ class UsageRecorder:
                                 completion_tokens, status, time.time()))
             if len(self._queue) == self._batch_size:
                 self._wake.set()
-        except Exception:  # noqa: BLE001 - accounting must never fail a request
+        except Exception:  # accounting must never fail a request
             log.exception("usage: could not queue a record")
 
     async def start(self) -> None:
@@ -79,7 +84,7 @@ class UsageRecorder:
             # Not cancelled: a batch cancelled mid-COPY could be written and then written again.
             try:
                 await self._task
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("usage: flusher failed")
             self._task = None
         deadline = time.monotonic() + timeout
@@ -97,10 +102,8 @@ class UsageRecorder:
         delay = 0.0   # > 0 while PostgreSQL is failing: back off before the next try
         while not self._closing:
             if delay or len(self._queue) < self._batch_size:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), delay or self._interval)
-                except asyncio.TimeoutError:
-                    pass
             self._wake.clear()
             ok = True
             while self._queue and ok and not self._closing:   # drain, one batch at a time
@@ -116,7 +119,7 @@ class UsageRecorder:
         if not count:
             return True
         batch = [self._queue[i] for i in range(count)]
-        rows = [(*r[:8], datetime.fromtimestamp(r[8], timezone.utc)) for r in batch]
+        rows = [(*r[:8], datetime.fromtimestamp(r[8], UTC)) for r in batch]
         try:
             async with self._pool.acquire() as conn:
                 try:
@@ -124,7 +127,7 @@ class UsageRecorder:
                 except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError):
                     # One bad record (e.g. a key id that does not exist) must not block the rest.
                     await self._write_one_by_one(conn, rows)
-        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("usage: writing %d records failed (%s); will retry", count, type(exc).__name__)
             return False
         for _ in range(count):
@@ -132,7 +135,7 @@ class UsageRecorder:
         return True
 
     @staticmethod
-    async def _write_one_by_one(conn: asyncpg.Connection, rows: list[tuple]) -> None:
+    async def _write_one_by_one(conn: PoolConnectionProxy[asyncpg.Record], rows: list[tuple[Any, ...]]) -> None:
         # ON CONFLICT: a row already written (a batch re-sent after a lost acknowledgement).
         insert = (f"INSERT INTO usage_records ({', '.join(_COLUMNS)}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
                   " ON CONFLICT (request_id) DO NOTHING")
@@ -144,7 +147,7 @@ class UsageRecorder:
 
 
 async def usage_summary(pool: asyncpg.Pool, *, key_id: str | None = None,
-                        since: datetime | None = None) -> list[dict]:
+                        since: datetime | None = None) -> list[dict[str, Any]]:
     """Token sums per key and model (for `admin usage`)."""
     rows = await pool.fetch(
         "SELECT key_id, model, count(*) AS requests, sum(prompt_tokens) AS prompt_tokens,"

@@ -15,7 +15,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m llm_node_quantize", description=__doc__)
     p.add_argument("--model", type=Path, required=True, help="Hugging Face model directory to quantize")
     p.add_argument("--output", type=Path, required=True, help="directory to write the compressed-tensors checkpoint to")
-    p.add_argument("--calibration-file", type=Path, required=True, help="local text file, one calibration sample per line")
+    p.add_argument("--calibration-file", type=Path, required=True,
+                   help="local text file, one calibration sample per line")
     p.add_argument("--scheme", default="W4A16_ASYM", choices=sorted(SCHEMES))
     p.add_argument("--num-samples", type=int, default=64, help="calibration samples to use (first N lines)")
     p.add_argument("--max-seq-length", type=int, default=512, help="tokens per calibration sample")

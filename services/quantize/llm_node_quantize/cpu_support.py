@@ -18,7 +18,7 @@ def allow_cpu_only_calibration() -> bool:
         return False
     from llmcompressor.pipelines.cache import IntermediatesCache
 
-    def pin_memory(self, batch_index, input_names=None):  # noqa: ARG001 - same signature
+    def pin_memory(self, batch_index, input_names=None):  # same signature
         return None
 
     IntermediatesCache.pin_memory = pin_memory

@@ -23,7 +23,7 @@ if [ "${1:0:1}" = '-' ]; then set -- postgres "$@"; fi
 
 if [ "$1" = postgres ] && [ "$(id -u)" = 0 ]; then
   mkdir -p "$PGDATA" && chown postgres:postgres "$PGDATA" && chmod 0700 "$PGDATA"
-  exec gosu postgres "$BASH_SOURCE" "$@"
+  exec gosu postgres "${BASH_SOURCE[0]}" "$@"
 fi
 
 if [ "$1" = postgres ] && [ ! -s "$PGDATA/PG_VERSION" ]; then
