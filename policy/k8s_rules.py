@@ -213,8 +213,8 @@ def network_policy_for_every_workload(resources: Sequence[rules.Resource]) -> li
         deny_all = any(not (_dig(p, ("spec", "podSelector")) or {}) and
                        {"Ingress", "Egress"} <= set(_dig(p, ("spec", "policyTypes")) or []) and
                        not _dig(p, ("spec", "ingress")) and not _dig(p, ("spec", "egress")) for p in mine)
-        own = [p for p in mine if (_dig(p, ("spec", "podSelector")) or {}) and _selects(_dig(p, ("spec", "podSelector")),
-                                                                                       labels)]
+        own = [p for p in mine
+               if (_dig(p, ("spec", "podSelector")) or {}) and _selects(_dig(p, ("spec", "podSelector")), labels)]
         if not deny_all:
             problems.append((r.name, f"namespace {namespace!r} has no default-deny NetworkPolicy (podSelector {{}}, "
                                      "Ingress and Egress, no rules)"))

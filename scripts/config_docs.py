@@ -25,7 +25,8 @@ from pydantic.fields import FieldInfo
 from llm_gateway.settings import DEPLOYMENT_FIELDS, SECRET_FIELDS, SECRETS_DIR_ENV, Settings, env_name
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
-BEGIN = "<!-- BEGIN GENERATED gateway settings: scripts/config_docs.py writes this table from llm_gateway/settings.py -->"
+BEGIN = ("<!-- BEGIN GENERATED gateway settings: scripts/config_docs.py writes this table"
+         " from llm_gateway/settings.py -->")
 END = "<!-- END GENERATED gateway settings -->"
 
 _TYPE_NAMES = {int: "integer", float: "number", str: "string", bool: "boolean", SecretStr: "string"}
@@ -47,7 +48,7 @@ def _type(field: FieldInfo) -> str:
     low = bounds.get(annotated_types.Ge)
     high = bounds.get(annotated_types.Le)
     if low and high:
-        return f"{text} {low.ge}–{high.le}"
+        return f"{text} {low.ge}\u2013{high.le}"  # an en dash: a range
     if low:
         text += f" ≥ {low.ge}"
     if annotated_types.Gt in bounds:

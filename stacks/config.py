@@ -401,7 +401,8 @@ def _check_across_groups(groups: Sequence[EngineDeployment]) -> None:
 
 # Every gateway setting but those the node wires itself (gateway_settings.DEPLOYMENT_FIELDS) and
 # the secrets is a key here, checked by the gateway's own schema: its types, bounds and defaults.
-STACK_GATEWAY_FIELDS = tuple(name for name in GatewaySpec.model_fields if name not in gateway_settings.DEPLOYMENT_FIELDS)
+STACK_GATEWAY_FIELDS = tuple(name for name in GatewaySpec.model_fields
+                             if name not in gateway_settings.DEPLOYMENT_FIELDS)
 
 
 def gateway_keys() -> tuple[str, ...]:
@@ -409,7 +410,8 @@ def gateway_keys() -> tuple[str, ...]:
 
 
 def gateway_spec_from_config(gateway: Mapping[str, Any] | None, *, engines: Sequence[str],
-                             embedding_engines: Sequence[str] = (), host: str = "0.0.0.0", port: int = naming.GATEWAY_PORT,
+                             embedding_engines: Sequence[str] = (), host: str = "0.0.0.0",
+                             port: int = naming.GATEWAY_PORT,
                              metrics_port: int = naming.GATEWAY_METRICS_PORT) -> GatewaySpec:
     """The ``gateway`` config object as a GatewaySpec routing to ``engines`` (and ``embedding_engines``)."""
     s = _Section("gateway", gateway)
@@ -420,7 +422,8 @@ def gateway_spec_from_config(gateway: Mapping[str, Any] | None, *, engines: Sequ
             raise ConfigError(s.key(key), "is a secret the node generates or derives, not a stack setting")
     s.reject_unknown(STACK_GATEWAY_FIELDS)
     values = {key: value for key, value in s.values.items() if value is not None}  # null: the default
-    wiring = {"engines": list(engines), "embedding_engines": list(embedding_engines), "host": host, "port": port, "metrics_port": metrics_port}
+    wiring = {"engines": list(engines), "embedding_engines": list(embedding_engines), "host": host, "port": port,
+              "metrics_port": metrics_port}
     try:
         # Strict: YAML gives real types, so "5" for a number or true for an integer is a mistake.
         return GatewaySpec.model_validate(values | wiring, strict=True)
@@ -492,7 +495,7 @@ DEFAULT_EDGE_SUBNET = "10.213.0.0/24"
 DEFAULT_METRICS_SUBNET = "10.213.1.0/24"
 
 
-def _subnet(s: "_Section", key: str, default: str) -> ipaddress.IPv4Network:
+def _subnet(s: _Section, key: str, default: str) -> ipaddress.IPv4Network:
     value = s.string(key, default)
     try:
         subnet = ipaddress.IPv4Network(value)  # strict: no host bits
@@ -598,7 +601,7 @@ class NodeSettings:
     tls_certificate: str | None  # PEM, edge.tls_mode provided (its key is the secret tls_private_key)
     # Where the node runs: one Docker host (stacks/node.py) or a cluster (stacks/kubernetes/).
     target: str = "docker"
-    kubernetes: "KubernetesSettings | None" = None  # target kubernetes only
+    kubernetes: KubernetesSettings | None = None  # target kubernetes only
     quantize_group: str | None = None  # the engine group whose model the quantize job writes
 
     @property
@@ -707,7 +710,8 @@ def parse_settings(values: Mapping[str, Any], stack: str, *, secrets_present: Se
 
     target = parse_target(values)
     kubernetes = parse_kubernetes(values.get("kubernetes"), target=target, engines=engines,
-                                  raw_engine=values.get("engine") or (values.get("engines") or [None])[0], tunnel_enabled=tunnel_enabled,
+                                  raw_engine=values.get("engine") or (values.get("engines") or [None])[0],
+                                  tunnel_enabled=tunnel_enabled,
                                   models_host_dir=models_host_dir,
                                   engine_dns_ttl_seconds=gateway.engine_dns_ttl_seconds,
                                   secrets_present=secrets_present)
@@ -804,10 +808,10 @@ def load_engine_specs(stack: str) -> dict[str, EngineSpec]:
 class NodeSecrets:
     """Secret settings as secret Outputs (None when the stack does not set them)."""
 
-    tunnel_token: "pulumi.Output[str] | None"
-    tls_private_key: "pulumi.Output[str] | None"
-    external_database_url: "pulumi.Output[str] | None" = None  # kubernetes.data_stores: external
-    external_redis_url: "pulumi.Output[str] | None" = None
+    tunnel_token: pulumi.Output[str] | None
+    tls_private_key: pulumi.Output[str] | None
+    external_database_url: pulumi.Output[str] | None = None  # kubernetes.data_stores: external
+    external_redis_url: pulumi.Output[str] | None = None
 
 
 @dataclass(frozen=True)

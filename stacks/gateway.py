@@ -58,7 +58,8 @@ def traefik_routes(spec: GatewaySpec, domain: str, edge: EdgeSettings) -> routin
     router = routing.router(rule=f"Host(`{domain}`)", entry_points=[WEBSECURE], service=ROUTER, tls=True,
                             cert_resolver=CERT_RESOLVER if edge.tls_mode == "acme" else None,
                             middlewares=list(middlewares))
-    return routing.fragment(routers={ROUTER: router}, services={ROUTER: routing.service(naming.GATEWAY, spec.port, "/healthz")},
+    return routing.fragment(routers={ROUTER: router},
+                            services={ROUTER: routing.service(naming.GATEWAY, spec.port, "/healthz")},
                             middlewares=middlewares)
 
 

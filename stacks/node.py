@@ -13,7 +13,7 @@ Volumes keep data across container replacements and are retained when the stack 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_docker as docker
@@ -48,7 +48,7 @@ DATA_VOLUMES = {
 @dataclass(frozen=True)
 class NodeArgs:
     config: NodeConfig
-    job_history: JobHistory = JobHistory()  # how the one-shot jobs' last runs ended on the host
+    job_history: JobHistory = field(default_factory=JobHistory)  # how the one-shot jobs' last runs ended on the host
 
 
 class Node(pulumi.ComponentResource):
@@ -106,7 +106,8 @@ class Node(pulumi.ComponentResource):
         if settings.quantize is not None:
             target = settings.group(settings.quantize_group or "")
             self.quantize = QuantizeJob("quantize", QuantizeArgs(
-                spec=settings.quantize, base_image=images["python"], placement=placement(), models_volume=self.volumes["models"],
+                spec=settings.quantize, base_image=images["python"], placement=placement(),
+                models_volume=self.volumes["models"],
                 adapters_volume=self.volumes["adapters"],
                 # the GPU of the group it prepares: free until that group's engines start after it
                 gpu_id=target.gpu_devices[0] if target.gpu_devices else None,
@@ -199,7 +200,7 @@ class Node(pulumi.ComponentResource):
             "prometheus": self.prometheus.container.name,
             "grafana": self.grafana.container.name,
             **{alias: c.name for group in settings.engines
-               for alias, c in zip(group.aliases, self.engines[group.group].containers)},
+               for alias, c in zip(group.aliases, self.engines[group.group].containers, strict=True)},
         }
         if self.tunnel:
             containers_by_service["cloudflared"] = self.tunnel.container.name

@@ -134,8 +134,9 @@ def parse_kubernetes(values: Mapping[str, Any] | None, *, target: str, engines: 
         raise ConfigError(f"{engine.section}.kind", "target kubernetes serves a generate group only")
     # Docker-only settings would silently do nothing on a cluster: refuse them.
     if raw_engine and raw_engine.get("gpu_ids") is not None:
-        raise ConfigError(f"{engine.section}.gpu_ids", "is a Docker host setting; on kubernetes set kubernetes.gpus_per_engine "
-                                            "(the scheduler picks the GPUs)")
+        raise ConfigError(f"{engine.section}.gpu_ids",
+                          "is a Docker host setting; on kubernetes set kubernetes.gpus_per_engine "
+                          "(the scheduler picks the GPUs)")
     if tunnel_enabled:
         raise ConfigError("tunnel.enabled", "is not supported on target kubernetes yet (expose the edge Service "
                                             "or run cloudflared in the cluster yourself)")

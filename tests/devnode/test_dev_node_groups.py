@@ -5,6 +5,7 @@ is tests/devnode/test_dev_node.py (one engine, shared with the session) and `mak
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -16,7 +17,7 @@ from stacks.config import load_engine_specs
 class Recorded:
     """A DetachedProcess that records what it would start."""
 
-    started: dict[str, tuple[list[str], dict[str, str]]] = {}
+    started: ClassVar[dict[str, tuple[list[str], dict[str, str]]]] = {}
 
     def __init__(self, name: str, state_dir: Path):
         self.name = name

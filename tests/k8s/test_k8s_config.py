@@ -19,8 +19,8 @@ def _k8s_dev_groups(*extra: dict) -> dict:
     return {"engine": None, "engines": [chat, *extra]}
 
 
-EMBED = {"name": "embed", "kind": "embed", "device": "cpu", "model_dir": "tiny-llama", "served_model_name": "tiny-embed",
-         "max_model_len": 512}
+EMBED = {"name": "embed", "kind": "embed", "device": "cpu", "model_dir": "tiny-llama",
+         "served_model_name": "tiny-embed", "max_model_len": 512}
 BAD = [
     ("k8s-dev", {"kubernetes": {"namespace": None}}, "kubernetes.namespace", "is required"),
     ("k8s-dev", {"kubernetes": {"storage_class": None}}, "kubernetes.storage_class", "is required"),
@@ -78,7 +78,8 @@ def test_a_one_group_engines_list_is_the_engine_section():
     from tests.stacks.mock_runtime import deep_merge
 
     values = read_stack_values("k8s-dev")
-    section, listed = parse_settings(values, "k8s-dev"), parse_settings(deep_merge(values, _k8s_dev_groups()), "k8s-dev")
+    section = parse_settings(values, "k8s-dev")
+    listed = parse_settings(deep_merge(values, _k8s_dev_groups()), "k8s-dev")
     assert listed.engine.spec == section.engine.spec and listed.kubernetes == section.kubernetes
     # (the gateway's engine URLs on a cluster are the StatefulSet's pod names: stacks/kubernetes/manifests.py)
 

@@ -116,7 +116,8 @@ def test_every_setting_reaches_a_test_gateway(monkeypatch):
     """The tests' gateways (scripts/devnode/gateway.py: start_gateway) take any field by name."""
     from scripts.devnode.gateway import process_env
 
-    deployment_values = {"engines": ["http://127.0.0.1:1"], "embedding_engines": ["http://127.0.0.1:2"], "host": "127.0.0.2", "port": 1234, "metrics_port": 1235}
+    deployment_values = {"engines": ["http://127.0.0.1:1"], "embedding_engines": ["http://127.0.0.1:2"],
+                         "host": "127.0.0.2", "port": 1234, "metrics_port": 1235}
     spec = GatewaySpec(**OTHER_VALUES, **deployment_values)
     settings = _settings_from(process_env(spec, database_url="postgresql://t@h/db", redis_url="redis://h/2",
                                           admin_token=None), monkeypatch)

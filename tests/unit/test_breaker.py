@@ -21,7 +21,11 @@ def clock(monkeypatch):
 def test_opens_after_threshold_consecutive_failures_and_a_success_resets_the_count(clock):
     changes = []
     b = CircuitBreaker(3, 5.0, on_change=changes.append)
-    b.record_failure(); b.record_failure(); b.record_success(); b.record_failure(); b.record_failure()
+    b.record_failure()
+    b.record_failure()
+    b.record_success()
+    b.record_failure()
+    b.record_failure()
     assert b.state == CLOSED and b.available()
     b.record_failure()
     assert b.state == OPEN and not b.available() and changes == [OPEN]
@@ -45,7 +49,8 @@ def test_open_lets_one_probe_through_after_open_seconds(clock):
 def test_the_probes_verdict_closes_or_reopens(clock, succeeds, state):
     changes = []
     b = CircuitBreaker(2, 5.0, on_change=changes.append)
-    b.record_failure(); b.record_failure()
+    b.record_failure()
+    b.record_failure()
     clock.t += 5.0
     b.claim()
     b.record_success() if succeeds else b.record_failure()

@@ -47,7 +47,9 @@ def test_a_failure_while_backing_off_does_not_stretch_the_backoff():
 def test_recovery_resets_the_backoff():
     clock = types.SimpleNamespace(t=0.0)
     health, events = make(clock)
-    health.failed(OSError()); clock.t = health.down_until; health.failed(OSError())
+    health.failed(OSError())
+    clock.t = health.down_until
+    health.failed(OSError())
     health.answered()
     assert health.up is True and health.may_call(clock.t) and events[-1] == 1
     health.failed(OSError())

@@ -55,7 +55,7 @@ class Accounting:
         self._tokens: dict[tuple[str, str], tuple] = {}   # (tier, model) -> (prompt counter, completion counter)
 
     def open(self, key: ApiKey, plan: Plan, reservation: Reservation, request_id: str,
-             client_request_id: str | None = None) -> "Books":
+             client_request_id: str | None = None) -> Books:
         self.open_count += 1
         self._idle.clear()
         return Books(self, key, plan, reservation, request_id, client_request_id)
@@ -65,7 +65,7 @@ class Accounting:
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
     def _closed(self) -> None:
@@ -83,8 +83,19 @@ class Accounting:
 
 
 class Books:
-    __slots__ = ("_acc", "key", "plan", "reservation", "request_id", "client_request_id", "admitted", "engine",
-                 "reached", "answered", "_closed")
+    __slots__ = (
+        "_acc",
+        "_closed",
+        "admitted",
+        "answered",
+        "client_request_id",
+        "engine",
+        "key",
+        "plan",
+        "reached",
+        "request_id",
+        "reservation",
+    )
 
     def __init__(self, acc: Accounting, key: ApiKey, plan: Plan, reservation: Reservation, request_id: str,
                  client_request_id: str | None = None):

@@ -86,7 +86,7 @@ class ModelCatalog:
         listings = await asyncio.gather(*(self._list(e.url) if e.url in healthy else _none() for e in engines))
         self._last_refresh = time.monotonic()
         found: dict[str, tuple[dict, set[str]]] = {}
-        for engine, cards in zip(engines, listings):
+        for engine, cards in zip(engines, listings, strict=True):
             if cards is None:
                 # Down or not answering: keep what it served before, so its models answer
                 # 503 (no engine) rather than 404 (unknown) until it is back.

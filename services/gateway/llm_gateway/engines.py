@@ -112,9 +112,9 @@ class EnginePool:
         The caller must hand the engine back with `done()` exactly once."""
         best: Engine | None = None
         for engine in self.engines:
-            if (serving is None or engine.url in serving) and engine.healthy and engine.breaker.available():
-                if best is None or engine.outstanding < best.outstanding:
-                    best = engine
+            if ((serving is None or engine.url in serving) and engine.healthy and engine.breaker.available()
+                    and (best is None or engine.outstanding < best.outstanding)):
+                best = engine
         if best is None:
             metrics.ADMISSION_REJECTIONS.labels("no_healthy_engine").inc()
             raise ServiceUnavailable("No inference engine is available for this model right now; retry shortly.",
@@ -163,7 +163,7 @@ class EnginePool:
         engines = self.engines if engines is None else engines
         results = await asyncio.gather(*(self._probe(e) for e in engines))
         recovered = []
-        for engine, result in zip(engines, results):
+        for engine, result in zip(engines, results, strict=True):
             if result == "ok":
                 engine.failed_probes = 0
                 if not engine.healthy:

@@ -33,8 +33,20 @@ _MAX_REQUEST_ID = 128
 
 
 class Observation:
-    __slots__ = ("request_id", "client_request_id", "route", "t0", "status", "t_start", "t_first_byte",
-                 "upstream_seconds", "outcome", "tier", "key_id", "model")
+    __slots__ = (
+        "client_request_id",
+        "key_id",
+        "model",
+        "outcome",
+        "request_id",
+        "route",
+        "status",
+        "t0",
+        "t_first_byte",
+        "t_start",
+        "tier",
+        "upstream_seconds",
+    )
 
     def __init__(self, request_id: str, route: str, client_request_id: str | None = None):
         self.request_id = request_id                  # generated here for every request: unique
