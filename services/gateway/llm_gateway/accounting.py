@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import anyio
+from prometheus_client import Counter
 
 from . import metrics
 from .admission import Admission
@@ -52,7 +54,8 @@ class Accounting:
         self.open_count = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self._tokens: dict[tuple[str, str], tuple] = {}   # (tier, model) -> (prompt counter, completion counter)
+        # (tier, model) -> (prompt counter, completion counter)
+        self._tokens: dict[tuple[str, str], tuple[Counter, Counter]] = {}
 
     def open(self, key: ApiKey, plan: Plan, reservation: Reservation, request_id: str,
              client_request_id: str | None = None) -> Books:
@@ -132,7 +135,7 @@ class Books:
             self.answered = True
             self._acc.engines.answered(self.engine)
 
-    async def close(self, status: int, *, usage: dict | None = None, failure: FailureKind | None = None,
+    async def close(self, status: int, *, usage: dict[str, Any] | None = None, failure: FailureKind | None = None,
                     chunks: int = 0) -> None:
         """Give everything back. `failure` is the upstream error kind, if the engine failed."""
         if self._closed:
@@ -169,7 +172,7 @@ class Books:
         finally:
             acc._closed()
 
-    async def close_shielded(self, status: int, **kw) -> None:
+    async def close_shielded(self, status: int, **kw: Any) -> None:
         """close(), protected from the cancellation of a stream whose client went away."""
         with anyio.CancelScope(shield=True):
             await self.close(status, **kw)

@@ -15,7 +15,9 @@ from __future__ import annotations
 import gc
 import logging
 import os
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import TypeVar, cast
 
 import orjson
 from fastapi import FastAPI, Request
@@ -23,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
+from starlette.types import ExceptionHandler
 
 from . import api, lora_admin, readiness
 from .errors import GatewayError, InvalidRequest
@@ -39,7 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     setup_logging(settings.log_level)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Runtime]]:
         runtime = await Runtime.start(settings)
         # Everything built so far lives as long as the worker: keep it out of the collector's
         # scans, and collect young objects less often (each request allocates thousands).
@@ -56,13 +59,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="llm-gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.router.routes.extend([*api.routes, *readiness.routes, *lora_admin.routes])
-    app.add_exception_handler(GatewayError, _gateway_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(HTTPException, _http_error)
-    app.add_exception_handler(ClientDisconnect, _client_gone)
-    app.add_exception_handler(Exception, _unexpected_error)
+    _handle(app, GatewayError, _gateway_error)
+    _handle(app, RequestValidationError, _validation_error)
+    _handle(app, HTTPException, _http_error)
+    _handle(app, ClientDisconnect, _client_gone)
+    _handle(app, Exception, _unexpected_error)
     app.add_middleware(RequestObserver)
     return app
+
+
+_E = TypeVar("_E", bound=Exception)
+
+
+def _handle(app: FastAPI, exc_class: type[_E], handler: Callable[[Request, _E], Awaitable[Response]]) -> None:
+    """app.add_exception_handler, typed: Starlette declares every handler as taking any
+    Exception, but calls each only with instances of the class it was registered for."""
+    app.add_exception_handler(exc_class, cast(ExceptionHandler, handler))
 
 
 def _respond(error: GatewayError) -> Response:

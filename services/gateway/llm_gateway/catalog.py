@@ -18,6 +18,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import orjson
@@ -40,8 +41,8 @@ class ServedModel:
     id: str
     max_model_len: int | None
     engines: frozenset[str]   # URLs of the engines serving it (all of its kind)
-    card: dict                # the engine's model object as vLLM lists it (internal: has paths)
-    public_card: dict         # what clients see on /v1/models (OpenAI's fields and `kind`)
+    card: dict[str, Any]      # the engine's model object as vLLM lists it (internal: has paths)
+    public_card: dict[str, Any]  # what clients see on /v1/models (OpenAI's fields and `kind`)
     kind: str = GENERATE      # engines.GENERATE | engines.EMBED
 
 
@@ -52,7 +53,7 @@ class ModelCatalog:
         self._miss_refresh_seconds = miss_refresh_seconds
         self._models: dict[str, ServedModel] = {}
         self._last_refresh = float("-inf")
-        self._refreshing: asyncio.Task | None = None
+        self._refreshing: asyncio.Task[None] | None = None
 
     def engines_reachable(self) -> bool:
         """Whether any engine passed its last health check (else an unknown model may just be unseen)."""
@@ -73,7 +74,7 @@ class ModelCatalog:
         """Re-read /v1/models from every healthy engine; concurrent callers share one refresh."""
         await asyncio.shield(self.refresh_soon())
 
-    def refresh_soon(self) -> asyncio.Task:
+    def refresh_soon(self) -> asyncio.Task[None]:
         """Start a refresh without waiting for it (e.g. an engine said 404 for a model we list:
         an adapter was unloaded through another worker or replica)."""
         if self._refreshing is None or self._refreshing.done():
@@ -85,7 +86,7 @@ class ModelCatalog:
         healthy = {e.url for e in self._pool.healthy()}
         listings = await asyncio.gather(*(self._list(e.url) if e.url in healthy else _none() for e in engines))
         self._last_refresh = time.monotonic()
-        found: dict[str, tuple[dict, set[str]]] = {}
+        found: dict[str, tuple[dict[str, Any], set[str]]] = {}
         for engine, cards in zip(engines, listings, strict=True):
             if cards is None:
                 # Down or not answering: keep what it served before, so its models answer
@@ -112,7 +113,7 @@ class ModelCatalog:
             log.info("served models changed", extra={"models": sorted(models)})
         self._models = models
 
-    async def _list(self, url: str) -> list[dict] | None:
+    async def _list(self, url: str) -> list[dict[str, Any]] | None:
         try:
             async with self._session.get(url + "/v1/models", timeout=aiohttp.ClientTimeout(total=5)) as response:
                 if response.status != 200:
@@ -123,7 +124,7 @@ class ModelCatalog:
             return None
 
 
-def _public(card: dict, kind: str) -> dict:
+def _public(card: dict[str, Any], kind: str) -> dict[str, Any]:
     public = {name: card[name] for name in _PUBLIC_FIELDS if name in card}
     public.setdefault("object", "model")
     public["kind"] = kind

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import aiohttp
+from prometheus_client import Counter
 
 from . import metrics
 from .breaker import CircuitBreaker
@@ -78,7 +79,7 @@ class Engine:
     healthy: bool = False
     outstanding: int = 0
     failed_probes: int = 0   # consecutive health probes that timed out or answered non-200
-    _errors: dict = field(default_factory=dict)  # kind -> metric child, created on first use
+    _errors: dict[FailureKind, Counter] = field(default_factory=dict)  # kind -> metric child, created on first use
 
     def count_error(self, kind: FailureKind) -> None:
         child = self._errors.get(kind)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from enum import StrEnum
+from typing import Any
 
 import aiohttp
 
@@ -48,6 +49,6 @@ def classify_status(status: int) -> FailureKind | None:
 class EngineFailure(UpstreamError):
     """The engine failed this request; `kind` labels gateway_upstream_errors_total."""
 
-    def __init__(self, message: str, *, kind: FailureKind, **kw):
+    def __init__(self, message: str, *, kind: FailureKind, **kw: Any) -> None:
         super().__init__(message, **kw)
         self.kind = kind

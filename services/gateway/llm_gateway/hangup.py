@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from types import TracebackType
+from typing import Any
 
 from starlette.types import Receive
 
@@ -55,12 +57,12 @@ class ClientWatch:
     HangUpWatch.run() if the block lasts, unregistered on exit."""
 
     __slots__ = ("_active", "_receive", "_task", "_waiting", "_watcher", "gone", "since")
+    _task: asyncio.Task[Any]   # the request's task, set by __enter__
 
     def __init__(self, receive: Receive, waiting: set[ClientWatch]):
         self._receive = receive
         self._waiting = waiting
-        self._task: asyncio.Task | None = None
-        self._watcher: asyncio.Task | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self._active = False
         self.since = 0.0
         self.gone = False
@@ -70,7 +72,10 @@ class ClientWatch:
         return self._watcher is not None
 
     def __enter__(self) -> ClientWatch:
-        self._task = asyncio.current_task()
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("ClientWatch needs a running task to cancel")
+        self._task = task
         self._active = True
         self.since = time.monotonic()
         self._waiting.add(self)
@@ -90,7 +95,8 @@ class ClientWatch:
         if self._active:
             self._task.cancel()
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self._active = False
         self._waiting.discard(self)
         if self._watcher is not None:

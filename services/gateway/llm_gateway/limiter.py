@@ -31,10 +31,12 @@ import logging
 import math
 import secrets
 import time
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, NoReturn
 
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 
 from . import metrics
 from .errors import RateLimited, ServiceUnavailable
@@ -42,7 +44,7 @@ from .keys import ApiKey
 from .limiter_scripts import ALLOWED, OVER_CONCURRENCY, OVER_RPM, OVER_TPM, Reply, limiter_keys, load_script
 from .local_limiter import LocalLimiter
 from .ratelimit_headers import format_duration, rate_limit_headers
-from .redis_client import MAX_CONCURRENT_CALLS, REDIS_FAILURES, ScriptRunner
+from .redis_client import MAX_CONCURRENT_CALLS, REDIS_FAILURES, ScriptArg, ScriptRunner
 from .redis_health import RedisHealth
 
 log = logging.getLogger(__name__)
@@ -137,7 +139,7 @@ class RateLimiter:
         self._health = RedisHealth(backoff_initial_seconds, backoff_max_seconds, failure_mode=failure_mode,
                                    on_down=self._scripts.distrust_idle,
                                    on_change=metrics.DEPENDENCY_UP.labels("redis").set)
-        self._background: set[asyncio.Task] = set()
+        self._background: set[asyncio.Task[Any]] = set()
         self._calls = asyncio.Semaphore(MAX_CONCURRENT_CALLS)
         self._allowed = metrics.LIMITER_DECISIONS.labels("allowed", "ok")
         self._allowed_local = metrics.LIMITER_DECISIONS.labels("allowed", "local_fallback")
@@ -220,14 +222,14 @@ class RateLimiter:
             self._in_flight[lease_id] = reservation
         return reservation
 
-    async def _ask(self, key_id: str, args: tuple) -> Reply:
+    async def _ask(self, key_id: str, args: Sequence[ScriptArg]) -> Reply:
         return Reply._make(await self._call(self._reserve, limiter_keys(key_id), args))
 
-    async def _call(self, script, keys, args):
+    async def _call(self, script: AsyncScript, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
         async with self._calls:
             return await self._scripts.run(script, keys, args)
 
-    def _abandoned(self, call: asyncio.Future, key_id: str, tpm: int, tokens: int, lease_id: str) -> None:
+    def _abandoned(self, call: asyncio.Future[Reply], key_id: str, tpm: int, tokens: int, lease_id: str) -> None:
         """The caller of a reserve() went away; if Redis admitted it, give everything back."""
         if call.cancelled() or call.exception() is not None or call.result().verdict != ALLOWED:
             return
@@ -235,12 +237,12 @@ class RateLimiter:
             self._in_background(self._call(self._settle, limiter_keys(key_id),
                                            (tpm if tokens else 0, tokens, lease_id)))
 
-    def _in_background(self, coro) -> None:
+    def _in_background(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
         self._background.add(task)                       # held, so it is not collected mid-flight
         task.add_done_callback(self._background_done)
 
-    def _background_done(self, task: asyncio.Task) -> None:
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
         self._background.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.debug("rate limiter: background task failed: %r", task.exception())
@@ -259,7 +261,7 @@ class RateLimiter:
         return Reservation(key.id, request_id, tokens, "local", rate_limit_headers(rpm, tpm, reply, rejected=False),
                            lease_id, tpm)
 
-    def _reject(self, key: ApiKey, reply: Reply):
+    def _reject(self, key: ApiKey, reply: Reply) -> NoReturn:
         verdict = reply.verdict
         self._rejected[verdict].inc()
         if verdict == OVER_RPM:

@@ -33,9 +33,9 @@ class Reply(NamedTuple):
     """limiter_v1.lua's answer (LocalLimiter.reserve gives the same)."""
     verdict: int              # ALLOWED | OVER_RPM | OVER_TPM | OVER_CONCURRENCY
     requests_left: int
-    requests_reset_ms: int    # until the requests bucket is full again
+    requests_reset_ms: float  # until the requests bucket is full again (aged_reply: fractional)
     tokens_left: int
-    tokens_reset_ms: int
+    tokens_reset_ms: float
     retry_after_ms: int       # until the request would fit (0 when allowed)
     leases_held: int
 

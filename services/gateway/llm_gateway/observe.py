@@ -19,7 +19,9 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterable
 
+from prometheus_client import Counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import metrics
@@ -73,7 +75,7 @@ class _RouteMetrics:
         self.duration = metrics.REQUEST_DURATION.labels(route)
         self.ttfb = metrics.TIME_TO_FIRST_BYTE.labels(route)
         self.added = metrics.ADDED_LATENCY.labels(route)
-        self._requests: dict[tuple[str, str, str], object] = {}
+        self._requests: dict[tuple[str, str, str], Counter] = {}
 
     def count(self, status: str, tier: str, model: str) -> None:
         child = self._requests.get((status, tier, model))
@@ -135,7 +137,8 @@ class RequestObserver:
 def _client_request_id(scope: Scope) -> str | None:
     """The client's X-Request-ID when it is short and printable (it ends up in logs), else None.
     Never an identity: a client may send the same one on every request."""
-    for name, value in scope["headers"]:
+    headers: Iterable[tuple[bytes, bytes]] = scope["headers"]
+    for name, value in headers:
         if name == b"x-request-id":
             if 0 < len(value) <= _MAX_REQUEST_ID and value.isascii() and value.decode().isprintable():
                 return value.decode()

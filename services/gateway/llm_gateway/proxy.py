@@ -30,13 +30,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
+from typing import Any
 
 import aiohttp
 import anyio
 import orjson
 from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from . import engines
 from .accounting import Books
@@ -48,7 +50,7 @@ from .sse import SseEvents, error_event
 _JSON = json.JSONDecoder()
 
 
-async def send(session: aiohttp.ClientSession, engine: Engine, path: str, body: dict,
+async def send(session: aiohttp.ClientSession, engine: Engine, path: str, body: dict[str, Any],
                timeout: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
     data = orjson.dumps(body)
     try:
@@ -142,7 +144,7 @@ async def _close_after_sending(books: Books, status: int, payload: bytes) -> Non
         await books.close(status, usage=_usage(payload) if status == 200 else None)
 
 
-def _usage(payload: bytes) -> dict | None:
+def _usage(payload: bytes) -> dict[str, Any] | None:
     """The answer's top-level `usage`, parsed from its key to the end of that object only: vLLM
     writes it after `choices` (which can be megabytes of logprobs), and the last `"usage"` key is
     it (inside a JSON string the quotes would be escaped, so no text can look like a key)."""
@@ -167,12 +169,17 @@ class _RelayResponse(StreamingResponse):
     whenever the garbage collector gets to it. Closing it here runs its `finally` at once
     (upstream closed, books closed)."""
 
-    async def __call__(self, scope, receive, send) -> None:
+    def __init__(self, relay: AsyncGenerator[bytes, None], *, status_code: int, headers: dict[str, str],
+                 media_type: str) -> None:
+        super().__init__(relay, status_code=status_code, headers=headers, media_type=media_type)
+        self._relay = relay
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
             with anyio.CancelScope(shield=True):
-                await self.body_iterator.aclose()
+                await self._relay.aclose()
 
 
 def streaming_response(upstream: aiohttp.ClientResponse, books: Books, headers: dict[str, str],
@@ -183,7 +190,7 @@ def streaming_response(upstream: aiohttp.ClientResponse, books: Books, headers: 
 
 
 async def _relay(upstream: aiohttp.ClientResponse, books: Books, strip_usage: bool,
-                 set_outcome: Callable[[int], None]) -> AsyncIterator[bytes]:
+                 set_outcome: Callable[[int], None]) -> AsyncGenerator[bytes, None]:
     events = SseEvents(strip_usage)
     status, failure = 499, None          # until proven otherwise: the client went away
     try:
@@ -198,8 +205,8 @@ async def _relay(upstream: aiohttp.ClientResponse, books: Books, strip_usage: bo
                 status = 200
             else:
                 failure = FailureKind.STREAM_BROKEN
-        except TRANSPORT_ERRORS as error:
-            failure = classify(error)
+        except TRANSPORT_ERRORS as exc:
+            failure = classify(exc)
         if failure is not None:
             if failure is FailureKind.TIMEOUT:
                 status, error = 504, _failure(failure)

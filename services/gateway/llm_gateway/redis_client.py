@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError
 
 try:
     # redis-py >= 7 asks every new connection to enable "maintenance notifications" (a managed
     # Redis feature): one more round trip per connection, which open-source Redis refuses anyway.
     from redis.maint_notifications import MaintNotificationsConfig
-    _CONNECTION_OPTIONS: dict = {"maint_notifications_config": MaintNotificationsConfig(enabled=False)}
+    _CONNECTION_OPTIONS: dict[str, Any] = {"maint_notifications_config": MaintNotificationsConfig(enabled=False)}
 except ImportError:  # older redis-py: nothing to turn off
     _CONNECTION_OPTIONS = {}
 
@@ -31,6 +34,9 @@ REDIS_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
 # create_redis() has room for them plus readiness probes, so a burst of requests queues here
 # (cheaply) instead of opening a storm of new connections or failing for want of one.
 MAX_CONCURRENT_CALLS = 48
+
+# A script's arguments (ARGV): what the limiter sends.
+ScriptArg = str | int | float
 
 
 # Per-call deadline. Redis answers in well under a millisecond, but on a small, saturated host
@@ -65,6 +71,12 @@ def create_probe_redis(url: str, *, timeout: float = 2.0) -> aioredis.Redis:
     return aioredis.Redis(connection_pool=pool)
 
 
+def _checkout(pool: ConnectionPool) -> AbstractConnection:
+    """A connection taken from `pool`, not connected yet (redis-py leaves this unannotated)."""
+    conn: AbstractConnection = pool.get_available_connection()  # type: ignore[no-untyped-call]
+    return conn
+
+
 class ScriptRunner:
     """Runs the limiter's Lua scripts over connections it keeps checked out of the client's pool.
 
@@ -81,10 +93,10 @@ class ScriptRunner:
         self._pool = redis.connection_pool
         # One deadline over the whole call (asyncio.timeout: no task) instead of redis-py's own.
         self._timeout = self._pool.connection_kwargs.get("socket_timeout")
-        self._idle: list = []            # (connection, generation it was last used in)
+        self._idle: list[tuple[AbstractConnection, int]] = []  # (connection, generation it was last used in)
         self._generation = 0
 
-    def register(self, source: str):
+    def register(self, source: str) -> AsyncScript:
         """A script object (source and SHA1) for run()."""
         return self._redis.register_script(source)
 
@@ -100,10 +112,10 @@ class ScriptRunner:
         (a connect storm on a saturated host stalled some connects for seconds). Best effort."""
         opened = 0
         for _ in range(count):
-            conn = self._pool.get_available_connection()
+            conn = _checkout(self._pool)
             conn.socket_timeout = None
             try:
-                await conn.connect()
+                await conn.connect()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
             except REDIS_FAILURES:
                 await conn.disconnect()
                 self._idle.append((conn, self._generation))
@@ -112,7 +124,7 @@ class ScriptRunner:
             opened += 1
         return opened
 
-    async def run(self, script, keys: Sequence[str], args: Sequence):
+    async def run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
         generation = self._generation
         if self._idle:
             conn, used_in = self._idle.pop()
@@ -123,8 +135,8 @@ class ScriptRunner:
             if used_in != generation or (reader is not None and reader.at_eof()):
                 await conn.disconnect(nowait=True)
         else:
-            conn = self._pool.get_available_connection()   # never connects; the first send does
-            conn.socket_timeout = None                      # timed out below, around send and read
+            conn = _checkout(self._pool)  # never connects; the first send does
+            conn.socket_timeout = None    # timed out below, around send and read
         try:
             async with asyncio.timeout(self._timeout):
                 try:

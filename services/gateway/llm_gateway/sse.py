@@ -4,6 +4,8 @@ chunk, the final `data: [DONE]`, and the error event the gateway writes when a s
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 
 from .errors import GatewayError
@@ -30,7 +32,7 @@ class SseEvents:
     def __init__(self, strip_usage: bool):
         self._pending = b""
         self._strip_usage = strip_usage
-        self.usage: dict | None = None
+        self.usage: dict[str, Any] | None = None
         self.done = False
         self.count = 0           # events seen: about one per generated token and choice
 

@@ -28,6 +28,7 @@ The body is edited in place (max_tokens default, stream_options) and re-serialis
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from starlette.requests import Request
@@ -68,7 +69,7 @@ class Plan:
         return self.unsettled is None
 
 
-async def read_json_body(request: Request, limit: int) -> tuple[dict, int]:
+async def read_json_body(request: Request, limit: int) -> tuple[dict[str, Any], int]:
     """The request body parsed as a JSON object, and its size in bytes."""
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
@@ -94,7 +95,7 @@ class Validator:
         self._counter = counter
         self._max_n = max_n
 
-    async def plan(self, body: dict, body_size: int, key: ApiKey, kind: str) -> Plan:
+    async def plan(self, body: dict[str, Any], body_size: int, key: ApiKey, kind: str) -> Plan:
         served = await self._model(body, key)
         _check_kind(served, kind)
         if kind == EMBEDDING:
@@ -144,7 +145,7 @@ class Validator:
         return Plan(served, kind, stream, max_tokens, prompt_tokens, reserved, client_wants_usage, unsettled,
                     requested, key.max_tokens)
 
-    async def settle(self, plan: Plan, body: dict) -> None:
+    async def settle(self, plan: Plan, body: dict[str, Any]) -> None:
         """Count exactly what plan() left unsettled (engine round trips), then fix max_tokens;
         400 `context_length_exceeded` if the prompt does not fit after all."""
         if plan.unsettled is None:
@@ -164,12 +165,14 @@ class Validator:
             # Exact counts replace the estimates of the prompts that were counted.
             plan.prompt_tokens += sum(count - tokens.text_estimate(plan.unsettled[i]) for i, count in counts.items())
             longest, param = max(counts.values()), "prompt"
-        plan.max_tokens = _completion_room(served, longest, plan.requested, plan.cap, param)
+        context = served.max_model_len
+        assert context is not None  # plan() leaves counting unsettled only against a known context
+        plan.max_tokens = _completion_room(context, longest, plan.requested, plan.cap, param)
         if plan.requested is None:
             body["max_tokens"] = plan.max_tokens
         plan.unsettled = None
 
-    async def _model(self, body: dict, key: ApiKey) -> ServedModel:
+    async def _model(self, body: dict[str, Any], key: ApiKey) -> ServedModel:
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise InvalidRequest("You must provide a model parameter.", param="model")
@@ -190,7 +193,7 @@ class Validator:
     # Each returns (prompt tokens estimate, max_tokens, unsettled[, prompt count]); unsettled is
     # None when the byte bound settled it, else what settle() must count.
 
-    def _fit_chat(self, body: dict, body_size: int, served: ServedModel, requested: int | None,
+    def _fit_chat(self, body: dict[str, Any], body_size: int, served: ServedModel, requested: int | None,
                   cap: int | None) -> tuple[int, int | None, list[str] | None]:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
@@ -203,7 +206,7 @@ class Validator:
             return estimate, wanted, None
         return estimate, _guess_room(context, estimate, wanted), []
 
-    def _fit_completion(self, body: dict, served: ServedModel, requested: int | None,
+    def _fit_completion(self, body: dict[str, Any], served: ServedModel, requested: int | None,
                         cap: int | None) -> tuple[int, int | None, list[str] | None, int]:
         prompts = _prompts(body.get("prompt"))
         context = served.max_model_len
@@ -227,7 +230,7 @@ class Validator:
         if not counts:
             return estimates, wanted, None, len(prompts)
         # The longest prompt decides how much room is left for the completion.
-        return estimates, _completion_room(served, max(counts), requested, cap, "prompt"), None, len(prompts)
+        return estimates, _completion_room(context, max(counts), requested, cap, "prompt"), None, len(prompts)
 
 
 def _guess_room(context: int, prompt_estimate: int, wanted: int | None) -> int:
@@ -235,9 +238,8 @@ def _guess_room(context: int, prompt_estimate: int, wanted: int | None) -> int:
     return wanted if wanted is not None else max(1, context - prompt_estimate)
 
 
-def _completion_room(served: ServedModel, prompt_tokens: int, requested: int | None, cap: int | None,
+def _completion_room(context: int, prompt_tokens: int, requested: int | None, cap: int | None,
                      param: str) -> int:
-    context = served.max_model_len
     if requested is not None:
         if prompt_tokens + requested > context:
             raise InvalidRequest(
@@ -284,14 +286,14 @@ def _check_kind(served: ServedModel, kind: str) -> None:
                              param="model", code="model_not_supported")
 
 
-def _requested_max_tokens(body: dict, kind: str) -> int | None:
+def _requested_max_tokens(body: dict[str, Any], kind: str) -> int | None:
     # Chat requests may use OpenAI's newer name; vLLM prefers it when both are given.
     if kind == CHAT and body.get("max_completion_tokens") is not None:
         return _positive_int(body, "max_completion_tokens")
     return _positive_int(body, "max_tokens")
 
 
-def _positive_int(body: dict, name: str) -> int | None:
+def _positive_int(body: dict[str, Any], name: str) -> int | None:
     value = body.get(name)
     if value is None:
         return None
@@ -300,7 +302,7 @@ def _positive_int(body: dict, name: str) -> int | None:
     return value
 
 
-def _flag(body: dict, name: str) -> bool:
+def _flag(body: dict[str, Any], name: str) -> bool:
     value = body.get(name, False)
     if value is None:
         return False
