@@ -39,6 +39,7 @@ from stacks.kubernetes.settings import KUBERNETES_KEYS, KubernetesSettings, pars
 
 if TYPE_CHECKING:  # Pulumi is only needed by load_node_config()
     import pulumi
+    from _typeshed import DataclassInstance
 
 NAMESPACE = "llm-node"
 STACKS_DIR = Path(__file__).resolve().parent
@@ -114,7 +115,7 @@ class _Section:
         return value
 
     def string(self, key: str, default: Any = _REQUIRED, *, choices: Sequence[str] = (),
-               pattern: re.Pattern | None = None, what: str = "") -> Any:
+               pattern: re.Pattern[str] | None = None, what: str = "") -> Any:
         value = self._get(key, default)
         if value is None or value is default:
             return value
@@ -164,7 +165,7 @@ class _Section:
             raise ConfigError(self.key(key), f"must be a list of non-empty strings, got {value!r}")
         return tuple(value)
 
-    def mapping(self, key: str, default: Mapping | None = None) -> Mapping[str, Any]:
+    def mapping(self, key: str, default: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
         value = self._get(key, default if default is not None else {})
         if not isinstance(value, Mapping):
             raise ConfigError(self.key(key), f"must be an object, got {value!r}")
@@ -176,12 +177,14 @@ class _Section:
                 raise ConfigError(self.key(key), f"unknown setting (known: {', '.join(sorted(known))})")
 
 
-def _spec_default(spec_type: type, field_name: str) -> Any:
+def _spec_default(spec_type: type[DataclassInstance], field_name: str) -> Any:
     """The default of a launch.py spec field: the single place defaults are written."""
     field = spec_type.__dataclass_fields__[field_name]
     if field.default is not dataclasses.MISSING:
         return field.default
-    return field.default_factory()  # type: ignore[misc]
+    if field.default_factory is dataclasses.MISSING:
+        raise TypeError(f"{spec_type.__name__}.{field_name} has no default")
+    return field.default_factory()
 
 
 def _relative_path(section: _Section, key: str, default: Any = _REQUIRED) -> Any:
@@ -224,7 +227,9 @@ def engine_spec_from_config(engine: Mapping[str, Any] | None, *, section: str = 
     """
     s = _Section(section, engine)
     s.reject_unknown(ENGINE_SPEC_KEYS + ENGINE_CONTAINER_KEYS + (ENGINE_GROUP_KEYS if section != "engine" else ()))
-    d = lambda name: _spec_default(EngineSpec, name)  # noqa: E731
+
+    def d(name: str) -> Any:
+        return _spec_default(EngineSpec, name)
 
     if kind == "embed":
         for key in LORA_KEYS:
@@ -263,7 +268,7 @@ def engine_spec_from_config(engine: Mapping[str, Any] | None, *, section: str = 
         return EngineSpec(
             model=model,
             served_model_name=s.string("served_model_name", pattern=_SERVED_NAME, what="a valid model name"),
-            device=device,  # type: ignore[arg-type]
+            device=device,
             kind=kind,  # type: ignore[arg-type]
             host=host,
             port=port,
@@ -274,7 +279,7 @@ def engine_spec_from_config(engine: Mapping[str, Any] | None, *, section: str = 
             max_num_seqs=s.integer("max_num_seqs", d("max_num_seqs"), minimum=1),
             max_num_batched_tokens=s.integer("max_num_batched_tokens", d("max_num_batched_tokens"), minimum=1),
             enable_prefix_caching=s.boolean("enable_prefix_caching", d("enable_prefix_caching")),
-            scheduling_policy=scheduling,  # type: ignore[arg-type]
+            scheduling_policy=scheduling,
             lora_modules={name: f"{adapters_dir.rstrip('/')}/{name}" for name in adapters},
             enable_lora=s.boolean("enable_lora", d("enable_lora")),
             max_lora_rank=max_lora_rank,
@@ -454,7 +459,9 @@ def quantize_spec_from_config(quantize: Mapping[str, Any] | None, *, models_dir:
     if not s.boolean("enabled", False):
         return None
     root = models_dir.rstrip("/")
-    d = lambda name: _spec_default(QuantizeSpec, name)  # noqa: E731
+
+    def d(name: str) -> Any:
+        return _spec_default(QuantizeSpec, name)
     adapter = s.string("merge_lora_adapter", None, pattern=_NAME, what="an adapter (directory) name")
     return QuantizeSpec(
         source_model=f"{root}/{_relative_path(s, 'source_model_dir')}",
@@ -691,11 +698,11 @@ def parse_settings(values: Mapping[str, Any], stack: str, *, secrets_present: Se
                                                                             maximum=high)
     quantize_group = _quantize_group(values.get("quantize"), engines) if quantize is not None else None
     if quantize is not None:
-        target = next(group for group in engines if group.group == quantize_group)
-        if target.spec.model != quantize.output_dir:
-            raise ConfigError(f"{target.section}.model_dir",
+        prepared = next(group for group in engines if group.group == quantize_group)
+        if prepared.spec.model != quantize.output_dir:
+            raise ConfigError(f"{prepared.section}.model_dir",
                               f"must be quantize.output_model_dir ({quantize.output_dir}) while quantize.enabled "
-                              f"is true: group {target.group} serves the job's output")
+                              f"is true: group {prepared.group} serves the job's output")
 
     volumes = _Section("volumes", values.get("volumes"))
     volumes.reject_unknown(VOLUMES_KEYS)
@@ -741,7 +748,7 @@ def _quantize_group(quantize: Mapping[str, Any] | None, engines: Sequence[Engine
     """The group the quantize job prepares: quantize.group, or the only group there is."""
     s = _Section("quantize", quantize)
     names = [group.group for group in engines]
-    name = s.string("group", names[0] if len(names) == 1 else None, choices=names)
+    name: str | None = s.string("group", names[0] if len(names) == 1 else None, choices=names)
     if name is None:
         raise ConfigError("quantize.group", f"is required with several engine groups: the group whose model the "
                                             f"job writes (one of {', '.join(names)})")

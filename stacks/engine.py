@@ -75,7 +75,7 @@ class Engine(pulumi.ComponentResource):
 
         self.containers: list[docker.Container] = []
         for index, alias in enumerate(deployment.aliases):
-            networks = [(network, alias) for network, _ in args.placement.networks]
+            networks = [(network, alias) for network, *_ in args.placement.networks]
             self.containers.append(docker.Container(
                 alias,
                 name=args.placement.name(alias),

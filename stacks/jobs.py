@@ -18,9 +18,8 @@ runs again. A job that succeeded (or is still running) keeps its label: no diff,
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 import pulumi
 import pulumi_docker as docker
@@ -35,7 +34,13 @@ FIRST_RUN = "1"
 # Container arguments that make a container a one-shot job: it runs to completion while
 # `pulumi up` waits (attach), is not expected to keep running, and never restarts. Its logs
 # are not copied into the state (they could be large); read them with `docker logs`.
-JOB_ARGS: Mapping[str, object] = {"must_run": False, "attach": True, "restart": JOB_RESTART}
+class JobArgs(TypedDict):
+    must_run: bool
+    attach: bool
+    restart: str
+
+
+JOB_ARGS: JobArgs = {"must_run": False, "attach": True, "restart": JOB_RESTART}
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ Volumes keep data across container replacements and are retained when the stack 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import pulumi
 import pulumi_docker as docker
@@ -116,17 +117,18 @@ class Node(pulumi.ComponentResource):
         built: dict[str, docker.Image] = {}  # device -> engine image, built once for every group on it
         for group in settings.engines:
             device = group.spec.device
-            downloads = self.egress_network is not None and not group.spec.hf_hub_offline
-            prepared = self.quantize is not None and group.group == settings.quantize_group
+            # the egress network when the engine downloads from the hub
+            egress = [self.egress_network] if self.egress_network is not None and not group.spec.hf_hub_offline else []
+            prepared_by = self.quantize if group.group == settings.quantize_group else None
             component = "engine" if group.group == naming.DEFAULT_ENGINE_GROUP else f"engine-{group.group}"
             engine = Engine(component, EngineArgs(
                 deployment=group,
                 base_image=images["vllm_gpu" if device == "cuda" else "vllm_cpu"],
-                placement=placement(self.internal_network, *([self.egress_network] if downloads else [])),
+                placement=placement(self.internal_network, *egress),
                 models=ModelsMount(volume=self.volumes.get("models"), host_dir=settings.models_host_dir),
                 adapters_volume=self.volumes["adapters"],
-                after=[self.quantize.container] if prepared else [],
-                gate=self.quantize.succeeded if prepared else None,
+                after=[prepared_by.container] if prepared_by is not None else [],
+                gate=prepared_by.succeeded if prepared_by is not None else None,
                 image=built.get(device)), opts=child)
             built.setdefault(device, engine.image)
             self.engines[group.group] = engine
@@ -188,7 +190,7 @@ class Node(pulumi.ComponentResource):
         self.outputs = self._stack_outputs(args.config)
         self.register_outputs({"public_url": self.outputs["public_url"]})
 
-    def _stack_outputs(self, config: NodeConfig) -> dict[str, pulumi.Input]:
+    def _stack_outputs(self, config: NodeConfig) -> dict[str, pulumi.Input[Any]]:
         """What `pulumi stack output` shows; secrets stay secret (`--show-secrets` to read them)."""
         settings = config.settings
         containers_by_service = {
