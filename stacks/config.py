@@ -269,7 +269,7 @@ def engine_spec_from_config(engine: Mapping[str, Any] | None, *, section: str = 
             model=model,
             served_model_name=s.string("served_model_name", pattern=_SERVED_NAME, what="a valid model name"),
             device=device,
-            kind=kind,  # type: ignore[arg-type]
+            kind=kind,  # type: ignore[arg-type]  # a config string: EngineSpec checks it against MODEL_KINDS
             host=host,
             port=port,
             quantization=quantization,
