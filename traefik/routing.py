@@ -5,7 +5,7 @@ The program knows every route at deploy time, so it renders them into one file
 needs no Docker socket and no container carries routing labels. Each component contributes a
 fragment ({"http": {"routers": ..., "services": ..., "middlewares": ...}}); ``merge`` joins them
 and refuses a name declared twice. Keys are Traefik's (camelCase, as the file provider and
-../shared/schemas/traefik-v3-file-provider.json spell them). Every router names its entry
+SchemaStore's traefik-v3-file-provider.json spells them). Every router names its entry
 points: a router without them would listen on all of them, including ops and metrics.
 """
 
