@@ -232,3 +232,12 @@ def wait_until_settled(gateway, key: str, timeout: float = 5.0) -> None:
             time.sleep(0.005)
     finally:
         client.close()
+
+
+def test_an_embeddings_request_over_the_keys_tpm_is_told_what_to_shorten(models_gateway, make_key, embed_engine):
+    # The TPM refusal is the limiter's, before any engine: it must speak of inputs, not only of
+    # max_tokens (an embeddings request has none).
+    key = make_key(tpm=10)
+    body = {"model": embed_engine.model, "input": ["a text long enough to need more than ten tokens " * 4]}
+    error = assert_openai_error(post(models_gateway, EMBEDDINGS, key, body), 429, "rate_limit_exceeded")
+    assert "embedding inputs" in error["message"] and "10 tokens per minute" in error["message"]

@@ -172,8 +172,9 @@ class RateLimiter:
             # Can never fit, whatever the bucket holds: no need to ask Redis.
             self._rejected[OVER_TPM].inc()
             raise RateLimited(
-                f"Request too large: {tokens} tokens requested (prompt + max_tokens), but this key is limited to "
-                f"{tpm} tokens per minute. Reduce the prompt or max_tokens.",
+                f"Request too large: {tokens} tokens requested (the input, plus max_tokens for a completion), but "
+                f"this key is limited to {tpm} tokens per minute. Send a shorter input (or fewer embedding "
+                "inputs) or a lower max_tokens.",
                 reason="tpm", headers={"x-ratelimit-limit-tokens": str(tpm)})
 
         now = time.monotonic()

@@ -132,7 +132,9 @@ async def _read_bounded(upstream: aiohttp.ClientResponse, limit: int) -> bytes:
 
 def _too_large(limit: int) -> ResponseTooLarge:
     return ResponseTooLarge(f"The answer is larger than this gateway relays without streaming ({limit} bytes). "
-                            "Ask for fewer or shorter choices (n, max_tokens, logprobs), or stream it (stream: true).")
+                            "For completions, ask for fewer or shorter choices (n, max_tokens, logprobs) or stream it "
+                            "(stream: true); for embeddings, send fewer inputs per request or use "
+                            "encoding_format: base64.")
 
 
 async def _close_after_sending(books: Books, status: int, payload: bytes) -> None:
