@@ -93,9 +93,5 @@ def start_engine(log_dir: Path, lora_modules: Mapping[str, str] | None = None, *
     name = "vllm" if spec.kind == "generate" else f"vllm-{spec.kind}"
     proc = ManagedProcess(name, engine_process_argv(spec, str(ENGINE_PYTHON)), log_dir, env=engine_env(spec))
     url = f"http://127.0.0.1:{spec.port}"
-    try:
-        proc.wait_until(lambda: http_ok(url + "/health"), START_TIMEOUT_SECONDS, "healthy")
-    except Exception:
-        proc.stop()
-        raise
+    proc.ready_or_stopped(lambda: http_ok(url + "/health"), START_TIMEOUT_SECONDS, "healthy")
     return Engine(url=url, model=spec.served_model_name, proc=proc)

@@ -81,10 +81,6 @@ def start_gateway(log_dir: Path, *, database_url: str, redis_url: str, admin_tok
     env = process_env(spec, database_url=database_url, redis_url=redis_url, admin_token=admin_token)
     proc = ManagedProcess(name or f"gateway-{spec.port}", gateway_process_argv(sys.executable), log_dir, env=env)
     gateway = Gateway(spec, proc, admin_token or "", database_url, redis_url)
-    try:
-        path = "/readyz" if wait_ready else "/healthz"
-        proc.wait_until(lambda: http_ok(gateway.url + path), 90, "ready" if wait_ready else "live")
-    except Exception:
-        proc.stop()
-        raise
+    path = "/readyz" if wait_ready else "/healthz"
+    proc.ready_or_stopped(lambda: http_ok(gateway.url + path), 90, "ready" if wait_ready else "live")
     return gateway

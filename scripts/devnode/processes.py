@@ -109,6 +109,14 @@ class ManagedProcess:
     def wait_until(self, ready: Callable[[], bool], timeout: float, what: str) -> None:
         _wait(self.name, self.alive, lambda: f" ({self.proc.returncode})", ready, timeout, what, self.log_tail)
 
+    def ready_or_stopped(self, ready: Callable[[], bool], timeout: float, what: str) -> None:
+        """wait_until, stopping the process if it never gets there (a half-started one is no use)."""
+        try:
+            self.wait_until(ready, timeout, what)
+        except BaseException:
+            self.stop()
+            raise
+
     def signal(self, sig: int) -> None:
         if self.alive():
             os.killpg(self.proc.pid, sig)

@@ -64,19 +64,22 @@ from pulumi.runtime import settings as runtime_settings
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
-from tests.stacks.mock_runtime import engine_config, unwrap
+from tests.stacks.mock_runtime import (
+    BUILT_IMAGE,
+    CONTAINER,
+    NETWORK,
+    PASSWORD,
+    REMOTE_IMAGE,
+    VOLUME,
+    engine_config,
+    unwrap,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 PROGRAM = ROOT / "stacks" / "__main__.py"
 PROGRAM_DIR = PROGRAM.parent  # Pulumi.yaml main: stacks/ -> the program's working directory
 
 PROVIDER = "pulumi:providers:docker"
-CONTAINER = "docker:index/container:Container"
-NETWORK = "docker:index/network:Network"
-VOLUME = "docker:index/volume:Volume"
-REMOTE_IMAGE = "docker:index/remoteImage:RemoteImage"
-BUILT_IMAGE = "docker:index/image:Image"
-PASSWORD = "random:index/randomPassword:RandomPassword"
 
 
 class NotImplementedByDriver(Exception):

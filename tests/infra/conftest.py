@@ -29,6 +29,7 @@ import json
 import os
 import re
 import subprocess
+from unittest import mock
 
 import pytest
 import testinfra
@@ -155,17 +156,11 @@ def deployed_node(request):
         return
     if os.environ.get("LLM_NODE_LOCAL_DEPLOY", "1") == "0":
         pytest.skip(NO_DOCKER_HOST)
-    saved = {name: os.environ.get(name) for name in ("DOCKER_HOST", "LLM_NODE_ALLOWED_PORTS")}
-    try:
+    # The local deployment sets DOCKER_HOST and LLM_NODE_ALLOWED_PORTS: put the environment back after.
+    with mock.patch.dict(os.environ):
         node = _ready(_local_deployed_node(request))
         yield node
         node.revoke_created_key()
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 @pytest.fixture(scope="session")

@@ -209,10 +209,8 @@ def run_program(stack: str, *, overrides: Mapping[str, Any] | None = None, secre
 
     runtime_settings.ROOT.set(None)  # a new root stack resource for this run
     environment = {"PULUMI_CONFIG": json.dumps(config), "PULUMI_CONFIG_SECRET_KEYS": json.dumps(secret_keys)}
-    saved = {name: os.environ.get(name) for name in environment}
     if config_via_env:
         pulumi.runtime.set_all_config({}, [])
-        os.environ.update(environment)
     else:
         pulumi.runtime.set_all_config(config, secret_keys)
     mocks = RecordingMocks(exit_codes)
@@ -228,15 +226,10 @@ def run_program(stack: str, *, overrides: Mapping[str, Any] | None = None, secre
 
     pulumi.runtime.register_stack_transformation(record)
     runs = dict(previous_runs or {})
-    try:
-        with mock.patch.object(DockerJobHistory, "previous_run", lambda self, name: runs.get(name)):
-            runpy.run_path(str(PROGRAM), run_name="__main__")  # reads all configuration up front
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    # The environment is restored when the program has read it (patch.dict puts back the whole of it).
+    with mock.patch.dict(os.environ, environment if config_via_env else {}), \
+            mock.patch.object(DockerJobHistory, "previous_run", lambda self, name: runs.get(name)):
+        runpy.run_path(str(PROGRAM), run_name="__main__")  # reads all configuration up front
     root = runtime_settings.get_root_resource()
     return Deployment(stack=stack, values=values, declared=mocks.declared, options=options, resources=resources,
                       outputs=dict(getattr(root, "outputs", {}) or {}))

@@ -175,11 +175,7 @@ def start_prometheus(config_text: str, work_dir: Path, log_dir: Path | None = No
     ]
     proc = ManagedProcess(name, argv, Path(log_dir or work_dir))
     url = f"http://127.0.0.1:{port}"
-    try:
-        proc.wait_until(lambda: http_ok(url + "/-/ready"), timeout, "ready")
-    except Exception:
-        proc.stop()
-        raise
+    proc.ready_or_stopped(lambda: http_ok(url + "/-/ready"), timeout, "ready")
     return Prometheus(url=url, work_dir=work_dir, proc=proc)
 
 
