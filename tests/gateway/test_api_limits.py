@@ -8,13 +8,11 @@ import time
 
 import aiohttp
 import pytest
-import redis
 import requests
 
-from llm_gateway.limiter_scripts import limiter_keys
 from tests.gateway.api_helpers import CHAT, COMPLETIONS, assert_openai_error, auth, chat_body, post
 from tests.support.flaky_upstream import FlakyUpstream
-from tests.support.gateway_fixtures import key_id_of
+from tests.support.gateway_fixtures import wait_until_settled
 
 pytestmark = pytest.mark.engine
 
@@ -72,7 +70,7 @@ def test_tokens_bucket_is_reconciled_from_the_real_usage(gateway, make_key, engi
     # A non-streaming answer's books are closed just after it is sent (the client is not kept
     # waiting for Redis), so wait for that: the one settle call that returns the unused tokens
     # also frees the request's concurrency lease.
-    _wait_until_settled(gateway, key_id_of(key))
+    wait_until_settled(gateway, key)
     # ...the next request sees the bucket with only the real usage (and its own small
     # reservation) taken out. Unreconciled, it would be 600 lower (refill is 0.1 token/ms).
     second = post(gateway, COMPLETIONS, key, {"model": engine.model, "prompt": "x", "max_tokens": 1})
@@ -82,16 +80,6 @@ def test_tokens_bucket_is_reconciled_from_the_real_usage(gateway, make_key, engi
     assert tpm - used - 50 <= remaining <= tpm - used + refill
     assert second.headers["x-ratelimit-limit-tokens"] == str(tpm)
 
-
-def _wait_until_settled(gateway, key_id: str, timeout: float = 5.0) -> None:
-    client = redis.Redis.from_url(gateway.redis_url)
-    try:
-        deadline = time.monotonic() + timeout
-        while client.zcard(limiter_keys(key_id).leases):
-            assert time.monotonic() < deadline, "the first request's books were never closed"
-            time.sleep(0.005)
-    finally:
-        client.close()
 
 
 def test_a_request_larger_than_the_tokens_limit_is_429(gateway, make_key, engine):

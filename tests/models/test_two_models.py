@@ -11,12 +11,10 @@ import time
 
 import openai
 import pytest
-import redis
 import requests
 
-from llm_gateway.limiter_scripts import limiter_keys
 from tests.gateway.api_helpers import CHAT, COMPLETIONS, assert_openai_error, auth, chat_body, post
-from tests.support.gateway_fixtures import key_id_of
+from tests.support.gateway_fixtures import key_id_of, wait_until_settled
 
 pytestmark = pytest.mark.engine
 
@@ -221,17 +219,6 @@ def test_embedding_tokens_count_against_the_tokens_limit(models_gateway, make_ke
     assert refill < 100
     assert tpm - used - 1 - 5 <= remaining <= tpm - used - 1 + refill
 
-
-def wait_until_settled(gateway, key: str, timeout: float = 5.0) -> None:
-    """Until the key's concurrency lease is gone: the books closed (reservation reconciled)."""
-    client = redis.Redis.from_url(gateway.redis_url)
-    try:
-        deadline = time.monotonic() + timeout
-        while client.zcard(limiter_keys(key_id_of(key)).leases):
-            assert time.monotonic() < deadline, "the request's books were never closed"
-            time.sleep(0.005)
-    finally:
-        client.close()
 
 
 def test_an_embeddings_request_over_the_keys_tpm_is_told_what_to_shorten(models_gateway, make_key, embed_engine):

@@ -23,12 +23,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import secrets
+import time
 from collections.abc import Iterable
 from datetime import datetime
 
 import pytest
 import pytest_asyncio
+import redis
 
+from llm_gateway.limiter_scripts import limiter_keys
 from scripts.devnode.gateway import ADMIN_TOKEN, Gateway, start_gateway
 
 __all__ = ["ADMIN_TOKEN", "Gateway", "key_id_of", "start_gateway"]
@@ -48,6 +51,19 @@ async def migrated_database_url(database_url) -> str:
 def key_id_of(key: str) -> str:
     """The public id of a key "sk-<id>-<secret>"."""
     return key.split("-")[1]
+
+
+def wait_until_settled(gateway: Gateway, key: str, timeout: float = 5.0) -> None:
+    """Until the key's concurrency lease is gone: its last request's books are closed (the
+    reservation reconciled), which happens just after the answer left."""
+    client = redis.Redis.from_url(gateway.redis_url)
+    try:
+        deadline = time.monotonic() + timeout
+        while client.zcard(limiter_keys(key_id_of(key)).leases):
+            assert time.monotonic() < deadline, "the request's books were never closed"
+            time.sleep(0.005)
+    finally:
+        client.close()
 
 
 async def _create_key(dsn: str, fields: dict) -> str:
