@@ -41,8 +41,8 @@ def local_group_specs(first_port: int) -> dict[str, EngineSpec]:
     """Every engine group of the dev stack on 127.0.0.1, group i on ``first_port + i``, in stack-file order."""
     from stacks.config import load_engine_specs
 
-    return {group: local_engine_spec_for(group, first_port + index)
-            for index, group in enumerate(load_engine_specs("dev"))}
+    return {group: _on_this_machine(spec, first_port + index)
+            for index, (group, spec) in enumerate(load_engine_specs("dev").items())}
 
 
 def local_engine_spec_for(group: str, port: int | None = None) -> EngineSpec:
@@ -52,14 +52,18 @@ def local_engine_spec_for(group: str, port: int | None = None) -> EngineSpec:
     specs = load_engine_specs("dev")
     if group not in specs:
         raise ValueError(f"engine group {group!r} is not one of the dev stack's: {', '.join(specs)}")
-    spec = specs[group]
-    return dataclasses.replace(spec, model=str(local_model_dir(spec.model)), host="127.0.0.1",
-                               port=free_port() if port is None else port)
+    return _on_this_machine(specs[group], free_port() if port is None else port)
+
+
+def _on_this_machine(spec: EngineSpec, port: int) -> EngineSpec:
+    return dataclasses.replace(spec, model=str(local_model_dir(spec.model)), host="127.0.0.1", port=port)
 
 
 def embedding_model_name() -> str:
     """The model name the dev stack's embedding group serves."""
-    return local_engine_spec_for("embed", 1).served_model_name
+    from stacks.config import load_engine_specs
+
+    return load_engine_specs("dev")["embed"].served_model_name
 
 
 def served_model_name() -> str:
