@@ -89,7 +89,8 @@ def engine_args(spec: EngineSpec) -> list[str]:
         "--scheduling-policy", spec.scheduling_policy,
     ]
     if spec.kind == "embed":
-        # vLLM >= 0.10: a generative checkpoint served for embeddings by the pooling runner.
+        # A generative checkpoint served for embeddings by the pooling runner (vLLM 0.32:
+        # --runner/--convert in vllm/engine/arg_utils.py, RunnerOption/ConvertOption in vllm/config/model.py).
         args += ["--runner", "pooling", "--convert", "embed"]
     if spec.device == "cuda":
         args += ["--gpu-memory-utilization", str(spec.gpu_memory_utilization)]
