@@ -1,4 +1,8 @@
-"""Checks that need the deployed node's Docker host (skipped, with the reason, without --hosts).
+"""Checks that need the deployed node's Docker host.
+
+Without --hosts they run against the dev stack deployed on a private Docker engine by the test
+session (tests/deploy; only the checks of Traefik, Grafana and cloudflared are skipped there,
+each naming why). Against a real node:
 
     LLM_NODE_STACK=prod .venv/bin/pytest tests/infra --hosts=ssh://ops@gpu-node-1
 """
