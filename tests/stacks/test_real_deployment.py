@@ -16,6 +16,7 @@ import yaml
 
 from stacks.config import ConfigError, load_stack_settings, parse_settings, read_stack_values
 from stacks.containers import CREATE_MARGIN_SECONDS, go_duration
+from stacks.images import DEFAULT_IMAGES, is_pinned
 from stacks.jobs import FIRST_RUN, LABEL_RUN, PreviousRun
 from tests.stacks.mock_runtime import BUILT_IMAGE, Deployment, run_program
 
@@ -66,6 +67,29 @@ def test_every_dockerfile_takes_its_base_image_from_the_stack(stack):
             text = (cwd / build["dockerfile"]).read_text()
             assert f"ARG {arg}=" in text and f"FROM ${{{arg}}}" in text, f"{image.name}: FROM ${{{arg}}} missing"
             assert value in d.values.get("images", {}).values() or ":" in value
+    return run_program(stack).ready().apply(check)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+@pulumi.runtime.test
+def test_every_dockerfile_base_default_is_one_of_the_programs_pinned_images(stack):
+    """A Dockerfile built by hand (`docker build services/gateway`) gets its ARG default: it is
+    the pinned reference the program itself uses by default (stacks/images.py DEFAULT_IMAGES),
+    never `latest`, a bare name or a floating tag such as python:3.11-slim (which is_pinned's
+    major.minor rule alone would let through)."""
+    cwd = program_working_directory()
+
+    def check(d: Deployment):
+        for image in d.of_type(BUILT_IMAGE):
+            build = image.props["build"]
+            for arg in build.get("args") or {}:
+                text = (cwd / build["dockerfile"]).read_text()
+                defaults = re.findall(rf"^ARG {arg}=(\S+)\s*$", text, re.MULTILINE)
+                assert len(defaults) == 1, f"{image.name}: one `ARG {arg}=<default>` line: {defaults}"
+                default = defaults[0]
+                assert is_pinned(default), f"{image.name}: ARG {arg}={default} is not pinned"
+                assert default in DEFAULT_IMAGES.values(), (
+                    f"{image.name}: ARG {arg}={default} is none of stacks/images.py DEFAULT_IMAGES")
     return run_program(stack).ready().apply(check)
 
 
