@@ -8,6 +8,7 @@ custom resources (KEDA, Prometheus Operator, Traefik, Gateway API) are checked s
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 
@@ -278,6 +279,7 @@ EXTERNAL = {"kubernetes": {"data_stores": "external", "external_data_cidrs": ["1
                            "external_redis_port": 6380}}
 EXTERNAL_SECRETS = {"external_database_url": f"postgresql://llmnode:{MOCK_SECRET_MARK}-db@10.20.0.5:5432/llmnode",
                     "external_redis_url": f"rediss://:{MOCK_SECRET_MARK}-redis@10.20.0.6:6380/0"}
+HUB_ONLINE = {"engine": {"hf_hub_offline": False}}  # the engine may download from the hub
 VARIANTS = {  # name -> (stack, overrides, secrets)
     "k8s-dev": ("k8s-dev", {}, {}),
     "k8s-prod": ("k8s-prod", {}, {}),
@@ -285,6 +287,7 @@ VARIANTS = {  # name -> (stack, overrides, secrets)
     "k8s-prod-gateway-api-picker": ("k8s-prod", {"kubernetes": {**PICKER["kubernetes"],
                                                                 **GATEWAY_API_EDGE["kubernetes"]}}, {}),
     "k8s-prod-external-data": ("k8s-prod", EXTERNAL, EXTERNAL_SECRETS),
+    "k8s-dev-hub-online": ("k8s-dev", HUB_ONLINE, {}),
 }
 
 
@@ -371,6 +374,12 @@ def intended_flows(pods: dict[str, Endpoint], settings) -> set[tuple[str, str, i
     else:
         flows |= {("gateway", "engine", 8000, "TCP")}
     flows |= {(source, "kube-dns", 53, proto) for source in pods if source in OURS for proto in ("UDP", "TCP")}
+    if not settings.engine.spec.hf_hub_offline:
+        # Downloads: https to public addresses only (never a private range: no pod, no API server).
+        private = [ipaddress.ip_network(cidr) for cidr in manifests.PRIVATE_RANGES]
+        flows |= {("engine", name, 443, "TCP") for name, pod in pods.items()
+                  if pod.namespace is None and (443, "TCP") in LISTENING[name]
+                  and not any(ipaddress.ip_address(pod.ip) in net for net in private)}
     return flows
 
 
