@@ -560,6 +560,10 @@ def scaled_object(settings: NodeSettings) -> Manifest:
     the metric is the one vLLM's production-stack scales on (docs/source/use_cases/autoscaling-keda.rst).
     A new replica loads the model for minutes: scale up one pod per start period at most, and
     scale down only after a long quiet window, so a brief lull never drops a loaded replica.
+    That window is the scale-down stabilization window of the HPA KEDA creates (KEDA copies
+    advanced.horizontalPodAutoscalerConfig.behavior into it), from
+    kubernetes.scale_down_stabilization_seconds. cooldownPeriod is not it: KEDA applies it only
+    when scaling to 0 (keda.sh ScaledObject spec, "cooldownPeriod"), and minReplicaCount is >= 1 here.
     """
     k8s = kubernetes_settings(settings)
     load = min(max(settings.engine.health_start_period_seconds, 60), 1800)  # HPA policies: periodSeconds <= 1800
@@ -570,7 +574,7 @@ def scaled_object(settings: NodeSettings) -> Manifest:
             "minReplicaCount": k8s.engine_min_replicas,
             "maxReplicaCount": k8s.engine_max_replicas,
             "pollingInterval": 15,
-            "cooldownPeriod": k8s.scale_down_stabilization_seconds,
+            "cooldownPeriod": k8s.scale_down_stabilization_seconds,  # inert while minReplicaCount >= 1
             "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {
                 "scaleUp": {"stabilizationWindowSeconds": 60,
                             "policies": [{"type": "Pods", "value": 1, "periodSeconds": load}]},

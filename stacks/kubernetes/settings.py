@@ -63,7 +63,7 @@ class KubernetesSettings:
     engine_min_replicas: int
     engine_max_replicas: int
     queue_target: int  # vllm:num_requests_waiting per replica KEDA aims at
-    scale_down_stabilization_seconds: int
+    scale_down_stabilization_seconds: int  # the engines' HPA scale-down stabilization window (not a KEDA cool-down)
     engine_cpu: str
     engine_memory: str
     gateway_min_replicas: int

@@ -2,9 +2,11 @@
 
 What the kubernetes target's gateway Deployment (2..N replicas behind one Service) relies on:
 the replicas share nothing but PostgreSQL (keys, usage) and Redis (the limiter's atomic Lua
-scripts), so a key's RPM, its concurrency cap and its usage are the same whichever replica
-each request lands on (the opposite of per-replica limits that multiply with the replica count).
-The engine is the fake upstream (tests/support/flaky_upstream.py), counting requests in flight.
+scripts), so a key's RPM, its TPM, its concurrency cap and its usage are the same whichever
+replica each request lands on (the opposite of per-replica limits that multiply with the
+replica count). The engine is the fake upstream (tests/support/flaky_upstream.py), counting
+requests in flight and, for the TPM test, reporting as usage exactly the tokens each request
+reserved (so the bucket is never refilled by reconciliation, only by time).
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import time
 
 import aiohttp
 import asyncpg
+import orjson
 import pytest
 
+from llm_gateway.tokens import estimate
 from tests.gateway.api_helpers import CHAT, auth
 from tests.support.flaky_upstream import FlakyUpstream
 from tests.support.gateway_fixtures import key_id_of, start_gateway
@@ -25,12 +29,22 @@ REPLICAS = 3
 
 
 class CountingUpstream(FlakyUpstream):
-    """The fake engine, also counting completions in flight (the most ever at once)."""
+    """The fake engine, also counting completions in flight (the most ever at once). With
+    `usage` = (prompt, completion) set, its answers report that usage instead of (3, 1)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.in_flight = 0
         self.max_in_flight = 0
+        self.usage: tuple[int, int] | None = None
+
+    def _completion(self, chat: bool) -> dict:
+        answer = super()._completion(chat)
+        if self.usage is not None:
+            prompt, completion = self.usage
+            answer["usage"] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                               "total_tokens": prompt + completion}
+        return answer
 
     async def _complete(self, request):
         self.in_flight += 1
@@ -62,10 +76,37 @@ def replicas(log_dir, migrated_database_url, redis_url, upstream):
             gateway.stop()
 
 
+@pytest.fixture(scope="module")
+def unshared_replicas(log_dir, migrated_database_url, redis_url, upstream):
+    """Three gateways that do NOT share Redis (one database each, as per-replica limiter state
+    would be): the measurements below must tell them from the shared ones."""
+    base = redis_url.rsplit("/", 1)[0]
+    started = []
+    try:
+        for i in range(REPLICAS):
+            started.append(start_gateway(log_dir, name=f"gateway-unshared-{i}", engines=[upstream.url], workers=1,
+                                         limiter_failure_mode="closed", shutdown_grace_seconds=5.0,
+                                         database_url=migrated_database_url, redis_url=f"{base}/{13 + i}"))
+        yield started
+    finally:
+        for gateway in started:
+            gateway.stop()
+
+
 async def _usage_rows(database_url: str, key: str) -> int:
     connection = await asyncpg.connect(database_url)
     try:
         return await connection.fetchval("SELECT count(*) FROM usage_records WHERE key_id = $1", key_id_of(key))
+    finally:
+        await connection.close()
+
+
+async def _usage_tokens(database_url: str, key: str) -> int:
+    """prompt + completion tokens of the key's usage records."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        return await connection.fetchval("SELECT coalesce(sum(prompt_tokens + completion_tokens), 0) "
+                                         "FROM usage_records WHERE key_id = $1", key_id_of(key))
     finally:
         await connection.close()
 
@@ -131,32 +172,115 @@ async def test_concurrency_cap_is_global_across_replicas(replicas, upstream, mak
         upstream.mode = "ok"
 
 
-async def test_the_rpm_check_would_see_per_replica_limits(log_dir, upstream, make_key, migrated_database_url,
-                                                          redis_url):
-    """The measurement discriminates: replicas that do NOT share Redis (one database each, as
-    per-replica limiter state would be) admit the limit once per replica, and the first test's
-    `== limit` would fail."""
-    base = redis_url.rsplit("/", 1)[0]
-    separate = [start_gateway(log_dir, name=f"gateway-unshared-{i}", engines=[upstream.url], workers=1,
-                              limiter_failure_mode="closed", shutdown_grace_seconds=5.0,
-                              database_url=migrated_database_url, redis_url=f"{base}/{13 + i}")
-                for i in range(REPLICAS)]
+# -- tokens per minute ------------------------------------------------------------------------------------
+
+TPM_FULL_REQUESTS = 4      # requests a full bucket holds
+TPM_CLIENTS = 60
+
+
+def _tpm_request(model: str) -> tuple[bytes, tuple[int, int]]:
+    """A chat body (exact bytes) and the tokens the gateway reserves for it, (prompt, completion):
+    the prompt's estimate from the body's size (llm_gateway/tokens.py) and max_tokens
+    (llm_gateway/validation.py: reserved = prompt estimate + max_tokens)."""
+    max_tokens = 100
+    body = orjson.dumps({"model": model, "messages": [{"role": "user", "content": "count my tokens"}],
+                         "max_tokens": max_tokens})
+    return body, (estimate(len(body)), max_tokens)
+
+
+async def _tpm_burst(gateways, key: str, body: bytes) -> tuple[list[tuple[str, int, str, dict]], float]:
+    """TPM_CLIENTS concurrent requests spread over ``gateways``: (url, status, text, headers) each,
+    and the seconds the burst took."""
+    headers = {**auth(key), "content-type": "application/json"}
+    targets = itertools.cycle(gateways)
+    async with aiohttp.ClientSession() as session:
+        async def one(gateway):
+            async with session.post(gateway.url + CHAT, data=body, headers=headers) as response:
+                return (gateway.url, response.status, await response.text(),
+                        {name.lower(): value for name, value in response.headers.items()})
+        started = time.monotonic()
+        results = await asyncio.gather(*(one(next(targets)) for _ in range(TPM_CLIENTS)))
+        return results, time.monotonic() - started
+
+
+async def test_tpm_is_global_across_replicas(replicas, upstream, make_key, migrated_database_url):
+    """A key whose bucket holds 4.5 requests' tokens, 60 concurrent clients over the three
+    gateways. The engine reports as usage exactly what each request reserved, so nothing flows
+    back into the bucket: the tokens admitted never exceed the limit plus what time refilled
+    during the burst (less than one request's worth in any run under ~6 s: exactly 4 admitted)."""
+    body, usage = _tpm_request(upstream.model)
+    reserved = sum(usage)
+    tpm = TPM_FULL_REQUESTS * reserved + reserved // 2
+    key = make_key(tpm=tpm)
+    upstream.mode = "ok"
+    upstream.usage = usage   # the prompt as estimated, and every max_tokens token: nothing given back
+    refused_before = sum(g.metric("gateway_limiter_decisions_total", decision="rejected", reason="tpm")
+                         for g in replicas)
     try:
-        limit = 4
-        key = make_key(rpm=limit)
-        body = {"model": upstream.model, "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}
-        upstream.mode = "ok"
-        targets = itertools.cycle(separate)
-        async with aiohttp.ClientSession() as session:
-            async def one(gateway):
-                async with session.post(gateway.url + CHAT, json=body, headers=auth(key)) as response:
-                    await response.read()
-                    return response.status
-            statuses = await asyncio.gather(*(one(next(targets)) for _ in range(30)))
-        assert statuses.count(200) == REPLICAS * limit
+        results, elapsed = await _tpm_burst(replicas, key, body)
     finally:
-        for gateway in separate:
-            gateway.stop()
+        upstream.usage = None
+    assert elapsed < 30  # well inside the minute's window
+    refilled = tpm * elapsed / 60
+    statuses = [status for _, status, _, _ in results]
+    admitted = statuses.count(200)
+    # A full bucket admits at least TPM_FULL_REQUESTS (each refusal means less than one request
+    # left); the bucket admits no more than it holds plus what refilled meanwhile.
+    assert TPM_FULL_REQUESTS <= admitted <= (tpm + refilled) // reserved, (statuses, elapsed)
+    assert admitted * reserved <= tpm + refilled
+    # Every refusal is the tokens limit's 429, whichever replica gave it.
+    for _url, status, text, headers in results:
+        if status != 200:
+            assert status == 429, text
+            assert orjson.loads(text)["error"]["message"].startswith("Rate limit reached for tokens"), text
+            assert headers["x-ratelimit-limit-tokens"] == str(tpm)
+            assert int(headers["x-ratelimit-remaining-tokens"]) < reserved
+    refused = sum(g.metric("gateway_limiter_decisions_total", decision="rejected", reason="tpm")
+                  for g in replicas) - refused_before
+    assert refused == TPM_CLIENTS - admitted
+    assert {url for url, *_ in results} == {g.url for g in replicas}
+    # Usage: one row per completed request, carrying the tokens the limiter admitted.
+    assert await _wait_for_usage_rows(migrated_database_url, key, admitted) == admitted
+    assert await _usage_tokens(migrated_database_url, key) == admitted * reserved
+
+
+# -- the measurements discriminate -------------------------------------------------------------------------
+
+
+async def test_the_rpm_check_would_see_per_replica_limits(unshared_replicas, upstream, make_key):
+    """Replicas that do NOT share Redis admit the limit once per replica, and the RPM test's
+    `== limit` would fail."""
+    limit = 4
+    key = make_key(rpm=limit)
+    body = {"model": upstream.model, "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}
+    upstream.mode = "ok"
+    targets = itertools.cycle(unshared_replicas)
+    async with aiohttp.ClientSession() as session:
+        async def one(gateway):
+            async with session.post(gateway.url + CHAT, json=body, headers=auth(key)) as response:
+                await response.read()
+                return response.status
+        statuses = await asyncio.gather(*(one(next(targets)) for _ in range(30)))
+    assert statuses.count(200) == REPLICAS * limit
+
+
+async def test_the_tpm_check_would_see_per_replica_limits(unshared_replicas, upstream, make_key):
+    """The same burst as the TPM test on replicas that do NOT share Redis: each replica's own
+    bucket admits its TPM_FULL_REQUESTS, three times the limit in all, which the TPM test's
+    upper bound refuses."""
+    body, usage = _tpm_request(upstream.model)
+    reserved = sum(usage)
+    tpm = TPM_FULL_REQUESTS * reserved + reserved // 2
+    key = make_key(tpm=tpm)
+    upstream.mode = "ok"
+    upstream.usage = usage
+    try:
+        results, elapsed = await _tpm_burst(unshared_replicas, key, body)
+    finally:
+        upstream.usage = None
+    admitted = [status for _, status, _, _ in results].count(200)
+    assert admitted >= REPLICAS * TPM_FULL_REQUESTS, results
+    assert admitted > (tpm + tpm * elapsed / 60) // reserved  # the shared test's bound fails here
 
 
 def test_engine_names_that_do_not_resolve_yet_are_skipped(log_dir, upstream, make_key, migrated_database_url,

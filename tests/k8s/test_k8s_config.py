@@ -137,3 +137,30 @@ def test_an_external_url_in_plain_text_is_refused():
 
     with pytest.raises(ConfigError, match=r"^llm-node:external_\w+_url: is stored in plain text"):
         deploy()
+
+
+def test_the_schema_package_is_pinned_and_covers_every_accepted_version():
+    """kubernetes-validate's release decides which versions have strict schemas: it is pinned
+    (pyproject.toml's dev extra), .venv runs the pin, and every version kubernetes.version may
+    name (SUPPORTED_VERSIONS) validates strictly, the one above it does not exist there."""
+    import tomllib
+    from importlib import metadata
+    from pathlib import Path
+
+    import kubernetes_validate
+    from kubernetes_validate.utils import VersionNotSupportedError
+
+    from stacks.kubernetes.settings import SUPPORTED_VERSIONS
+
+    dev = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    (requirement,) = [r for r in dev["project"]["optional-dependencies"]["dev"]
+                      if re.match(r"kubernetes-validate\b", r)]
+    pinned = re.fullmatch(r"kubernetes-validate==(\S+)", requirement)
+    assert pinned, f"{requirement!r} is not an exact pin"
+    assert metadata.version("kubernetes-validate") == pinned.group(1), "rerun scripts/bootstrap"
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}}
+    low, high = SUPPORTED_VERSIONS
+    for minor in range(low, high + 1):
+        kubernetes_validate.validate(namespace, f"1.{minor}", strict=True)
+    with pytest.raises(VersionNotSupportedError):
+        kubernetes_validate.validate(namespace, f"1.{high + 1}", strict=True)

@@ -8,6 +8,7 @@ custom resources (KEDA, Prometheus Operator, Traefik, Gateway API) are checked s
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 
@@ -278,6 +279,7 @@ EXTERNAL = {"kubernetes": {"data_stores": "external", "external_data_cidrs": ["1
                            "external_redis_port": 6380}}
 EXTERNAL_SECRETS = {"external_database_url": f"postgresql://llmnode:{MOCK_SECRET_MARK}-db@10.20.0.5:5432/llmnode",
                     "external_redis_url": f"rediss://:{MOCK_SECRET_MARK}-redis@10.20.0.6:6380/0"}
+HUB_ONLINE = {"engine": {"hf_hub_offline": False}}  # the engine may download from the hub
 VARIANTS = {  # name -> (stack, overrides, secrets)
     "k8s-dev": ("k8s-dev", {}, {}),
     "k8s-prod": ("k8s-prod", {}, {}),
@@ -285,6 +287,7 @@ VARIANTS = {  # name -> (stack, overrides, secrets)
     "k8s-prod-gateway-api-picker": ("k8s-prod", {"kubernetes": {**PICKER["kubernetes"],
                                                                 **GATEWAY_API_EDGE["kubernetes"]}}, {}),
     "k8s-prod-external-data": ("k8s-prod", EXTERNAL, EXTERNAL_SECRETS),
+    "k8s-dev-hub-online": ("k8s-dev", HUB_ONLINE, {}),
 }
 
 
@@ -371,6 +374,12 @@ def intended_flows(pods: dict[str, Endpoint], settings) -> set[tuple[str, str, i
     else:
         flows |= {("gateway", "engine", 8000, "TCP")}
     flows |= {(source, "kube-dns", 53, proto) for source in pods if source in OURS for proto in ("UDP", "TCP")}
+    if not settings.engine.spec.hf_hub_offline:
+        # Downloads: https to public addresses only (never a private range: no pod, no API server).
+        private = [ipaddress.ip_network(cidr) for cidr in manifests.PRIVATE_RANGES]
+        flows |= {("engine", name, 443, "TCP") for name, pod in pods.items()
+                  if pod.namespace is None and (443, "TCP") in LISTENING[name]
+                  and not any(ipaddress.ip_address(pod.ip) in net for net in private)}
     return flows
 
 
@@ -486,7 +495,11 @@ def test_keda_scales_the_engines_on_the_queue(stack):
         # Minutes-long model loads: one pod per start period up, a long quiet window down.
         assert behavior["scaleUp"]["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": min(
             settings.engine.health_start_period_seconds, 1800)}]
-        assert behavior["scaleDown"]["stabilizationWindowSeconds"] >= 300
+        # A minute of sustained queue before a replica is added (a scrape blip adds nothing).
+        assert behavior["scaleUp"]["stabilizationWindowSeconds"] == 60
+        # The HPA's scale-down window is the setting (cooldownPeriod would only matter scaling to 0).
+        assert behavior["scaleDown"]["stabilizationWindowSeconds"] == \
+            settings.kubernetes.scale_down_stabilization_seconds >= 300
         (trigger,) = spec["triggers"]
         assert trigger["type"] == "prometheus"
         assert set(trigger["metadata"]) == {"serverAddress", "query", "threshold", "activationThreshold"}
@@ -496,6 +509,26 @@ def test_keda_scales_the_engines_on_the_queue(stack):
         # The StatefulSet's replicas belong to KEDA after creation.
         assert d.options[("kubernetes:apps/v1:StatefulSet", "statefulset-engine")].ignore_changes == ["spec.replicas"]
     return checked(stack, check)
+
+
+@pulumi.runtime.test
+def test_the_gateway_autoscaler_s_bounds_come_from_config():
+    """Non-default kubernetes.gateway_* values reach the HPA (and the Deployment's first size)."""
+    overrides = {"kubernetes": {"gateway_min_replicas": 4, "gateway_max_replicas": 9,
+                                "gateway_cpu_target_percent": 55}}
+
+    def check(d: Deployment):
+        found = objects(d)
+        spec = found[("HorizontalPodAutoscaler", "gateway")]["spec"]
+        assert (spec["minReplicas"], spec["maxReplicas"]) == (4, 9)
+        assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "gateway"}
+        assert spec["metrics"] == [{"type": "Resource", "resource": {"name": "cpu", "target": {
+            "type": "Utilization", "averageUtilization": 55}}}]
+        assert found[("Deployment", "gateway")]["spec"]["replicas"] == 4
+        # The stack file says otherwise (2 to 3, 70 %): these numbers came from the overrides.
+        own = load_stack_settings("k8s-dev").kubernetes
+        assert (own.gateway_min_replicas, own.gateway_max_replicas, own.gateway_cpu_target_percent) == (2, 3, 70)
+    return checked("k8s-dev", check, overrides=overrides)
 
 
 def test_the_keda_metric_is_one_the_rules_already_use():
