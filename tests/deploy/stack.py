@@ -71,12 +71,11 @@ def quantize_stack_values(python_image: str, docker_host: str) -> dict[str, Any]
                                "images": {"python": python_image}})
 
 
-def build_ca_stack_values(python_image: str, docker_host: str, ca_file: str | None) -> dict[str, Any]:
-    """The dev stack's values with ``python_image`` as the Python base and, unless None, the stack
+def build_ca_stack_values(images: Mapping[str, str], docker_host: str, ca_file: str | None) -> dict[str, Any]:
+    """The dev stack's values with these ``images`` (build bases) and, unless None, the stack
     setting ``build_ca_certificates`` (tests/deploy/test_build_ca.py)."""
     values = {k: v for k, v in read_stack_values(BASE_STACK).items() if k not in SECRET_KEYS}
-    return deep_merge(values, {"docker_host": docker_host, "images": {"python": python_image},
-                               "build_ca_certificates": ca_file})
+    return deep_merge(values, {"docker_host": docker_host, "images": dict(images), "build_ca_certificates": ca_file})
 
 
 def omitted_images(values: Mapping[str, Any]) -> tuple[str, ...]:

@@ -75,10 +75,14 @@ def ca_file(tmp_path_factory) -> Path:
     return bundle
 
 
-def gateway_image(builder, base: str, ca_file: Path | None):
-    program = declared(build_ca_stack_values(base, builder.url, str(ca_file) if ca_file else None))
-    image = next(item for item in program.of_type(BUILT_IMAGE) if item.name == "gateway-image")
+def declared_image(builder, name: str, images: dict[str, str], ca_file: Path | None):
+    program = declared(build_ca_stack_values(images, builder.url, str(ca_file) if ca_file else None))
+    image = next(item for item in program.of_type(BUILT_IMAGE) if item.name == name)
     return resources(builder.client(), program, builder.url), image
+
+
+def gateway_image(builder, base: str, ca_file: Path | None):
+    return declared_image(builder, "gateway-image", {"python": base}, ca_file)
 
 
 def run(client, image: str, argv: list[str]) -> tuple[int, str]:
@@ -148,3 +152,22 @@ def test_with_the_setting_the_build_trusts_the_certificates(builder, base, ca_fi
     code, output = run(client, kept, PIP_DOWNLOAD)
     assert code == 0, output[-3000:]
     prune_images(client, {kept}, say)
+
+
+def test_the_engine_image_trusts_the_certificates_too(builder, ca_file):
+    """The engine Dockerfile runs no pip, but takes the same argument: the certificates join the
+    trust store of the image built on the CPU vLLM stand-in (the deployment's engine base)."""
+    client = builder.client()
+    vllm_cpu = Builder(client, log=say).standin("vllm-cpu")
+    hooks, image = declared_image(builder, "engine-chat-image", {"vllm_cpu": vllm_cpu}, ca_file)
+    certificates = read_build_ca_certificates(str(ca_file))
+    assert image.props["build"]["args"] == {"VLLM_IMAGE": vllm_cpu, BUILD_CA_ARG: certificates}
+    name = image.props["imageName"]
+    apply(hooks, image)
+    say(f"engine build with build_ca_certificates: {hooks.deployment.timings[f'build {name}']:.0f}s")
+    try:
+        bundle = bundle_of(client, name)
+        assert all(body in bundle for body in bodies(certificates))
+        assert "llm-node-build-1.crt" in run_output(client, name, "ls /usr/local/share/ca-certificates")
+    finally:
+        client.api.remove_image(name)  # not kept: a few seconds to build again
