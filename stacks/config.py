@@ -23,6 +23,7 @@ import ipaddress
 import json
 import os
 import re
+import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -51,7 +52,7 @@ SECRET_KEYS = ("tunnel_token", "tls_private_key",
 # Keys holding objects (Pulumi hands them to the program as JSON text).
 OBJECT_KEYS = ("images", "engine", "engines", "gateway", "edge", "tunnel", "quantize", "observability", "volumes",
                "kubernetes")
-STRING_KEYS = ("docker_host", "name_prefix", "domain", "tls_certificate", "target")
+STRING_KEYS = ("docker_host", "name_prefix", "domain", "tls_certificate", "target", "build_ca_certificates")
 
 TLS_MODES = ("acme", "provided", "self-signed")
 BODY_LIMIT_MODES = ("gateway", "edge")
@@ -585,6 +586,45 @@ def _observability(values: Mapping[str, Any] | None) -> ObservabilitySettings:
     )
 
 
+# -- extra CA certificates for image builds ----------------------------------------------------
+
+BUILD_CA_KEY = "build_ca_certificates"
+_PEM_CERTIFICATE = re.compile(r"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+?-----END CERTIFICATE-----")
+
+
+def read_build_ca_certificates(setting: str | None, root: Path = ROOT_DIR) -> str:
+    """The certificates of the ``build_ca_certificates`` file as PEM text ("" when unset).
+
+    The setting names a PEM file of CA certificates (one or more): the CA a TLS-inspecting proxy
+    re-signs HTTPS with, which pip in the image builds must trust. A relative path is resolved
+    from the project root (the directory of Pulumi.yaml), never from the working directory:
+    Pulumi runs the program in stacks/ (Pulumi.yaml ``main``), the dev tools and tests from the
+    root, and both must read the same file. ``~`` is expanded. Only the certificate blocks are
+    kept (comments, ``subject=`` lines and private keys are dropped), each checked by OpenSSL.
+    """
+    if setting is None:
+        return ""
+    path = Path(os.path.expanduser(setting))
+    where = ""
+    if not path.is_absolute():
+        path, where = root / path, f" ({setting!r} relative to the project root {root})"
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(BUILD_CA_KEY, f"cannot read {path}{where}: "
+                                        f"{getattr(error, 'strerror', None) or error}") from None
+    blocks = _PEM_CERTIFICATE.findall(text)
+    if not blocks:
+        raise ConfigError(BUILD_CA_KEY, f"{path} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
+    for number, block in enumerate(blocks, start=1):
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=block)  # parsed by OpenSSL
+        except (ssl.SSLError, ValueError) as error:
+            raise ConfigError(BUILD_CA_KEY, f"{path}: certificate {number} is not a valid PEM certificate: "
+                                            f"{error}") from None
+    return "\n".join(blocks) + "\n"
+
+
 # -- the whole node ---------------------------------------------------------------------------
 
 
@@ -610,6 +650,9 @@ class NodeSettings:
     target: str = "docker"
     kubernetes: KubernetesSettings | None = None  # target kubernetes only
     quantize_group: str | None = None  # the engine group whose model the quantize job writes
+    # PEM text of the extra CA certificates every image built from this repository trusts while it
+    # builds (``build_ca_certificates``: read_build_ca_certificates); "" when unset.
+    build_ca_certificates: str = ""
 
     @property
     def engine(self) -> EngineDeployment:
@@ -741,6 +784,7 @@ def parse_settings(values: Mapping[str, Any], stack: str, *, secrets_present: Se
         target=target,
         kubernetes=kubernetes,
         quantize_group=quantize_group,
+        build_ca_certificates=read_build_ca_certificates(_top_string(values, BUILD_CA_KEY, None)),
     )
 
 

@@ -31,7 +31,7 @@ import pulumi
 import pulumi_docker as docker
 import pulumi_random as random
 
-from stacks.images import BuildRecipe, built_image_name
+from stacks.images import BuildRecipe
 
 RESTART = "unless-stopped"
 LOG_DRIVER = "json-file"
@@ -172,17 +172,18 @@ def generated_secret(resource_name: str, parent: pulumi.Resource, length: int = 
 
 
 def built_image(resource_name: str, component: str, recipe: BuildRecipe, base_image: str,
-                parent: pulumi.Resource) -> docker.Image:
+                parent: pulumi.Resource, *, ca_certificates: str) -> docker.Image:
     """An image built from this repository on the Docker host itself; nothing to push.
 
-    Tagged with a hash of its build context and base image, so a source or base change gives
-    a new tag (and new containers), and an unchanged tree never rebuilds.
+    Tagged with a hash of its build context, base image and extra CA certificates
+    (``build_ca_certificates``), so a source or base change gives a new tag (and new
+    containers), and an unchanged tree never rebuilds.
     """
     return docker.Image(
         resource_name,
-        image_name=built_image_name(component, recipe.directory, base_image),
+        image_name=recipe.image_name(component, base_image, ca_certificates),
         build=docker.DockerBuildArgs(context=recipe.context, dockerfile=recipe.dockerfile,
-                                     args={recipe.base_arg: base_image}, platform="linux/amd64"),
+                                     args=recipe.args(base_image, ca_certificates), platform="linux/amd64"),
         skip_push=True,
         opts=pulumi.ResourceOptions(parent=parent),
     )

@@ -43,6 +43,7 @@ class ModelsMount:
 class EngineArgs:
     deployment: EngineDeployment
     base_image: str  # the official vLLM image for the device
+    build_ca_certificates: str  # PEM text the image build trusts (stack build_ca_certificates); "" none
     placement: containers.Placement  # internal network (+ egress when the engine downloads)
     models: ModelsMount
     adapters_volume: docker.Volume
@@ -67,7 +68,8 @@ class Engine(pulumi.ComponentResource):
         gpu = spec.device == "cuda"
 
         self.image = args.image or containers.built_image(f"{name}-image", f"engine-{spec.device}", ENGINE_BUILD,
-                                                          args.base_image, self)
+                                                          args.base_image, self,
+                                                          ca_certificates=args.build_ca_certificates)
         self.command = engine_args(spec)
         start_period = deployment.health_start_period_seconds
         wait_seconds = start_period + 120  # the model's load, then a few healthchecks

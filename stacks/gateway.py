@@ -37,6 +37,7 @@ SECRETS_DIR = f"{naming.SECRETS_DIR}/gateway"
 class GatewayArgs:
     spec: GatewaySpec
     base_image: str  # the Python image the gateway image is built on
+    build_ca_certificates: str  # PEM text the image build trusts (stack build_ca_certificates); "" none
     domain: str
     edge: EdgeSettings
     placement: containers.Placement  # edge (Traefik reaches it there) + internal
@@ -68,7 +69,8 @@ class Gateway(pulumi.ComponentResource):
         super().__init__("llm-node:index:Gateway", name, None, opts)
         self.admin_token = containers.generated_secret(f"{name}-admin-token", self, length=48)
 
-        self.image = containers.built_image(f"{name}-image", "gateway", GATEWAY_BUILD, args.base_image, self)
+        self.image = containers.built_image(f"{name}-image", "gateway", GATEWAY_BUILD, args.base_image, self,
+                                            ca_certificates=args.build_ca_certificates)
         self.env = gateway_env(args.spec)
         secrets_env = {GATEWAY_SECRETS_DIR_ENV: SECRETS_DIR}
 

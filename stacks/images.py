@@ -93,12 +93,19 @@ def program_relative(path: Path) -> str:
     return os.path.relpath(path, PROGRAM_DIR)
 
 
+# The build argument every Dockerfile of the repository takes for the stack's
+# ``build_ca_certificates`` (PEM text; stacks/config.py read_build_ca_certificates): added to the
+# image's trust store before pip runs, so builds behind a TLS-inspecting proxy verify PyPI.
+BUILD_CA_ARG = "BUILD_CA_CERTIFICATES"
+
+
 @dataclass(frozen=True)
 class BuildRecipe:
     """An image built from ``services/<service>``, its base image named by one build argument.
 
     Every Dockerfile of the repository takes its base as a build argument with a pinned
-    default, so a stack's ``images:`` table (an air-gapped mirror) applies to built images too.
+    default, so a stack's ``images:`` table (an air-gapped mirror) applies to built images too,
+    and the extra CA certificates of ``build_ca_certificates`` as ``BUILD_CA_ARG`` (empty: none).
     """
 
     service: str  # directory under services/
@@ -115,6 +122,20 @@ class BuildRecipe:
     @property
     def dockerfile(self) -> str:
         return program_relative(self.directory / "Dockerfile")
+
+    def args(self, base_image: str, ca_certificates: str) -> dict[str, str]:
+        """The build arguments: the base image, and the extra CA certificates when there are any.
+
+        Without certificates the argument is not passed at all (the Dockerfile's default, empty,
+        applies), so a stack that does not set ``build_ca_certificates`` declares exactly what it
+        did before the setting existed: no diff, no rebuild.
+        """
+        return {self.base_arg: base_image, **({BUILD_CA_ARG: ca_certificates} if ca_certificates else {})}
+
+    def image_name(self, component: str, base_image: str, ca_certificates: str) -> str:
+        """``llm-node/<component>:src-<hash>``: the build context, the base and the certificates
+        (they change the image: its trust store)."""
+        return built_image_name(component, self.directory, base_image, *([ca_certificates] if ca_certificates else []))
 
 
 GATEWAY_BUILD = BuildRecipe("gateway", "PYTHON_IMAGE")

@@ -107,7 +107,8 @@ class Node(pulumi.ComponentResource):
         if settings.quantize is not None:
             target = settings.group(settings.quantize_group or "")
             self.quantize = QuantizeJob("quantize", QuantizeArgs(
-                spec=settings.quantize, base_image=images["python"], placement=placement(),
+                spec=settings.quantize, base_image=images["python"],
+                build_ca_certificates=settings.build_ca_certificates, placement=placement(),
                 models_volume=self.volumes["models"],
                 adapters_volume=self.volumes["adapters"],
                 # the GPU of the group it prepares: free until that group's engines start after it
@@ -124,6 +125,7 @@ class Node(pulumi.ComponentResource):
             engine = Engine(component, EngineArgs(
                 deployment=group,
                 base_image=images["vllm_gpu" if device == "cuda" else "vllm_cpu"],
+                build_ca_certificates=settings.build_ca_certificates,
                 placement=placement(self.internal_network, *egress),
                 models=ModelsMount(volume=self.volumes.get("models"), host_dir=settings.models_host_dir),
                 adapters_volume=self.volumes["adapters"],
@@ -136,7 +138,8 @@ class Node(pulumi.ComponentResource):
 
         # -- gateway -------------------------------------------------------------------------
         self.gateway = Gateway("gateway", GatewayArgs(
-            spec=settings.gateway, base_image=images["python"], domain=settings.domain, edge=settings.edge,
+            spec=settings.gateway, base_image=images["python"],
+            build_ca_certificates=settings.build_ca_certificates, domain=settings.domain, edge=settings.edge,
             placement=placement(self.edge_network, self.internal_network, alias=naming.GATEWAY),
             internal_placement=placement(self.internal_network, alias="gateway-migrate"),
             database_url=self.postgres.database_url, redis_url=self.redis.url, database=self.postgres.container,

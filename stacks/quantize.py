@@ -22,6 +22,7 @@ from stacks.images import QUANTIZE_BUILD
 class QuantizeArgs:
     spec: QuantizeSpec
     base_image: str  # the Python image the job's image is built on
+    build_ca_certificates: str  # PEM text the image build trusts (stack build_ca_certificates); "" none
     placement: containers.Placement  # no networks: network_mode none
     models_volume: docker.Volume
     adapters_volume: docker.Volume
@@ -33,7 +34,8 @@ class QuantizeArgs:
 class QuantizeJob(pulumi.ComponentResource):
     def __init__(self, name: str, args: QuantizeArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("llm-node:index:QuantizeJob", name, None, opts)
-        self.image = containers.built_image(f"{name}-image", "quantize", QUANTIZE_BUILD, args.base_image, self)
+        self.image = containers.built_image(f"{name}-image", "quantize", QUANTIZE_BUILD, args.base_image, self,
+                                            ca_certificates=args.build_ca_certificates)
         self.command = quantize_args(args.spec)
         self.container = docker.Container(
             name,

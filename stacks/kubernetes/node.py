@@ -18,7 +18,7 @@ import pulumi_kubernetes as k8s
 
 from stacks import containers, naming
 from stacks.config import NodeConfig
-from stacks.images import ENGINE_BUILD, GATEWAY_BUILD, QUANTIZE_BUILD, BuildRecipe, built_image_name
+from stacks.images import ENGINE_BUILD, GATEWAY_BUILD, QUANTIZE_BUILD, BuildRecipe
 from stacks.kubernetes import manifests
 from stacks.postgres import DATABASE, USER
 from stacks.redis import redis_conf
@@ -59,13 +59,13 @@ class KubernetesNode(pulumi.ComponentResource):
         builder = docker.Provider("image-builder", host=settings.docker_host, opts=pulumi.ResourceOptions(parent=self))
         device = settings.engine.spec.device
         engine_base = images["vllm_gpu" if device == "cuda" else "vllm_cpu"]
+        registry, ca = k8s_settings.image_registry, settings.build_ca_certificates
         self.images = {
-            "engine": self._pushed(f"engine-{device}", ENGINE_BUILD, engine_base, k8s_settings.image_registry, builder),
-            "gateway": self._pushed("gateway", GATEWAY_BUILD, images["python"], k8s_settings.image_registry, builder),
+            "engine": self._pushed(f"engine-{device}", ENGINE_BUILD, engine_base, ca, registry, builder),
+            "gateway": self._pushed("gateway", GATEWAY_BUILD, images["python"], ca, registry, builder),
         }
         if settings.quantize is not None:
-            self.images["quantize"] = self._pushed("quantize", QUANTIZE_BUILD, images["python"],
-                                                   k8s_settings.image_registry, builder)
+            self.images["quantize"] = self._pushed("quantize", QUANTIZE_BUILD, images["python"], ca, registry, builder)
 
         # -- generated secrets (as on Docker), or the external data stores' URLs -----------------------
         external = k8s_settings.data_stores == "external"
@@ -125,15 +125,15 @@ class KubernetesNode(pulumi.ComponentResource):
         }
         self.register_outputs({"public_url": public_url})
 
-    def _pushed(self, component: str, recipe: BuildRecipe, base_image: str, registry: str,
+    def _pushed(self, component: str, recipe: BuildRecipe, base_image: str, ca_certificates: str, registry: str,
                 builder: docker.Provider) -> docker.Image:
         """An image built like the Docker target's (same recipe, same source tag), pushed to ``registry``."""
-        local = built_image_name(component, recipe.directory, base_image)  # llm-node/<component>:src-<hash>
+        local = recipe.image_name(component, base_image, ca_certificates)  # llm-node/<component>:src-<hash>
         return docker.Image(
             f"{component}-image",
             image_name=f"{registry}/{local.split('/', 1)[1]}",
             build=docker.DockerBuildArgs(context=recipe.context, dockerfile=recipe.dockerfile,
-                                         args={recipe.base_arg: base_image}, platform="linux/amd64"),
+                                         args=recipe.args(base_image, ca_certificates), platform="linux/amd64"),
             skip_push=False,
             opts=pulumi.ResourceOptions(parent=self, provider=builder),
         )

@@ -48,6 +48,10 @@ STANDIN_SPECS: Mapping[str, tuple[str, str]] = {
     "postgres": ("base", "postgres --version | sed -E 's/^[^0-9]*([0-9]+[.][0-9]+).*/\\1/'"),
     "redis": ("base", _DPKG % "redis-server"),
     "prometheus": ("base", _DPKG % "prometheus"),
+    # Not part of the deployment: the quantize image's base (tests/deploy/test_quantize_image.py) and
+    # the official Python image as it is behind a TLS-inspecting proxy (tests/deploy/test_build_ca.py).
+    "python-torch": ("python", "python -c 'import platform; print(platform.python_version())'"),
+    "python-public-cas": ("python", "python -c 'import platform; print(platform.python_version())'"),
 }
 
 
@@ -208,6 +212,7 @@ class Builder:
         extras: dict[str, Path] = {}
         if name == "vllm-cpu":
             extras["requirements-cpu.txt"] = ROOT / "services" / "engine" / "requirements-cpu.txt"
+        if name in ("vllm-cpu", "python-torch"):
             wheel = torch_cpu_wheel()
             extras[f"wheels/{wheel.name}"] = wheel
         key = _digest(_tree_digest(source), parent,

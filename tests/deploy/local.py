@@ -75,7 +75,7 @@ def driver_stack() -> str:
     return BASE_STACK
 
 
-OURS = ("llm-node/", "llm-node-standin/")
+OURS = ("llm-node/", "llm-node-standin/", "llm-node-test/")
 
 
 def build_images(client, log: Callable[[str], None] = say) -> tuple[dict[str, str], dict[str, float], set[str]]:
@@ -86,15 +86,23 @@ def build_images(client, log: Callable[[str], None] = say) -> tuple[dict[str, st
     return standins, timings, builder.current_tags()
 
 
+def _repository(tag: str) -> str:
+    return tag.rsplit(":", 1)[0]
+
+
 def prune_images(client, keep: set[str], log: Callable[[str], None] = say) -> None:
-    """Remove this harness's images that no current input names (the cache holds one version):
-    their tags first (an image with child images cannot be deleted, but can be untagged), then
-    what is left dangling. Never fails the deployment: a warning at worst."""
+    """Remove this harness's outdated images (the cache holds one version of each): those of a
+    repository ``keep`` names (llm-node/gateway, llm-node-standin/redis, ...) under a tag
+    ``keep`` does not name. Repositories this run did not build are left alone: another test's
+    images (the quantize image of test_quantize_image.py, its python-torch base) are pruned by
+    that test. Their tags first (an image with child images cannot be deleted, but can be
+    untagged), then what is left dangling. Never fails the deployment: a warning at worst."""
+    repositories = {_repository(tag) for tag in keep}
     try:
         untagged = 0
         for image in client.images.list():
             tags = set(image.tags)
-            if any(tag.startswith(OURS) for tag in tags) and not tags & keep:
+            if any(tag.startswith(OURS) and _repository(tag) in repositories for tag in tags) and not tags & keep:
                 for tag in tags:
                     client.images.remove(tag)
                 untagged += 1
