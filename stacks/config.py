@@ -760,7 +760,8 @@ def parse_settings(values: Mapping[str, Any], stack: str, *, secrets_present: Se
 
     target = parse_target(values)
     kubernetes = parse_kubernetes(values.get("kubernetes"), target=target, engines=engines,
-                                  raw_engine=values.get("engine") or (values.get("engines") or [None])[0],
+                                  raw_engines=values["engines"] if values.get("engines") is not None
+                                  else [values.get("engine")],
                                   tunnel_enabled=tunnel_enabled,
                                   models_host_dir=models_host_dir,
                                   engine_dns_ttl_seconds=gateway.engine_dns_ttl_seconds,

@@ -6,13 +6,15 @@ argv and env come from the same functions (services/launch.py through stacks/eng
 stacks/gateway.py); only locations differ (the engine URLs the gateway is given).
 
 Layout (one namespace, ``kubernetes.namespace``):
-  engine          StatefulSet (one per served model; this configuration serves one) behind a
-                  headless Service. Stable pod names give the gateway one URL per replica
-                  (engine-0.engine.<ns>.svc...), which it keeps re-resolving (its DNS cache
-                  lasts gateway.engine_dns_ttl_seconds, <= 30 s here), so its least-outstanding choice and per-engine
-                  breakers work unchanged; replicas KEDA has not started yet fail DNS, count
-                  as refused and are skipped until they exist. Autoscaled by a KEDA
-                  ScaledObject on vllm:num_requests_waiting.
+  engine          StatefulSet per engine group (served model; ``engine`` for the default group
+                  ``main``, ``engine-<group>`` for the others), each behind a headless
+                  Service. Stable pod names give the gateway one URL per replica
+                  (engine-0.engine.<ns>.svc..., engine-embed-0.engine-embed.<ns>.svc...),
+                  which it keeps re-resolving (its DNS cache lasts
+                  gateway.engine_dns_ttl_seconds, <= 30 s here), so its least-outstanding
+                  choice and per-engine breakers work unchanged; replicas KEDA has not
+                  started yet fail DNS, count as refused and are skipped until they exist. Each group is autoscaled by
+                  its own KEDA ScaledObject on its model's vllm:num_requests_waiting.
   gateway         Deployment + HPA + PDB; every replica shares PostgreSQL and Redis, so keys,
                   limits and usage are global (tests/k8s/test_gateway_replicas.py).
   gateway-migrate Job: the schema migration, before the gateway rolls out.
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +45,7 @@ from services.launch import (
     quantize_args,
 )
 from stacks import naming
-from stacks.config import NodeSettings
+from stacks.config import EngineDeployment, NodeSettings
 from stacks.kubernetes.settings import KubernetesSettings
 
 if TYPE_CHECKING:
@@ -130,12 +132,17 @@ class Chart:
 @dataclass(frozen=True)
 class Images:
     # The built images' names: Outputs on the cluster, plain strings in pure tests.
-    engine: pulumi.Input[str]
+    engine: pulumi.Input[str]  # the engine image of the first generate group's device
     gateway: pulumi.Input[str]
     quantize: pulumi.Input[str] | None
     postgres: str
     redis: str
     traefik: str
+    # device (cpu | cuda) -> its engine image, where groups run on several devices ({}: ``engine`` for all)
+    engine_by_device: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
+
+    def engine_for(self, device: str) -> pulumi.Input[str]:
+        return self.engine_by_device.get(device, self.engine)
 
 
 @dataclass(frozen=True)
@@ -261,27 +268,42 @@ def kubernetes_settings(settings: NodeSettings) -> KubernetesSettings:
     return settings.kubernetes
 
 
-def engine_urls(k8s: KubernetesSettings) -> list[str]:
-    """One URL per possible engine replica: the StatefulSet's pod DNS names (up to the autoscaler's max)."""
-    return [f"http://{ENGINE}-{i}.{ENGINE}.{k8s.namespace}.svc.cluster.local:{naming.ENGINE_PORT}"
+def engine_name(group: str = naming.DEFAULT_ENGINE_GROUP) -> str:
+    """A group's StatefulSet, Service, PDB, ScaledObject, NetworkPolicy and pod component label:
+    ``engine`` for the default group (a one-model stack's objects keep their names), ``engine-<group>``."""
+    return ENGINE if group == naming.DEFAULT_ENGINE_GROUP else f"{ENGINE}-{group}"
+
+
+def engine_urls(k8s: KubernetesSettings, group: EngineDeployment | None = None) -> list[str]:
+    """One URL per possible replica of a group: its StatefulSet's pod DNS names (up to the autoscaler's max)."""
+    name = engine_name(group.group if group is not None else naming.DEFAULT_ENGINE_GROUP)
+    port = group.spec.port if group is not None else naming.ENGINE_PORT
+    return [f"http://{name}-{i}.{name}.{k8s.namespace}.svc.cluster.local:{port}"
             for i in range(k8s.engine_max_replicas)]
 
 
+def picked_group(settings: NodeSettings) -> EngineDeployment | None:
+    """The generate group behind the inference extension's InferencePool (None: no endpoint picker)."""
+    if kubernetes_settings(settings).endpoint_picker != "inference-extension":
+        return None
+    return settings.engine  # the only generate group (stacks/kubernetes/settings.py refuses more)
+
+
 def gateway_spec(settings: NodeSettings) -> GatewaySpec:
-    """The Docker target's GatewaySpec with the cluster's engine locations (nothing else changes)."""
+    """The Docker target's GatewaySpec with the cluster's engine locations (nothing else changes):
+    generate groups in ``engines``, embedding groups in ``embedding_engines``, as on Docker."""
     k8s = kubernetes_settings(settings)
-    if k8s.endpoint_picker == "inference-extension":
+    if picked_group(settings) is not None:
         engines = [f"http://{INFERENCE_GATEWAY}.{k8s.namespace}.svc.cluster.local:{INFERENCE_GATEWAY_PORT}"]
     else:
-        engines = engine_urls(k8s)
-    return settings.gateway.replace(engines=engines)
+        engines = [url for group in settings.engines_of("generate") for url in engine_urls(k8s, group)]
+    embedding = [url for group in settings.engines_of("embed") for url in engine_urls(k8s, group)]
+    return settings.gateway.replace(engines=engines, embedding_engines=embedding)
 
 
 def build(settings: NodeSettings, images: Images, secrets: SecretValues) -> Plan:
     k8s = kubernetes_settings(settings)
     ns, prefix = k8s.namespace, settings.name_prefix
-    engine = settings.engine
-    gpu = engine.spec.device == "cuda"
     plan = Plan()
 
     namespace_labels = {"app.kubernetes.io/name": APP, "app.kubernetes.io/instance": prefix}
@@ -317,9 +339,10 @@ def build(settings: NodeSettings, images: Images, secrets: SecretValues) -> Plan
         _redis(plan, settings, images, meta)
 
     # -- quantize job, engines ---------------------------------------------------------------------
-    engine_after = []
+    engine_after: dict[str, list[str]] = {group.group: [] for group in settings.engines}
     if settings.quantize is not None:
-        assert images.quantize is not None
+        assert images.quantize is not None and settings.quantize_group is not None
+        gpu = settings.group(settings.quantize_group).spec.device == "cuda"  # the group it prepares
         job = plan.add(Manifest("batch/v1", "Job", QUANTIZE, {
             "metadata": meta(QUANTIZE, QUANTIZE),
             "spec": {
@@ -350,8 +373,9 @@ def build(settings: NodeSettings, images: Images, secrets: SecretValues) -> Plan
             },
         }, depends_on=["persistentvolumeclaim-models", "persistentvolumeclaim-adapters"],
             create_timeout_seconds=settings.quantize_timeout_minutes * 60 + 300))
-        engine_after.append(job.key)
-    _engine(plan, settings, images, meta, engine_after)
+        engine_after[settings.quantize_group].append(job.key)  # that group's engines serve the job's output
+    for group in settings.engines:
+        _engine(plan, settings, group, images, meta, engine_after[group.group])
 
     # -- gateway -----------------------------------------------------------------------------------
     _gateway(plan, settings, images, meta)
@@ -473,34 +497,36 @@ def _redis(plan: Plan, settings: NodeSettings, images: Images, meta: Meta) -> No
     }, depends_on=["secret-redis"], create_timeout_seconds=600))
 
 
-def engine_start_failures(settings: NodeSettings, period: int = 10) -> int:
-    """startupProbe failureThreshold: the engine's start period (the model's load), in probe periods."""
-    return math.ceil(settings.engine.health_start_period_seconds / period)
+def engine_start_failures(group: EngineDeployment, period: int = 10) -> int:
+    """startupProbe failureThreshold: the group's start period (the model's load), in probe periods."""
+    return math.ceil(group.health_start_period_seconds / period)
 
 
-def _engine(plan: Plan, settings: NodeSettings, images: Images, meta: Meta, after: Sequence[str]) -> None:
+def _engine(plan: Plan, settings: NodeSettings, engine: EngineDeployment, images: Images, meta: Meta,
+            after: Sequence[str]) -> None:
     from stacks.engine import container_env
 
     k8s = kubernetes_settings(settings)
-    engine, spec = settings.engine, settings.engine.spec
+    spec = engine.spec
     gpu = spec.device == "cuda"
     prefix = settings.name_prefix
-    plan.add(_service(ENGINE, k8s.namespace, prefix, ENGINE, {"http": spec.port}, headless=True, job="vllm"))
-    start = settings.engine.health_start_period_seconds
+    name = engine_name(engine.group)
+    plan.add(_service(name, k8s.namespace, prefix, name, {"http": spec.port}, headless=True, job="vllm"))
+    start = engine.health_start_period_seconds
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         # vLLM finishes its shutdown (workers, shared memory) on SIGTERM, as on Docker.
         "terminationGracePeriodSeconds": 30,
         "containers": [{
             "name": ENGINE,
-            "image": images.engine,
+            "image": images.engine_for(spec.device),
             # The image's entrypoint sanitizes the adapters, then runs `vllm serve <args>`;
             # args are the Docker container's command, token for token.
             "args": engine_args(spec),
             "env": _env(container_env(engine)),
             "ports": [{"name": "http", "containerPort": spec.port}],
             "startupProbe": _http_probe("/health", "http", period=10, timeout=5,
-                                        failures=engine_start_failures(settings)),
+                                        failures=engine_start_failures(engine)),
             "readinessProbe": _http_probe("/health", "http", period=10, timeout=5, failures=3),
             "livenessProbe": _http_probe("/health", "http", period=30, timeout=10, failures=5),
             "resources": _resources(k8s.engine_cpu, k8s.engine_memory,
@@ -524,35 +550,38 @@ def _engine(plan: Plan, settings: NodeSettings, images: Images, meta: Meta, afte
         # Spread replicas over nodes when there are several (preferred: a one-node dev cluster still schedules).
         "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
             "weight": 100,
-            "podAffinityTerm": {"labelSelector": {"matchLabels": selector(ENGINE, prefix)},
+            "podAffinityTerm": {"labelSelector": {"matchLabels": selector(name, prefix)},
                                 "topologyKey": "kubernetes.io/hostname"}}]}},
     }
     if gpu:
         pod_spec["tolerations"] = [_GPU_TOLERATION]
-    plan.add(Manifest("apps/v1", "StatefulSet", ENGINE, {
-        "metadata": meta(ENGINE, ENGINE),
+    plan.add(Manifest("apps/v1", "StatefulSet", name, {
+        "metadata": meta(name, name),
         "spec": {
-            "serviceName": ENGINE,
+            "serviceName": name,
             "replicas": k8s.engine_min_replicas,
             "podManagementPolicy": "Parallel",  # scale-ups load models side by side, not one after another
-            "selector": {"matchLabels": selector(ENGINE, prefix)},
-            "template": {"metadata": {"labels": labels(ENGINE, prefix)}, "spec": pod_spec},
+            "selector": {"matchLabels": selector(name, prefix)},
+            "template": {"metadata": {"labels": labels(name, prefix)}, "spec": pod_spec},
         },
     }, depends_on=["persistentvolumeclaim-models", "persistentvolumeclaim-adapters", *after],
         ignore_changes=["spec.replicas"], create_timeout_seconds=start + 600))
-    plan.add(_pdb(ENGINE, k8s.namespace, prefix, ENGINE, maxUnavailable=1))
-    plan.add(scaled_object(settings))
+    plan.add(_pdb(name, k8s.namespace, prefix, name, maxUnavailable=1))
+    plan.add(scaled_object(settings, engine))
 
 
-def autoscaling_query(settings: NodeSettings) -> str:
-    """The KEDA trigger's PromQL: requests queued in this namespace's engines (vLLM V1 metric)."""
+def autoscaling_query(settings: NodeSettings, group: EngineDeployment | None = None) -> str:
+    """The KEDA trigger's PromQL: requests queued in this namespace's engines of one group (its served
+    model; vLLM V1's scheduler gauge, the same for an embed group's pooling runner; the metric is checked
+    against the real engine serving a generate model)."""
     k8s = kubernetes_settings(settings)
+    engine = group if group is not None else settings.engine
     return (f'sum(vllm:num_requests_waiting{{namespace="{k8s.namespace}",'
-            f'model_name="{settings.engine.spec.served_model_name}"}})')
+            f'model_name="{engine.spec.served_model_name}"}})')
 
 
-def scaled_object(settings: NodeSettings) -> Manifest:
-    """KEDA ScaledObject for the engines (keda.sh/v1alpha1; the prometheus scaler).
+def scaled_object(settings: NodeSettings, group: EngineDeployment | None = None) -> Manifest:
+    """KEDA ScaledObject for one engine group's StatefulSet (keda.sh/v1alpha1; the prometheus scaler).
 
     Field names from KEDA's ScaledObject spec (kedacore/keda apis/keda/v1alpha1/scaledobject_types.go:
     scaleTargetRef, pollingInterval, cooldownPeriod, minReplicaCount, maxReplicaCount,
@@ -566,11 +595,13 @@ def scaled_object(settings: NodeSettings) -> Manifest:
     when scaling to 0 (keda.sh ScaledObject spec, "cooldownPeriod"), and minReplicaCount is >= 1 here.
     """
     k8s = kubernetes_settings(settings)
-    load = min(max(settings.engine.health_start_period_seconds, 60), 1800)  # HPA policies: periodSeconds <= 1800
-    return Manifest("keda.sh/v1alpha1", "ScaledObject", ENGINE, {
-        "metadata": _meta(ENGINE, k8s.namespace, ENGINE, settings.name_prefix),
+    engine = group if group is not None else settings.engine
+    name = engine_name(engine.group)
+    load = min(max(engine.health_start_period_seconds, 60), 1800)  # HPA policies: periodSeconds <= 1800
+    return Manifest("keda.sh/v1alpha1", "ScaledObject", name, {
+        "metadata": _meta(name, k8s.namespace, name, settings.name_prefix),
         "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": ENGINE},
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": name},
             "minReplicaCount": k8s.engine_min_replicas,
             "maxReplicaCount": k8s.engine_max_replicas,
             "pollingInterval": 15,
@@ -583,12 +614,12 @@ def scaled_object(settings: NodeSettings) -> Manifest:
             }}},
             "triggers": [{"type": "prometheus", "metadata": {
                 "serverAddress": k8s.prometheus_url,
-                "query": autoscaling_query(settings),
+                "query": autoscaling_query(settings, engine),
                 "threshold": str(k8s.queue_target),
                 "activationThreshold": "0",
             }}],
         },
-    }, depends_on=["statefulset-engine"])
+    }, depends_on=[f"statefulset-{name}"])
 
 
 def _gateway(plan: Plan, settings: NodeSettings, images: Images, meta: Meta) -> None:
@@ -661,7 +692,7 @@ def _gateway(plan: Plan, settings: NodeSettings, images: Images, meta: Meta) -> 
             },
         },
     }, depends_on=["job-gateway-migrate", *(["statefulset-redis"] if k8s.data_stores == "in-cluster" else []),
-                   "secret-gateway", "statefulset-engine"],
+                   "secret-gateway", *(f"statefulset-{engine_name(group.group)}" for group in settings.engines)],
         ignore_changes=["spec.replicas"], create_timeout_seconds=900))
     plan.add(_pdb(GATEWAY, k8s.namespace, prefix, GATEWAY, minAvailable=1))
     plan.add(Manifest("autoscaling/v2", "HorizontalPodAutoscaler", GATEWAY, {
@@ -769,15 +800,18 @@ def _inference_extension(plan: Plan, settings: NodeSettings, meta: Meta) -> None
     backends (kgateway, Istio, GKE).
     """
     k8s = kubernetes_settings(settings)
-    pool = f"{ENGINE}-pool"
+    group = picked_group(settings)
+    assert group is not None
+    name = engine_name(group.group)
+    pool = inference_pool(settings)
     plan.charts.append(Chart(pool, "oci://registry.k8s.io/gateway-api-inference-extension/charts/inferencepool",
                              k8s.inference_pool_chart_version, None, {
-                                 "inferencePool": {"modelServers": {"matchLabels": selector(ENGINE,
+                                 "inferencePool": {"modelServers": {"matchLabels": selector(name,
                                                                                             settings.name_prefix)},
-                                                   "targetPorts": [{"number": settings.engine.spec.port}],
+                                                   "targetPorts": [{"number": group.spec.port}],
                                                    "modelServerType": "vllm"},
                                  "provider": {"name": "none"},
-                             }, depends_on=["statefulset-engine"], harden=True))
+                             }, depends_on=[f"statefulset-{name}"], harden=True))
     plan.add(Manifest("gateway.networking.k8s.io/v1", "Gateway", INFERENCE_GATEWAY, {
         "metadata": meta(INFERENCE_GATEWAY, INFERENCE_GATEWAY),
         "spec": {"gatewayClassName": k8s.inference_gateway_class,
@@ -791,6 +825,12 @@ def _inference_extension(plan: Plan, settings: NodeSettings, meta: Meta) -> None
                             "backendRefs": [{"group": "inference.networking.k8s.io", "kind": "InferencePool",
                                              "name": pool}]}]},
     }, depends_on=[f"gateway-{INFERENCE_GATEWAY}"]))
+
+
+def inference_pool(settings: NodeSettings) -> str:
+    """The InferencePool (the chart's release) of the picked group: ``engine-pool`` for the default group."""
+    group = picked_group(settings)
+    return f"{engine_name(group.group if group is not None else naming.DEFAULT_ENGINE_GROUP)}-pool"
 
 
 # The endpoint picker's Deployment in the inferencepool chart (v1.0.1, templates/epp-deployment.yaml)
@@ -843,21 +883,24 @@ def network_policies(settings: NodeSettings) -> list[Manifest]:
 
     Docker: data stores and engines sit on the internal network with the gateway (and
     Prometheus for metrics); only Traefik and the gateway face the edge. Here: PostgreSQL
-    and Redis accept the gateway only (and the migration job, PostgreSQL); engines accept
-    the gateway (and, with the endpoint picker, the inference gateway and the picker);
-    metrics ports accept Prometheus (kube-prometheus-stack, in kubernetes.monitoring_namespace).
+    and Redis accept the gateway only (and the migration job, PostgreSQL); each engine group
+    accepts the gateway (and, the group behind the endpoint picker, the inference gateway and
+    the picker); metrics ports accept Prometheus (kube-prometheus-stack, in
+    kubernetes.monitoring_namespace).
     """
     k8s = kubernetes_settings(settings)
     ns, prefix = k8s.namespace, settings.name_prefix
-    engine_port, gateway = settings.engine.spec.port, settings.gateway
-    picker = k8s.endpoint_picker == "inference-extension"
+    gateway = settings.gateway
+    picked = picked_group(settings)
+    picker = picked is not None
     prometheus = _peer(namespace=k8s.monitoring_namespace, pod_labels={"app.kubernetes.io/name": "prometheus"})
     def p(component: str) -> dict[str, Any]:
         return _peer(component, prefix)
 
     traefik = _peer(pod_labels=TRAEFIK_SELECTOR)
     inference_gateway = _peer(pod_labels={"gateway.networking.k8s.io/gateway-name": INFERENCE_GATEWAY})
-    epp = _peer(pod_labels={"inferencepool": f"{ENGINE}-pool-epp"})
+    epp_labels = {"inferencepool": f"{inference_pool(settings)}-epp"}
+    epp = _peer(pod_labels=epp_labels)
     anywhere = {"ipBlock": {"cidr": "0.0.0.0/0"}}
     internet = {"ipBlock": {"cidr": "0.0.0.0/0", "except": list(PRIVATE_RANGES)}}
 
@@ -895,17 +938,22 @@ def network_policies(settings: NodeSettings) -> list[Manifest]:
         policy("dns", {}, None, [{"to": [{"namespaceSelector": {"matchLabels": {
             "kubernetes.io/metadata.name": "kube-system"}}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
             "ports": _ports(DNS_PORT, protocol="UDP") + _ports(DNS_PORT)}], "network"),
-        policy(ENGINE, sel(ENGINE),
-               [ingress([p(GATEWAY), *([inference_gateway, epp] if picker else [])], engine_port),
-                ingress([prometheus], engine_port)],
-               # Downloads from the hub only when the engine may (engine.hf_hub_offline: false).
-               [] if settings.engine.spec.hf_hub_offline else [egress([internet], 443)], ENGINE),
+        *(policy(engine_name(group.group), sel(engine_name(group.group)),
+                 [ingress([p(GATEWAY), *([inference_gateway, epp] if _is(group, picked) else [])], group.spec.port),
+                  ingress([prometheus], group.spec.port)],
+                 # Downloads from the hub only when the group may (its hf_hub_offline: false).
+                 [] if group.spec.hf_hub_offline else [egress([internet], 443)], engine_name(group.group))
+          for group in settings.engines),
         policy(GATEWAY, sel(GATEWAY),
                [ingress([_peer(namespace=k8s.gateway_api_parent_ref[0])] if k8s.edge == "gateway-api"
                         else [traefik], gateway.port),
                 ingress([prometheus], gateway.metrics_port)],
                [postgres_egress, redis_egress,
-                egress([inference_gateway], INFERENCE_GATEWAY_PORT) if picker else egress([p(ENGINE)], engine_port)],
+                *([egress([inference_gateway], INFERENCE_GATEWAY_PORT)] if picker else []),
+                # every group the gateway reaches directly (all of them without the picker), by port
+                *(egress([p(engine_name(group.group)) for group in groups], port)
+                  for port, groups in _by_port(group for group in settings.engines
+                                   if not _is(group, picked)).items())],
                GATEWAY),
         policy(MIGRATE, sel(MIGRATE), [], [postgres_egress], MIGRATE),
     ]
@@ -922,19 +970,32 @@ def network_policies(settings: NodeSettings) -> list[Manifest]:
                                 ingress([prometheus], TRAEFIK_METRICS_PORT)],
                                # The gateway; the API server (Ingress watch) and ACME (https) outside.
                                [egress([p(GATEWAY)], gateway.port), egress([anywhere], *API_SERVER_PORTS)], TRAEFIK))
-    if picker:
-        policies.append(policy(EPP, {"matchLabels": {"inferencepool": f"{ENGINE}-pool-epp"}},
+    if picked is not None:
+        pool_pods, pool_port = p(engine_name(picked.group)), picked.spec.port
+        policies.append(policy(EPP, {"matchLabels": epp_labels},
                                [ingress([inference_gateway], EPP_PORT), ingress([prometheus], 9090)],
-                               [egress([p(ENGINE)], engine_port), egress([anywhere], *API_SERVER_PORTS)], EPP))
+                               [egress([pool_pods], pool_port), egress([anywhere], *API_SERVER_PORTS)], EPP))
         policies.append(policy(INFERENCE_GATEWAY, {"matchLabels": {
             "gateway.networking.k8s.io/gateway-name": INFERENCE_GATEWAY}},
             [ingress([p(GATEWAY)], INFERENCE_GATEWAY_PORT)],
             # Its own control plane (xDS) lives in another namespace.
-            [egress([p(ENGINE)], engine_port), egress([epp], EPP_PORT),
+            [egress([pool_pods], pool_port), egress([epp], EPP_PORT),
              {"to": [{"namespaceSelector": {"matchExpressions": [{"key": "kubernetes.io/metadata.name",
                                                                    "operator": "NotIn", "values": [ns]}]}}]}],
             INFERENCE_GATEWAY))
     return policies
+
+
+def _is(group: EngineDeployment, picked: EngineDeployment | None) -> bool:
+    return picked is not None and group.group == picked.group
+
+
+def _by_port(groups: Iterable[EngineDeployment]) -> dict[int, list[EngineDeployment]]:
+    """Engine groups by the port they listen on (in stack-file order): one egress rule per port."""
+    ports: dict[int, list[EngineDeployment]] = {}
+    for group in groups:
+        ports.setdefault(group.spec.port, []).append(group)
+    return ports
 
 
 # -- observability -----------------------------------------------------------------------------------
@@ -946,7 +1007,8 @@ def _observability(plan: Plan, settings: NodeSettings, meta: Meta) -> None:
 
     k8s = kubernetes_settings(settings)
     release = {"release": k8s.prometheus_release_label}  # kube-prometheus-stack's default selector
-    for component, port in ((ENGINE, "http"), (GATEWAY, "metrics")):
+    monitored = [*((engine_name(group.group), "http") for group in settings.engines), (GATEWAY, "metrics")]
+    for component, port in monitored:
         plan.add(Manifest("monitoring.coreos.com/v1", "ServiceMonitor", component, {
             "metadata": meta(component, component, extra_labels=release),
             "spec": {"selector": {"matchLabels": selector(component, settings.name_prefix)},

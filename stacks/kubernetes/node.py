@@ -58,10 +58,14 @@ class KubernetesNode(pulumi.ComponentResource):
         # -- images built from this repository, pushed to the cluster's registry -------------------
         builder = docker.Provider("image-builder", host=settings.docker_host, opts=pulumi.ResourceOptions(parent=self))
         device = settings.engine.spec.device
-        engine_base = images["vllm_gpu" if device == "cuda" else "vllm_cpu"]
         registry, ca = k8s_settings.image_registry, settings.build_ca_certificates
+        # One engine image per device the groups run on (the first generate group's first, as always).
+        devices = dict.fromkeys([device, *(group.spec.device for group in settings.engines)])
+        engine_images = {d: self._pushed(f"engine-{d}", ENGINE_BUILD, images["vllm_gpu" if d == "cuda" else "vllm_cpu"],
+                                         ca, registry, builder) for d in devices}
         self.images = {
-            "engine": self._pushed(f"engine-{device}", ENGINE_BUILD, engine_base, ca, registry, builder),
+            "engine": engine_images[device],
+            **{f"engine-{d}": image for d, image in engine_images.items() if d != device},
             "gateway": self._pushed("gateway", GATEWAY_BUILD, images["python"], ca, registry, builder),
         }
         if settings.quantize is not None:
@@ -93,7 +97,8 @@ class KubernetesNode(pulumi.ComponentResource):
         self.plan = manifests.build(settings, manifests.Images(
             engine=self.images["engine"].image_name, gateway=self.images["gateway"].image_name,
             quantize=self.images["quantize"].image_name if "quantize" in self.images else None,
-            postgres=images["postgres"], redis=images["redis"], traefik=images["traefik"]), secret_values)
+            postgres=images["postgres"], redis=images["redis"], traefik=images["traefik"],
+            engine_by_device={d: image.image_name for d, image in engine_images.items()}), secret_values)
 
         # -- the cluster ------------------------------------------------------------------------------
         self.provider = k8s.Provider("cluster", context=k8s_settings.context, namespace=k8s_settings.namespace,
@@ -120,6 +125,8 @@ class KubernetesNode(pulumi.ComponentResource):
             "served_model_name": settings.engine.spec.served_model_name,
             "namespace": k8s_settings.namespace,
             "internal_endpoints": {"engines": manifests.gateway_spec(settings).engines,
+                                   **({"embedding_engines": manifests.gateway_spec(settings).embedding_engines}
+                                      if settings.engines_of("embed") else {}),
                                    "gateway": f"http://{naming.GATEWAY}:{settings.gateway.port}"},
             "gateway_admin_token": self.admin_token,
         }

@@ -109,7 +109,7 @@ def parse_target(values: Mapping[str, Any]) -> str:
 
 
 def parse_kubernetes(values: Mapping[str, Any] | None, *, target: str, engines: Sequence[EngineDeployment],
-                     raw_engine: Mapping[str, Any] | None, tunnel_enabled: bool, models_host_dir: str | None,
+                     raw_engines: Sequence[Mapping[str, Any] | None], tunnel_enabled: bool, models_host_dir: str | None,
                      engine_dns_ttl_seconds: int | None = None, secrets_present: Sequence[str] = (),
                      ) -> KubernetesSettings | None:
     """The ``kubernetes`` object, validated (None on the docker target, where it must be absent)."""
@@ -124,19 +124,14 @@ def parse_kubernetes(values: Mapping[str, Any] | None, *, target: str, engines: 
             if secret in secrets_present:
                 raise ConfigError(secret, "applies only to target: kubernetes with kubernetes.data_stores: external")
         return None
-    # One engine StatefulSet, one KEDA scaler, one InferencePool: the manifests serve one model.
-    if len(engines) > 1:
-        raise ConfigError("engines", f"target kubernetes serves one engine group, this stack has {len(engines)} "
-                                     f"({', '.join(group.group for group in engines)}): deploy one stack per model, "
-                                     "or use target docker for a multi-model node")
-    engine = engines[0]
-    if engine.kind != "generate":
-        raise ConfigError(f"{engine.section}.kind", "target kubernetes serves a generate group only")
+    # Every engine group is its own StatefulSet (+ Service, PDB, KEDA scaler, NetworkPolicy);
+    # the kubernetes.engine_* settings below apply to each group alike.
     # Docker-only settings would silently do nothing on a cluster: refuse them.
-    if raw_engine and raw_engine.get("gpu_ids") is not None:
-        raise ConfigError(f"{engine.section}.gpu_ids",
-                          "is a Docker host setting; on kubernetes set kubernetes.gpus_per_engine "
-                          "(the scheduler picks the GPUs)")
+    for group, raw in zip(engines, raw_engines, strict=True):
+        if raw and raw.get("gpu_ids") is not None:
+            raise ConfigError(f"{group.section}.gpu_ids",
+                              "is a Docker host setting; on kubernetes set kubernetes.gpus_per_engine "
+                              "(the scheduler picks the GPUs)")
     if tunnel_enabled:
         raise ConfigError("tunnel.enabled", "is not supported on target kubernetes yet (expose the edge Service "
                                             "or run cloudflared in the cluster yourself)")
@@ -166,15 +161,18 @@ def parse_kubernetes(values: Mapping[str, Any] | None, *, target: str, engines: 
     if not _REGISTRY.match(registry):
         raise ConfigError("kubernetes.image_registry", f"{registry!r} is not a registry path (host[:port]/path)")
 
-    gpu = engine.spec.device == "cuda"
+    cuda_groups = [group for group in engines if group.spec.device == "cuda"]
+    gpu = bool(cuda_groups)  # the engine_cpu/engine_memory defaults: a GPU node's when any group is on cuda
     gpus = s.integer("gpus_per_engine", None, minimum=1, maximum=16)
     if gpu and gpus is None:
-        raise ConfigError("kubernetes.gpus_per_engine", "is required when engine.device is cuda (nvidia.com/gpu "
-                                                        "per engine pod; 2+ for tensor parallel)")
+        raise ConfigError("kubernetes.gpus_per_engine", f"is required when {cuda_groups[0].section}.device is cuda "
+                                                        "(nvidia.com/gpu per engine pod of every cuda group; 2+ for "
+                                                        "tensor parallel)")
     if not gpu and gpus is not None:
         raise ConfigError("kubernetes.gpus_per_engine", "only applies to engine.device: cuda")
 
-    min_replicas = s.integer("engine_min_replicas", engine.replicas, minimum=1)
+    # Every group scales between the same bounds (default minimum: the largest group's replicas).
+    min_replicas = s.integer("engine_min_replicas", max(group.replicas for group in engines), minimum=1)
     max_replicas = s.integer("engine_max_replicas", min_replicas, minimum=1)
     if max_replicas < min_replicas:
         raise ConfigError("kubernetes.engine_max_replicas", f"{max_replicas} is below engine_min_replicas "
@@ -199,6 +197,12 @@ def parse_kubernetes(values: Mapping[str, Any] | None, *, target: str, engines: 
     if parent is not None and not _PARENT.match(parent):
         raise ConfigError("kubernetes.gateway_api_parent", f"{parent!r} must be namespace/name")
     picker = s.string("endpoint_picker", "none", choices=ENDPOINT_PICKERS)
+    generate = [group.group for group in engines if group.kind == "generate"]
+    if picker == "inference-extension" and len(generate) != 1:
+        raise ConfigError("kubernetes.endpoint_picker", f"inference-extension serves one generate group (one "
+                                                        f"InferencePool), this stack has {len(generate)} "
+                                                        f"({', '.join(generate)}): set endpoint_picker: none "
+                                                        "(the gateway picks among every group's pods itself)")
     inference_class = s.string("inference_gateway_class", None)
     if picker == "inference-extension" and inference_class is None:
         raise ConfigError("kubernetes.inference_gateway_class", "is required when kubernetes.endpoint_picker is "

@@ -21,6 +21,9 @@ def _k8s_dev_groups(*extra: dict) -> dict:
 
 EMBED = {"name": "embed", "kind": "embed", "device": "cpu", "model_dir": "tiny-llama",
          "served_model_name": "tiny-embed", "max_model_len": 512}
+CODER = {"name": "coder", "device": "cpu", "model_dir": "tiny-llama", "served_model_name": "tiny-coder",
+         "max_model_len": 512}
+PICKER = {"kubernetes": {"endpoint_picker": "inference-extension", "inference_gateway_class": "kgateway"}}
 BAD = [
     ("k8s-dev", {"kubernetes": {"namespace": None}}, "kubernetes.namespace", "is required"),
     ("k8s-dev", {"kubernetes": {"storage_class": None}}, "kubernetes.storage_class", "is required"),
@@ -30,9 +33,14 @@ BAD = [
     ("k8s-dev", {"kubernetes": {"gpus_per_engine": 1}}, "kubernetes.gpus_per_engine", "only applies"),
     ("k8s-prod", {"engine": {"gpu_ids": ["0", "1"]}}, "engine.gpu_ids", "Docker host setting"),
     ("k8s-dev", {"tunnel": {"enabled": True}}, "tunnel.enabled", "not supported"),
-    # one model per cluster stack: several engine groups are refused, naming them
-    ("k8s-dev", _k8s_dev_groups(EMBED), "engines", "target kubernetes serves one engine group, this stack has 2 "
-                                                   "(chat, embed)"),
+    # several engine groups are served (tests/k8s/test_k8s_stacks.py); the endpoint picker's one
+    # InferencePool takes exactly one generate group, and Docker-only keys are refused in any group
+    ("k8s-dev", _k8s_dev_groups(CODER) | PICKER, "kubernetes.endpoint_picker",
+     "serves one generate group (one InferencePool), this stack has 2 (chat, coder)"),
+    ("k8s-dev", _k8s_dev_groups(EMBED | {"device": "cuda", "gpu_ids": ["0"]}), "engines[1].gpu_ids",
+     "Docker host setting"),
+    ("k8s-dev", _k8s_dev_groups(EMBED | {"device": "cuda"}), "kubernetes.gpus_per_engine",
+     "is required when engines[1].device is cuda"),
     ("k8s-dev", {"engine": None, "engines": [EMBED]}, "engines", "at least one group of kind generate"),
     ("k8s-dev", _k8s_dev_groups() | {"engines": [{"name": "chat", **_k8s_dev_groups()["engines"][0],
                                                   "gpu_ids": ["0"], "device": "cuda"}]},

@@ -22,6 +22,8 @@ from services.launch import GATEWAY_SECRETS_DIR_ENV, engine_args, gateway_env, g
 from stacks.config import load_stack_settings, parse_settings, read_stack_values
 from stacks.kubernetes import manifests
 from stacks.kubernetes.node import BUILT_IN
+from stacks.naming import engine_alias
+from tests.k8s.groups import TWO_GROUP_OBJECTS, two_groups
 from tests.k8s.netpol import Endpoint, Policies
 from tests.k8s.objects import charts, containers, declared_objects, names, objects, pod_templates
 from tests.stacks.mock_runtime import (
@@ -142,21 +144,35 @@ def _secrets() -> manifests.SecretValues:
 # -- same launch code as the Docker target, token for token ------------------------------------------------
 
 
-@pytest.mark.parametrize("stack", STACKS)
+SAME_LAUNCH = {  # name -> (stack, overrides): the stacks as they are, and with two engine groups
+    "k8s-dev": ("k8s-dev", {}),
+    "k8s-prod": ("k8s-prod", {}),
+    "k8s-dev-two-groups": ("k8s-dev", two_groups("k8s-dev")),
+    "k8s-prod-two-groups": ("k8s-prod", two_groups("k8s-prod")),
+}
+
+
+@pytest.mark.parametrize("variant", SAME_LAUNCH)
 @pulumi.runtime.test
-def test_engine_command_and_gateway_env_are_the_docker_targets(stack):
-    """The same stack on target docker: the engine's argv and env, the gateway's argv and env agree;
-    only the gateway's engine locations differ (per-pod DNS names instead of Docker aliases)."""
-    docker_run = run_program(stack, overrides={"target": "docker", "kubernetes": None})
-    settings = load_stack_settings(stack)
+def test_engine_command_and_gateway_env_are_the_docker_targets(variant):
+    """The same stack on target docker: every engine group's argv and env, the gateway's argv and env
+    agree; only the gateway's engine locations differ (per-pod DNS names instead of Docker aliases)."""
+    stack, overrides = SAME_LAUNCH[variant]
+    docker_run = run_program(stack, overrides=overrides | {"target": "docker", "kubernetes": None})
+    settings = parse_settings(deep_merge(read_stack_values(stack), overrides), stack)
+    several = len(settings.engines) > 1
 
     def compare(both):
         docker_d, k8s_d = both
         found = objects(k8s_d)
-        docker_engine = docker_d.container("engine-0")
-        k8s_engine = found[("StatefulSet", "engine")]["spec"]["template"]["spec"]["containers"][0]
-        assert k8s_engine["args"] == docker_engine.props["command"] == engine_args(settings.engine.spec)
-        assert {e["name"]: e["value"] for e in k8s_engine["env"]} == docker_engine.env
+        assert names(found, "StatefulSet") - {"postgres", "redis"} == {
+            manifests.engine_name(group.group) for group in settings.engines}
+        for group in settings.engines:
+            docker_engine = docker_d.container(engine_alias(0, group.group))
+            workload = found[("StatefulSet", manifests.engine_name(group.group))]
+            k8s_engine = workload["spec"]["template"]["spec"]["containers"][0]
+            assert k8s_engine["args"] == docker_engine.props["command"] == engine_args(group.spec)
+            assert {e["name"]: e["value"] for e in k8s_engine["env"]} == docker_engine.env
 
         docker_gateway = docker_d.container("gateway")
         k8s_gateway = found[("Deployment", "gateway")]["spec"]["template"]["spec"]["containers"][0]
@@ -164,13 +180,21 @@ def test_engine_command_and_gateway_env_are_the_docker_targets(stack):
         k8s_env = {e["name"]: e["value"] for e in k8s_gateway["env"]}
         differing = {k for k in k8s_env.keys() | docker_gateway.env.keys()
                      if k8s_env.get(k) != docker_gateway.env.get(k)}
-        assert differing == {"GATEWAY_ENGINES"}
+        assert differing == ({"GATEWAY_ENGINES", "GATEWAY_EMBEDDING_ENGINES"} if several else {"GATEWAY_ENGINES"})
         secrets_dir = {GATEWAY_SECRETS_DIR_ENV: manifests.SECRETS_DIR}
         assert k8s_env == gateway_env(manifests.gateway_spec(settings)) | secrets_dir
-        ns = settings.kubernetes.namespace
-        assert k8s_env["GATEWAY_ENGINES"].split(",") == [
-            f"http://engine-{i}.engine.{ns}.svc.cluster.local:8000"
-            for i in range(settings.kubernetes.engine_max_replicas)]
+        ns, replicas = settings.kubernetes.namespace, range(settings.kubernetes.engine_max_replicas)
+        if several:  # generate groups in GATEWAY_ENGINES, embedding groups in GATEWAY_EMBEDDING_ENGINES, as on Docker
+            assert docker_gateway.env["GATEWAY_ENGINES"] == "http://engine-chat-0:8000" + (
+                ",http://engine-chat-1:8000" if stack == "k8s-prod" else "")
+            assert docker_gateway.env["GATEWAY_EMBEDDING_ENGINES"] == "http://engine-embed-0:8000"
+            assert k8s_env["GATEWAY_ENGINES"].split(",") == [
+                f"http://engine-chat-{i}.engine-chat.{ns}.svc.cluster.local:8000" for i in replicas]
+            assert k8s_env["GATEWAY_EMBEDDING_ENGINES"].split(",") == [
+                f"http://engine-embed-{i}.engine-embed.{ns}.svc.cluster.local:8000" for i in replicas]
+        else:
+            assert k8s_env["GATEWAY_ENGINES"].split(",") == [
+                f"http://engine-{i}.engine.{ns}.svc.cluster.local:8000" for i in replicas]
         # The migration job: the Docker job's argv.
         migrate = found[("Job", "gateway-migrate")]["spec"]["template"]["spec"]["containers"][0]
         docker_migrate = docker_d.container("gateway-migrate")
@@ -178,7 +202,80 @@ def test_engine_command_and_gateway_env_are_the_docker_targets(stack):
         if settings.quantize is not None:
             quantize = found[("Job", "quantize")]["spec"]["template"]["spec"]["containers"][0]
             assert quantize["args"] == docker_d.container("quantize").props["command"]
-    return pulumi.Output.all(docker_run.ready(), run_program(stack).ready()).apply(compare)
+    return pulumi.Output.all(docker_run.ready(), run_program(stack, overrides=overrides).ready()).apply(compare)
+
+
+# -- several engine groups: one workload per group ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("stack", STACKS)
+@pulumi.runtime.test
+def test_two_engine_groups_are_two_workloads(stack):
+    """A chat (generate) and an embed group: each its own StatefulSet, headless Service, PDB, KEDA scaler,
+    ServiceMonitor and NetworkPolicy; the gateway lists both; strictly valid; GPUs by each group's device."""
+    overrides = two_groups(stack)
+    settings = parse_settings(deep_merge(read_stack_values(stack), overrides), stack)
+    k8s = settings.kubernetes
+    per_group = {"engine-chat": settings.group("chat"), "engine-embed": settings.group("embed")}
+
+    def check(d: Deployment):
+        found = objects(d)
+        for kind, expected in EXPECTED[stack].items():  # the one-group stack's objects, "engine" per group
+            if "engine" in expected:
+                expected = expected - {"engine"} | TWO_GROUP_OBJECTS[kind]
+            assert names(found, kind) == expected, kind
+        for kind in ("PodDisruptionBudget", "ScaledObject", "ServiceMonitor"):
+            assert names(found, kind) == TWO_GROUP_OBJECTS[kind] | ({"gateway"} if kind != "ScaledObject" else set())
+        assert names(found, "HorizontalPodAutoscaler") == {"gateway"}
+        for (kind, _), manifest in found.items():
+            if kind in BUILT_IN_KINDS:
+                kubernetes_validate.validate(manifest, k8s.version, strict=True)
+        for name, group in per_group.items():
+            workload = found[("StatefulSet", name)]["spec"]
+            # each selector (workload, Service, PDB) picks its own group's pods and no other group's
+            for other in per_group:
+                other_pods = found[("StatefulSet", other)]["spec"]["template"]["metadata"]["labels"]
+                for selector in (workload["selector"]["matchLabels"], found[("Service", name)]["spec"]["selector"],
+                                 found[("PodDisruptionBudget", name)]["spec"]["selector"]["matchLabels"]):
+                    assert (selector.items() <= other_pods.items()) == (other == name), (name, other)
+            assert workload["serviceName"] == name and found[("Service", name)]["spec"]["clusterIP"] == "None"
+            assert found[("Service", name)]["metadata"]["labels"]["llm-node.io/job"] == "vllm"  # the rules' job
+            scaled = found[("ScaledObject", name)]["spec"]
+            assert scaled["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": name}
+            (trigger,) = scaled["triggers"]
+            query = trigger["metadata"]["query"]
+            assert _metric_names(query) == {"vllm:num_requests_waiting"}
+            assert f'model_name="{group.spec.served_model_name}"' in query and f'namespace="{k8s.namespace}"' in query
+            assert (scaled["minReplicaCount"], scaled["maxReplicaCount"]) == (k8s.engine_min_replicas,
+                                                                              k8s.engine_max_replicas)
+            engine = workload["template"]["spec"]["containers"][0]
+            assert engine["args"] == engine_args(group.spec)
+            # GPU limits by the group's device: the chat group on k8s-prod (cuda), never the CPU embed group
+            gpus = engine["resources"]["limits"].get("nvidia.com/gpu")
+            assert gpus == (str(k8s.gpus_per_engine) if group.spec.device == "cuda" else None), name
+            assert ("tolerations" in workload["template"]["spec"]) == (group.spec.device == "cuda")
+            # ... and the engine image built for that device
+            assert f"/engine-{group.spec.device}:" in engine["image"], engine["image"]
+        gateway = found[("Deployment", "gateway")]["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e["value"] for e in gateway["env"]}
+        assert env["GATEWAY_ENGINES"].split(",") == manifests.engine_urls(k8s, settings.group("chat"))
+        assert env["GATEWAY_EMBEDDING_ENGINES"].split(",") == manifests.engine_urls(k8s, settings.group("embed"))
+        assert env["GATEWAY_EMBEDDING_ENGINES"].startswith(f"http://engine-embed-0.engine-embed.{k8s.namespace}.svc")
+        assert d.outputs["internal_endpoints"]["embedding_engines"] == manifests.engine_urls(
+            k8s, settings.group("embed"))
+    return checked(stack, check, overrides=overrides)
+
+
+def test_the_quantize_job_comes_before_the_group_it_prepares_only():
+    overrides = two_groups("k8s-prod")
+    settings = parse_settings(deep_merge(read_stack_values("k8s-prod"), overrides), "k8s-prod")
+    plan = {m.key: m for m in manifests.build(settings, _images(), _secrets()).manifests}
+    assert "job-quantize" in plan["statefulset-engine-chat"].depends_on
+    assert "job-quantize" not in plan["statefulset-engine-embed"].depends_on
+    quantize = plan["job-quantize"].manifest["spec"]["template"]["spec"]["containers"][0]
+    assert quantize["resources"]["limits"]["nvidia.com/gpu"] == "1"  # the chat group's device
+    # the gateway rolls out after every group's engines
+    assert {"statefulset-engine-chat", "statefulset-engine-embed"} <= set(plan["deployment-gateway"].depends_on)
 
 
 # -- GPUs, probes, shared memory ---------------------------------------------------------------------------
@@ -288,7 +385,15 @@ VARIANTS = {  # name -> (stack, overrides, secrets)
                                                                 **GATEWAY_API_EDGE["kubernetes"]}}, {}),
     "k8s-prod-external-data": ("k8s-prod", EXTERNAL, EXTERNAL_SECRETS),
     "k8s-dev-hub-online": ("k8s-dev", HUB_ONLINE, {}),
+    # several engine groups: each reachable from the gateway (the picked one from the picker) only
+    "k8s-dev-two-groups": ("k8s-dev", two_groups("k8s-dev"), {}),
+    "k8s-prod-two-groups-picker": ("k8s-prod", two_groups("k8s-prod", picker=True), {}),
 }
+
+
+def engine_workloads(settings) -> dict[str, object]:
+    """Engine workload name -> its group (``engine`` for the default group, ``engine-<group>``)."""
+    return {manifests.engine_name(group.group): group for group in settings.engines}
 
 
 def cluster(d: Deployment, settings) -> dict[str, Endpoint]:
@@ -307,7 +412,8 @@ def cluster(d: Deployment, settings) -> dict[str, Endpoint]:
         parent_ns = k8s.gateway_api_parent.split("/")[0]
         pods["edge-proxy"] = Endpoint("edge-proxy", parent_ns, {"app": "edge-proxy"}, ip="10.1.1.2")
     if k8s.endpoint_picker == "inference-extension":
-        pods["epp"] = Endpoint("epp", ns, {"inferencepool": "engine-pool-epp"}, ip="10.1.1.3")
+        (pool,) = charts(d).keys() - {"traefik"}  # the chart's release: its picker's pods are "<release>-epp"
+        pods["epp"] = Endpoint("epp", ns, {"inferencepool": f"{pool}-epp"}, ip="10.1.1.3")
         pods["inference-gateway"] = Endpoint("inference-gateway", ns, {
             "gateway.networking.k8s.io/gateway-name": "inference-gateway"}, ip="10.1.1.4")
         pods["mesh-control-plane"] = Endpoint("mesh-control-plane", "kgateway-system", {"app": "kgateway"},
@@ -324,8 +430,9 @@ def cluster(d: Deployment, settings) -> dict[str, Endpoint]:
     return pods
 
 
-LISTENING = {  # (port, protocol) each endpoint listens on
-    "engine": [(8000, "TCP")], "gateway": [(8080, "TCP"), (9101, "TCP")], "postgres": [(5432, "TCP")],
+LISTENING = {  # (port, protocol) each endpoint listens on (every engine workload: engine, engine-<group>)
+    "engine": [(8000, "TCP")], "engine-chat": [(8000, "TCP")], "engine-embed": [(8000, "TCP")],
+    "gateway": [(8080, "TCP"), (9101, "TCP")], "postgres": [(5432, "TCP")],
     "redis": [(6379, "TCP")], "traefik": [(8000, "TCP"), (8443, "TCP"), (9100, "TCP")],
     "prometheus": [(9090, "TCP")], "kube-dns": [(53, "UDP"), (53, "TCP")], "other-tenant": [(8080, "TCP")],
     "api-server": [(443, "TCP"), (6443, "TCP")], "hf-hub": [(443, "TCP")], "gateway-migrate": [], "quantize": [],
@@ -333,8 +440,8 @@ LISTENING = {  # (port, protocol) each endpoint listens on
     "inference-gateway": [(80, "TCP")], "mesh-control-plane": [(9977, "TCP")],
     "external-db": [(5432, "TCP"), (6380, "TCP")],
 }
-OURS = {"engine", "gateway", "gateway-migrate", "postgres", "redis", "quantize", "traefik", "epp",
-        "inference-gateway"}
+OURS = {"engine", "engine-chat", "engine-embed", "gateway", "gateway-migrate", "postgres", "redis", "quantize",
+        "traefik", "epp", "inference-gateway"}
 
 
 def api_server_egress(source: str, pods: dict[str, Endpoint]) -> set[tuple[str, str, int, str]]:
@@ -355,8 +462,10 @@ def intended_flows(pods: dict[str, Endpoint], settings) -> set[tuple[str, str, i
     else:
         flows = {("gateway", "external-db", 5432, "TCP"), ("gateway", "external-db", 6380, "TCP"),
                  ("gateway-migrate", "external-db", 5432, "TCP")}
-    flows |= {# metrics: only Prometheus
-             ("prometheus", "engine", 8000, "TCP"), ("prometheus", "gateway", 9101, "TCP")}
+    engines = engine_workloads(settings)
+    picked = "engine-chat" if len(engines) > 1 else "engine"  # the generate group (the only one with a picker)
+    flows |= {("prometheus", "gateway", 9101, "TCP")}  # metrics: only Prometheus
+    flows |= {("prometheus", engine, 8000, "TCP") for engine in engines}
     if k8s.edge == "traefik":
         flows |= {("traefik", "gateway", 8080, "TCP"), ("prometheus", "traefik", 9100, "TCP")}
         flows |= api_server_egress("traefik", pods)  # the Ingress watch; ACME over https
@@ -365,21 +474,24 @@ def intended_flows(pods: dict[str, Endpoint], settings) -> set[tuple[str, str, i
         flows |= {("edge-proxy", "gateway", 8080, "TCP")}  # the shared Gateway's namespace only
     if picker:
         flows |= {("gateway", "inference-gateway", 80, "TCP"),
-                  ("inference-gateway", "engine", 8000, "TCP"), ("inference-gateway", "epp", 9002, "TCP"),
-                  ("epp", "engine", 8000, "TCP"), ("prometheus", "epp", 9090, "TCP")}
+                  ("inference-gateway", picked, 8000, "TCP"), ("inference-gateway", "epp", 9002, "TCP"),
+                  ("epp", picked, 8000, "TCP"), ("prometheus", "epp", 9090, "TCP")}
+        # the other groups (embeddings) the gateway reaches directly
+        flows |= {("gateway", engine, 8000, "TCP") for engine in engines if engine != picked}
         flows |= api_server_egress("epp", pods)  # it watches pods and its InferencePool
         # The inference gateway's proxy talks to its control plane in another namespace (any pod there).
         flows |= {("inference-gateway", name, port, proto) for name, pod in pods.items()
                   if pod.namespace not in (None, k8s.namespace) for port, proto in LISTENING[name]}
     else:
-        flows |= {("gateway", "engine", 8000, "TCP")}
+        flows |= {("gateway", engine, 8000, "TCP") for engine in engines}
     flows |= {(source, "kube-dns", 53, proto) for source in pods if source in OURS for proto in ("UDP", "TCP")}
-    if not settings.engine.spec.hf_hub_offline:
-        # Downloads: https to public addresses only (never a private range: no pod, no API server).
-        private = [ipaddress.ip_network(cidr) for cidr in manifests.PRIVATE_RANGES]
-        flows |= {("engine", name, 443, "TCP") for name, pod in pods.items()
-                  if pod.namespace is None and (443, "TCP") in LISTENING[name]
-                  and not any(ipaddress.ip_address(pod.ip) in net for net in private)}
+    for engine, group in engines.items():
+        if not group.spec.hf_hub_offline:
+            # Downloads: https to public addresses only (never a private range: no pod, no API server).
+            private = [ipaddress.ip_network(cidr) for cidr in manifests.PRIVATE_RANGES]
+            flows |= {(engine, name, 443, "TCP") for name, pod in pods.items()
+                      if pod.namespace is None and (443, "TCP") in LISTENING[name]
+                      and not any(ipaddress.ip_address(pod.ip) in net for net in private)}
     return flows
 
 
@@ -406,12 +518,18 @@ def test_network_policies_allow_exactly_the_intended_flows(variant):
         assert expected - allowed == set(), "intended flows blocked"
         # The issue's statements, spelled out: data stores and engines only from the gateway
         # (or, with the picker, its inference gateway and picker); metrics only from Prometheus.
-        for store, port in (("postgres", 5432), ("redis", 6379), ("engine", 8000), ("external-db", 5432)):
+        engines = [(engine, 8000) for engine in engine_workloads(settings)]
+        picker = settings.kubernetes.endpoint_picker != "none"
+        picked = manifests.engine_name(settings.engine.group) if picker else None
+        assert {name for name, _ in engines} <= set(pods)
+        for store, port in (("postgres", 5432), ("redis", 6379), *engines, ("external-db", 5432)):
             if store not in pods:
                 continue
             reachers = {s for s in pods if policies.can_reach(pods[s], pods[store], port)
                         and (pods[store].namespace is not None or s in OURS)}  # outside: only our pods are ours
             assert reachers <= {"gateway", "gateway-migrate", "prometheus", "inference-gateway", "epp"}, store
+            if store in engine_workloads(settings) and store != picked:  # no picker in front: the gateway only
+                assert reachers == {"gateway", "prometheus"}, store
         assert {s for s in pods if policies.can_reach(pods[s], pods["gateway"], 9101)} == {"prometheus"}
     return checked(stack, check, overrides=overrides, secrets=secrets)
 

@@ -13,6 +13,7 @@ import pytest
 
 from policy import k8s_rules
 from policy.pack import POLICIES
+from tests.k8s.groups import two_groups
 from tests.k8s.objects import _ints
 from tests.policy.test_policies import Node, declared_node, edited, violations
 from tests.stacks.mock_runtime import MOCK_SECRET_MARK, run_program
@@ -50,6 +51,9 @@ NODES = {  # name -> (stack, run_program kwargs)
         "overrides": {"kubernetes": {"data_stores": "external", "external_data_cidrs": ["10.20.0.0/24"]}},
         "secrets": {"external_database_url": f"postgresql://u:{MOCK_SECRET_MARK}@10.20.0.5/db",
                     "external_redis_url": f"redis://:{MOCK_SECRET_MARK}@10.20.0.6:6379/0"}}),
+    # several engine groups (chat + embed), one workload each; on k8s-prod behind the endpoint picker
+    "k8s-dev-two-groups": ("k8s-dev", {"overrides": two_groups("k8s-dev")}),
+    "k8s-prod-two-groups-picker": ("k8s-prod", {"overrides": two_groups("k8s-prod", picker=True)}),
 }
 
 
