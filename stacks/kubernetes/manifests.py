@@ -572,8 +572,8 @@ def _engine(plan: Plan, settings: NodeSettings, engine: EngineDeployment, images
 
 def autoscaling_query(settings: NodeSettings, group: EngineDeployment | None = None) -> str:
     """The KEDA trigger's PromQL: requests queued in this namespace's engines of one group (its served
-    model; vLLM V1's scheduler gauge, the same for an embed group's pooling runner; the metric is checked
-    against the real engine serving a generate model)."""
+    model; vLLM V1's scheduler gauge, the same for an embed group's pooling runner; the metric and label are
+    checked against the real engines of both kinds)."""
     k8s = kubernetes_settings(settings)
     engine = group if group is not None else settings.engine
     return (f'sum(vllm:num_requests_waiting{{namespace="{k8s.namespace}",'

@@ -657,13 +657,21 @@ def test_the_keda_metric_is_one_the_rules_already_use():
 
 
 @pytest.mark.engine
-def test_the_keda_metric_is_exported_by_the_real_engine(engine):
-    query = manifests.autoscaling_query(load_stack_settings("k8s-dev"))
-    exported = {line.split("{")[0].split(" ")[0] for line in engine.metrics_text().splitlines()
-                if line and not line.startswith("#")}
+@pytest.mark.parametrize("group", ["chat", "embed"])
+def test_the_keda_metric_is_exported_by_the_real_engine(group, request):
+    """Each group's trigger (a two-group k8s-dev: generate and embed) names a metric the real CPU
+    vLLM of that kind exports, with the model_name label value the query filters on."""
+    settings = parse_settings(deep_merge(read_stack_values("k8s-dev"), two_groups("k8s-dev")), "k8s-dev")
+    engine = request.getfixturevalue("engine" if group == "chat" else "embed_engine")
+    query = manifests.autoscaling_query(settings, settings.group(group))
+    text = engine.metrics_text()
+    exported = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
     (metric,) = _metric_names(query)
     assert metric in exported, sorted(m for m in exported if m.startswith("vllm:"))
-    assert 'model_name="' in next(line for line in engine.metrics_text().splitlines() if line.startswith(metric))
+    (model,) = re.findall(r'model_name="([^"]+)"', query)
+    assert model == engine.model
+    assert any(line.startswith(metric) and f'model_name="{model}"' in line for line in text.splitlines()), \
+        [line for line in text.splitlines() if line.startswith(metric)]
 
 
 # -- observability and edge custom resources ---------------------------------------------------------------
