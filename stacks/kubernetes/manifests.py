@@ -132,17 +132,12 @@ class Chart:
 @dataclass(frozen=True)
 class Images:
     # The built images' names: Outputs on the cluster, plain strings in pure tests.
-    engine: pulumi.Input[str]  # the engine image of the first generate group's device
+    engines: Mapping[str, pulumi.Input[str]]  # device (cpu | cuda) -> its engine image, one per device in use
     gateway: pulumi.Input[str]
     quantize: pulumi.Input[str] | None
     postgres: str
     redis: str
     traefik: str
-    # device (cpu | cuda) -> its engine image, where groups run on several devices ({}: ``engine`` for all)
-    engine_by_device: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
-
-    def engine_for(self, device: str) -> pulumi.Input[str]:
-        return self.engine_by_device.get(device, self.engine)
 
 
 @dataclass(frozen=True)
@@ -274,11 +269,10 @@ def engine_name(group: str = naming.DEFAULT_ENGINE_GROUP) -> str:
     return ENGINE if group == naming.DEFAULT_ENGINE_GROUP else f"{ENGINE}-{group}"
 
 
-def engine_urls(k8s: KubernetesSettings, group: EngineDeployment | None = None) -> list[str]:
+def engine_urls(k8s: KubernetesSettings, group: EngineDeployment) -> list[str]:
     """One URL per possible replica of a group: its StatefulSet's pod DNS names (up to the autoscaler's max)."""
-    name = engine_name(group.group if group is not None else naming.DEFAULT_ENGINE_GROUP)
-    port = group.spec.port if group is not None else naming.ENGINE_PORT
-    return [f"http://{name}-{i}.{name}.{k8s.namespace}.svc.cluster.local:{port}"
+    name = engine_name(group.group)
+    return [f"http://{name}-{i}.{name}.{k8s.namespace}.svc.cluster.local:{group.spec.port}"
             for i in range(k8s.engine_max_replicas)]
 
 
@@ -519,7 +513,7 @@ def _engine(plan: Plan, settings: NodeSettings, engine: EngineDeployment, images
         "terminationGracePeriodSeconds": 30,
         "containers": [{
             "name": ENGINE,
-            "image": images.engine_for(spec.device),
+            "image": images.engines[spec.device],
             # The image's entrypoint sanitizes the adapters, then runs `vllm serve <args>`;
             # args are the Docker container's command, token for token.
             "args": engine_args(spec),
@@ -570,17 +564,16 @@ def _engine(plan: Plan, settings: NodeSettings, engine: EngineDeployment, images
     plan.add(scaled_object(settings, engine))
 
 
-def autoscaling_query(settings: NodeSettings, group: EngineDeployment | None = None) -> str:
+def autoscaling_query(settings: NodeSettings, group: EngineDeployment) -> str:
     """The KEDA trigger's PromQL: requests queued in this namespace's engines of one group (its served
     model; vLLM V1's scheduler gauge, the same for an embed group's pooling runner; the metric and label are
     checked against the real engines of both kinds)."""
     k8s = kubernetes_settings(settings)
-    engine = group if group is not None else settings.engine
     return (f'sum(vllm:num_requests_waiting{{namespace="{k8s.namespace}",'
-            f'model_name="{engine.spec.served_model_name}"}})')
+            f'model_name="{group.spec.served_model_name}"}})')
 
 
-def scaled_object(settings: NodeSettings, group: EngineDeployment | None = None) -> Manifest:
+def scaled_object(settings: NodeSettings, group: EngineDeployment) -> Manifest:
     """KEDA ScaledObject for one engine group's StatefulSet (keda.sh/v1alpha1; the prometheus scaler).
 
     Field names from KEDA's ScaledObject spec (kedacore/keda apis/keda/v1alpha1/scaledobject_types.go:
@@ -595,9 +588,8 @@ def scaled_object(settings: NodeSettings, group: EngineDeployment | None = None)
     when scaling to 0 (keda.sh ScaledObject spec, "cooldownPeriod"), and minReplicaCount is >= 1 here.
     """
     k8s = kubernetes_settings(settings)
-    engine = group if group is not None else settings.engine
-    name = engine_name(engine.group)
-    load = min(max(engine.health_start_period_seconds, 60), 1800)  # HPA policies: periodSeconds <= 1800
+    name = engine_name(group.group)
+    load = min(max(group.health_start_period_seconds, 60), 1800)  # HPA policies: periodSeconds <= 1800
     return Manifest("keda.sh/v1alpha1", "ScaledObject", name, {
         "metadata": _meta(name, k8s.namespace, name, settings.name_prefix),
         "spec": {
@@ -614,7 +606,7 @@ def scaled_object(settings: NodeSettings, group: EngineDeployment | None = None)
             }}},
             "triggers": [{"type": "prometheus", "metadata": {
                 "serverAddress": k8s.prometheus_url,
-                "query": autoscaling_query(settings, engine),
+                "query": autoscaling_query(settings, group),
                 "threshold": str(k8s.queue_target),
                 "activationThreshold": "0",
             }}],

@@ -95,10 +95,10 @@ class KubernetesNode(pulumi.ComponentResource):
                 tls_private_key=secrets.tls_private_key,
             )
         self.plan = manifests.build(settings, manifests.Images(
-            engine=self.images["engine"].image_name, gateway=self.images["gateway"].image_name,
+            engines={d: image.image_name for d, image in engine_images.items()},
+            gateway=self.images["gateway"].image_name,
             quantize=self.images["quantize"].image_name if "quantize" in self.images else None,
-            postgres=images["postgres"], redis=images["redis"], traefik=images["traefik"],
-            engine_by_device={d: image.image_name for d, image in engine_images.items()}), secret_values)
+            postgres=images["postgres"], redis=images["redis"], traefik=images["traefik"]), secret_values)
 
         # -- the cluster ------------------------------------------------------------------------------
         self.provider = k8s.Provider("cluster", context=k8s_settings.context, namespace=k8s_settings.namespace,

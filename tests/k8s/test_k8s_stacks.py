@@ -132,7 +132,8 @@ def test_chart_image_parts():
 
 
 def _images() -> manifests.Images:
-    return manifests.Images(engine="r/engine:src-000000000000", gateway="r/gateway:src-000000000000",
+    return manifests.Images(engines={"cpu": "r/engine-cpu:src-000000000000", "cuda": "r/engine-cuda:src-000000000000"},
+                            gateway="r/gateway:src-000000000000",
                             quantize="r/quantize:src-000000000000", postgres="postgres:17.6", redis="redis:7.4.5",
                             traefik="traefik:v3.6.8")
 
@@ -652,7 +653,8 @@ def test_the_gateway_autoscaler_s_bounds_come_from_config():
 def test_the_keda_metric_is_one_the_rules_already_use():
     """Cheap check (no engine): the alert rules, tested against the real engine's metrics, use it too."""
     used = set(re.findall(r"vllm:[a-z_]+", "\n".join(rule_files().values())))
-    query = manifests.autoscaling_query(load_stack_settings("k8s-dev"))
+    settings = load_stack_settings("k8s-dev")
+    query = manifests.autoscaling_query(settings, settings.engine)
     assert _metric_names(query) <= used
 
 
