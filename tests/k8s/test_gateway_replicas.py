@@ -122,22 +122,14 @@ async def _wait_for_usage_rows(database_url: str, key: str, expected: int, timeo
 async def test_rpm_is_global_across_replicas(replicas, upstream, make_key, migrated_database_url):
     limit, clients = 7, 60
     key = make_key(rpm=limit)
-    body = {"model": upstream.model, "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}
     upstream.mode = "ok"
-    targets = itertools.cycle(replicas)
-    async with aiohttp.ClientSession() as session:
-        async def one(gateway):
-            async with session.post(gateway.url + CHAT, json=body, headers=auth(key)) as response:
-                await response.read()
-                return gateway.url, response.status
-        started = time.monotonic()
-        results = await asyncio.gather(*(one(next(targets)) for _ in range(clients)))
-        assert time.monotonic() - started < 30  # well inside the minute's window
-    statuses = [status for _, status in results]
+    results, elapsed = await _burst(replicas, key, _rpm_request(upstream.model), clients)
+    assert elapsed < 30  # well inside the minute's window
+    statuses = [status for _, status, _, _ in results]
     assert statuses.count(200) == limit, statuses
     assert statuses.count(429) == clients - limit
     # Every replica answered some of them: the limit held across processes, not inside one.
-    assert {url for url, _ in results} == {g.url for g in replicas}
+    assert {url for url, *_ in results} == {g.url for g in replicas}
     assert await _wait_for_usage_rows(migrated_database_url, key, limit) == limit
 
 
@@ -178,6 +170,11 @@ TPM_FULL_REQUESTS = 4      # requests a full bucket holds
 TPM_CLIENTS = 60
 
 
+def _rpm_request(model: str) -> bytes:
+    """The smallest chat request: the RPM tests count requests, not tokens."""
+    return orjson.dumps({"model": model, "messages": [{"role": "user", "content": "x"}], "max_tokens": 1})
+
+
 def _tpm_request(model: str) -> tuple[bytes, tuple[int, int]]:
     """A chat body (exact bytes) and the tokens the gateway reserves for it, (prompt, completion):
     the prompt's estimate from the body's size (llm_gateway/tokens.py) and max_tokens
@@ -188,9 +185,9 @@ def _tpm_request(model: str) -> tuple[bytes, tuple[int, int]]:
     return body, (estimate(len(body)), max_tokens)
 
 
-async def _tpm_burst(gateways, key: str, body: bytes) -> tuple[list[tuple[str, int, str, dict]], float]:
-    """TPM_CLIENTS concurrent requests spread over ``gateways``: (url, status, text, headers) each,
-    and the seconds the burst took."""
+async def _burst(gateways, key: str, body: bytes, clients: int) -> tuple[list[tuple[str, int, str, dict]], float]:
+    """``clients`` concurrent requests spread over ``gateways`` in turn: (url, status, text,
+    headers) each, and the seconds the burst took."""
     headers = {**auth(key), "content-type": "application/json"}
     targets = itertools.cycle(gateways)
     async with aiohttp.ClientSession() as session:
@@ -199,7 +196,7 @@ async def _tpm_burst(gateways, key: str, body: bytes) -> tuple[list[tuple[str, i
                 return (gateway.url, response.status, await response.text(),
                         {name.lower(): value for name, value in response.headers.items()})
         started = time.monotonic()
-        results = await asyncio.gather(*(one(next(targets)) for _ in range(TPM_CLIENTS)))
+        results = await asyncio.gather(*(one(next(targets)) for _ in range(clients)))
         return results, time.monotonic() - started
 
 
@@ -217,7 +214,7 @@ async def test_tpm_is_global_across_replicas(replicas, upstream, make_key, migra
     refused_before = sum(g.metric("gateway_limiter_decisions_total", decision="rejected", reason="tpm")
                          for g in replicas)
     try:
-        results, elapsed = await _tpm_burst(replicas, key, body)
+        results, elapsed = await _burst(replicas, key, body, TPM_CLIENTS)
     finally:
         upstream.usage = None
     assert elapsed < 30  # well inside the minute's window
@@ -252,16 +249,9 @@ async def test_the_rpm_check_would_see_per_replica_limits(unshared_replicas, ups
     `== limit` would fail."""
     limit = 4
     key = make_key(rpm=limit)
-    body = {"model": upstream.model, "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}
     upstream.mode = "ok"
-    targets = itertools.cycle(unshared_replicas)
-    async with aiohttp.ClientSession() as session:
-        async def one(gateway):
-            async with session.post(gateway.url + CHAT, json=body, headers=auth(key)) as response:
-                await response.read()
-                return response.status
-        statuses = await asyncio.gather(*(one(next(targets)) for _ in range(30)))
-    assert statuses.count(200) == REPLICAS * limit
+    results, _ = await _burst(unshared_replicas, key, _rpm_request(upstream.model), 30)
+    assert [status for _, status, _, _ in results].count(200) == REPLICAS * limit
 
 
 async def test_the_tpm_check_would_see_per_replica_limits(unshared_replicas, upstream, make_key):
@@ -275,7 +265,7 @@ async def test_the_tpm_check_would_see_per_replica_limits(unshared_replicas, ups
     upstream.mode = "ok"
     upstream.usage = usage
     try:
-        results, elapsed = await _tpm_burst(unshared_replicas, key, body)
+        results, elapsed = await _burst(unshared_replicas, key, body, TPM_CLIENTS)
     finally:
         upstream.usage = None
     admitted = [status for _, status, _, _ in results].count(200)
