@@ -12,7 +12,6 @@ handlers, build paths resolved from the program's working directory).
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,11 +21,8 @@ from stacks.config import read_stack_values
 from tests.stacks.mock_runtime import Declared, Deployment, run_program
 
 from . import driver
+from .local import say
 from .stack import BASE_STACK
-
-
-def say(message: str) -> None:
-    print(f"[deploy] {message}", file=sys.stderr, flush=True)
 
 
 def declared(values: Mapping[str, Any], stack: str = BASE_STACK) -> Deployment:
