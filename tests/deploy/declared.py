@@ -18,7 +18,7 @@ from typing import Any
 import pulumi
 
 from stacks.config import read_stack_values
-from tests.stacks.mock_runtime import Declared, Deployment, run_program
+from tests.stacks.mock_runtime import Declared, Deployment, settled_program
 
 from . import driver
 from .local import say
@@ -28,15 +28,8 @@ from .stack import BASE_STACK
 def declared(values: Mapping[str, Any], stack: str = BASE_STACK) -> Deployment:
     """What the program registers for exactly these stack values (the stack file's own values
     that ``values`` leaves out are not used)."""
-    found: dict[str, Deployment] = {}
     overrides = {**{key: None for key in read_stack_values(stack) if key not in values}, **values}
-
-    @pulumi.runtime.test
-    def run():
-        return run_program(stack, overrides=overrides).ready().apply(lambda d: found.update(d=d))
-
-    run()
-    return found["d"]
+    return settled_program(stack, overrides=overrides)
 
 
 def resources(client, program: Deployment, docker_host: str) -> driver.DockerResources:

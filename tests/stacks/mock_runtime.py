@@ -235,6 +235,19 @@ def run_program(stack: str, *, overrides: Mapping[str, Any] | None = None, secre
                       outputs=dict(getattr(root, "outputs", {}) or {}))
 
 
+def settled_program(stack: str, **kwargs: Any) -> Deployment:
+    """run_program outside a ``@pulumi.runtime.test``: the Deployment once every registration has
+    settled, for a fixture or a helper that reads it afterwards (kwargs as run_program's)."""
+    found: dict[str, Deployment] = {}
+
+    @pulumi.runtime.test
+    def run() -> pulumi.Output:
+        return run_program(stack, **kwargs).ready().apply(lambda d: found.update(d=d))
+
+    run()
+    return found["d"]
+
+
 def checked(deployment: Deployment, check: Callable[[Deployment], None]) -> pulumi.Output:
     """The Output a ``@pulumi.runtime.test`` returns: ``check`` runs once all is registered."""
     return deployment.ready().apply(check)

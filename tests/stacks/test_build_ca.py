@@ -20,7 +20,7 @@ import pytest
 
 from stacks.config import BUILD_CA_KEY, ROOT_DIR, ConfigError, read_build_ca_certificates
 from stacks.images import BUILD_CA_ARG, ENGINE_BUILD, GATEWAY_BUILD, QUANTIZE_BUILD
-from tests.stacks.mock_runtime import BUILT_IMAGE, Deployment, run_program
+from tests.stacks.mock_runtime import BUILT_IMAGE, run_program, settled_program
 
 # Every stack that builds images, and the images it builds.
 BUILDS = {
@@ -51,16 +51,7 @@ def ca_bundle(tmp_path_factory) -> Path:
 
 
 def built_images(stack: str, overrides: dict | None = None) -> dict[str, dict]:
-    found: dict[str, dict] = {}
-
-    @pulumi.runtime.test
-    def deploy():
-        def collect(d: Deployment):
-            found.update({image.name: image.props for image in d.of_type(BUILT_IMAGE)})
-        return run_program(stack, overrides=overrides).ready().apply(collect)
-
-    deploy()
-    return found
+    return {image.name: image.props for image in settled_program(stack, overrides=overrides).of_type(BUILT_IMAGE)}
 
 
 @pytest.mark.parametrize("stack", sorted(BUILDS))

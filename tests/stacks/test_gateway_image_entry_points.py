@@ -16,12 +16,11 @@ import sys
 import tempfile
 from pathlib import Path, PurePosixPath
 
-import pulumi
 import pytest
 
 from llm_gateway.admin import build_parser
 from services.launch import GATEWAY_SECRETS_DIR_ENV, gateway_secret_file
-from tests.stacks.mock_runtime import Deployment, run_program
+from tests.stacks.mock_runtime import settled_program
 from tests.support.procs import ManagedProcess, free_port, http_ok
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,15 +56,6 @@ def dockerfile_env(image_tmp: Path) -> dict[str, str]:
     return env
 
 
-def _declared(stack: str = "dev") -> dict[str, dict]:
-    holder: dict[str, dict] = {}
-
-    def check(d: Deployment):
-        for service in ("gateway", "gateway-migrate"):
-            holder[service] = d.container(service).props
-    return holder, run_program(stack).ready().apply(check)
-
-
 def _environment(props: dict, secrets: dict[str, str], work: Path) -> dict[str, str]:
     image_tmp = work / "tmp"
     image_tmp.mkdir(exist_ok=True)
@@ -84,15 +74,8 @@ def _environment(props: dict, secrets: dict[str, str], work: Path) -> dict[str, 
 @pytest.fixture(scope="module")
 def declared() -> dict[str, dict]:
     """The dev stack's gateway and migration containers, as the mock runtime records them."""
-    found: dict[str, dict] = {}
-
-    @pulumi.runtime.test
-    def collect():
-        holder, output = _declared()
-        return output.apply(lambda _: found.update(holder))
-
-    collect()
-    return found
+    deployment = settled_program("dev")
+    return {service: deployment.container(service).props for service in ("gateway", "gateway-migrate")}
 
 
 def _secrets(database_url: str, redis_url: str) -> dict[str, str]:
