@@ -63,13 +63,9 @@ class KubernetesNode(pulumi.ComponentResource):
         devices = dict.fromkeys([device, *(group.spec.device for group in settings.engines)])
         engine_images = {d: self._pushed(f"engine-{d}", ENGINE_BUILD, images["vllm_gpu" if d == "cuda" else "vllm_cpu"],
                                          ca, registry, builder) for d in devices}
-        self.images = {
-            "engine": engine_images[device],
-            **{f"engine-{d}": image for d, image in engine_images.items() if d != device},
-            "gateway": self._pushed("gateway", GATEWAY_BUILD, images["python"], ca, registry, builder),
-        }
-        if settings.quantize is not None:
-            self.images["quantize"] = self._pushed("quantize", QUANTIZE_BUILD, images["python"], ca, registry, builder)
+        gateway_image = self._pushed("gateway", GATEWAY_BUILD, images["python"], ca, registry, builder)
+        quantize_image = (self._pushed("quantize", QUANTIZE_BUILD, images["python"], ca, registry, builder)
+                          if settings.quantize is not None else None)
 
         # -- generated secrets (as on Docker), or the external data stores' URLs -----------------------
         external = k8s_settings.data_stores == "external"
@@ -96,8 +92,8 @@ class KubernetesNode(pulumi.ComponentResource):
             )
         self.plan = manifests.build(settings, manifests.Images(
             engines={d: image.image_name for d, image in engine_images.items()},
-            gateway=self.images["gateway"].image_name,
-            quantize=self.images["quantize"].image_name if "quantize" in self.images else None,
+            gateway=gateway_image.image_name,
+            quantize=quantize_image.image_name if quantize_image is not None else None,
             postgres=images["postgres"], redis=images["redis"], traefik=images["traefik"]), secret_values)
 
         # -- the cluster ------------------------------------------------------------------------------
